@@ -1,0 +1,374 @@
+//! APR (Learning Adaptive Parallel Reasoning) on Countdown: plain text, no
+//! special tokens. Formats follow Parallel-Reasoning/APR `src/data/search.py`
+//! (training traces) and `src/eval/parallel_infernce_utils.py` (inference).
+//!
+//! - Fork trigger: the parent's text ends with a `<Calling Sub Searches>` ..
+//!   `<End Calling Sub Searches>` block; [`parse_fork`] reads it.
+//! - Child prompt: [`ChildSpec::prompt`], built from the parent's earlier
+//!   `Moving to Node` / `Current State` and `Generated Node` lines.
+//! - Child result: [`child_result`], the clean path after the second-to-last
+//!   `Goal Reached`, or `None`.
+//! - Join: [`join`] replaces the fork block with a `<Sub Searches>` block.
+//! - Nesting: children do not fork in the reference (depth 1).
+
+use crate::{format_nums, format_str_list, ProtocolError};
+use std::collections::HashMap;
+
+/// Opens a fork block (the parent's segment ends after the matching close).
+pub const FORK_OPEN: &str = "<Calling Sub Searches>\n";
+/// Closes a fork block; the parent stops (end of sequence) after this line.
+pub const FORK_CLOSE: &str = "<End Calling Sub Searches>";
+/// Opens the join block the engine writes in place of the fork block.
+pub const JOIN_OPEN: &str = "<Sub Searches>\n";
+/// Closes the join block; the parent decodes on after it.
+pub const JOIN_CLOSE: &str = "<End Sub Searches>\n";
+/// Stop string for a parent's decode: a parent that writes this itself is
+/// hallucinating a join (the reference stops generation there).
+pub const HALLUCINATED_JOIN: &str = "<Sub Searches>";
+/// The success marker of the Countdown search traces.
+pub const GOAL_REACHED: &str = "Goal Reached";
+
+/// Optional conditioning prefix on the root prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conditioning {
+    /// `Sub Call Budget: {k} `: how many children the parent may call.
+    /// Not repeated on child prompts (as in the reference).
+    SubCallBudget(u64),
+    /// `Token Budget: {n} `: repeated on every child prompt (as in the reference).
+    TokenBudget(u64),
+}
+
+impl Conditioning {
+    /// The prefix text, including its trailing space.
+    pub fn prefix(&self) -> String {
+        match self {
+            Conditioning::SubCallBudget(k) => format!("Sub Call Budget: {k} "),
+            Conditioning::TokenBudget(n) => format!("Token Budget: {n} "),
+        }
+    }
+}
+
+/// `Current State: {target}:{nums}, Operations: {ops}` (no newline).
+pub fn state_line<S: AsRef<str>>(target: u64, nums: &[u64], operations: &[S]) -> String {
+    format!(
+        "Current State: {target}:{}, Operations: {}",
+        format_nums(nums),
+        format_str_list(operations)
+    )
+}
+
+/// The APR root prompt: `Moving to Node #0\nCurrent State: {target}:{nums},
+/// Operations: []`, optionally prefixed (no trailing newline, as the
+/// reference's inference prompt).
+pub fn root_prompt(target: u64, nums: &[u64], conditioning: Option<Conditioning>) -> String {
+    let empty: [&str; 0] = [];
+    let mut out = conditioning.map(|c| c.prefix()).unwrap_or_default();
+    out.push_str("Moving to Node #0\n");
+    out.push_str(&state_line(target, nums, &empty));
+    out
+}
+
+/// The SoS+ (sequential baseline) prompt: no `Moving to Node` line, optional
+/// `Token Budget: {n} ` prefix.
+pub fn sosp_prompt(target: u64, nums: &[u64], token_budget: Option<u64>) -> String {
+    let empty: [&str; 0] = [];
+    let mut out = token_budget
+        .map(|n| Conditioning::TokenBudget(n).prefix())
+        .unwrap_or_default();
+    out.push_str(&state_line(target, nums, &empty));
+    out
+}
+
+/// One child the parent asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildSpec {
+    /// Position in the fork block (`<Start Sub Search {index} ...>`).
+    pub index: usize,
+    /// `at level {level}` (1 in the reference: children do not nest).
+    pub level: u32,
+    /// Node id without `#`, e.g. `0,1,1`.
+    pub node_id: String,
+    pub target: u64,
+    /// The numbers left at that node.
+    pub nums: Vec<u64>,
+    /// Operations from the root to that node, e.g. `["25-17=8", "8-7=1"]`.
+    pub operations: Vec<String>,
+}
+
+impl ChildSpec {
+    /// The child's prompt: `Moving to Node #{id}\nCurrent State: ...` (no
+    /// trailing newline). With token-budget conditioning the budget prefix is
+    /// repeated here; a sub-call budget is not (as in the reference).
+    pub fn prompt(&self, conditioning: Option<Conditioning>) -> String {
+        let mut out = match conditioning {
+            Some(c @ Conditioning::TokenBudget(_)) => c.prefix(),
+            _ => String::new(),
+        };
+        out.push_str("Moving to Node #");
+        out.push_str(&self.node_id);
+        out.push('\n');
+        out.push_str(&state_line(self.target, &self.nums, &self.operations));
+        out
+    }
+}
+
+/// True when the text ends (up to trailing whitespace) with a fork block.
+pub fn ends_with_fork(text: &str) -> bool {
+    text.trim_end().ends_with(FORK_CLOSE) && text.contains(FORK_OPEN)
+}
+
+/// Reads the fork block at the end of `parent_text` and builds each child's
+/// spec from the node states the parent wrote earlier.
+pub fn parse_fork(parent_text: &str) -> Result<Vec<ChildSpec>, ProtocolError> {
+    let starts = fork_starts(parent_text)?;
+    let nodes = known_nodes(parent_text)?;
+    starts
+        .into_iter()
+        .map(|start| {
+            let state =
+                nodes
+                    .get(start.node_id.as_str())
+                    .ok_or_else(|| ProtocolError::UnknownNode {
+                        node: start.node_id.clone(),
+                    })?;
+            Ok(ChildSpec {
+                index: start.index,
+                level: start.level,
+                node_id: start.node_id,
+                target: state.target,
+                nums: state.nums.clone(),
+                operations: state.operations.clone(),
+            })
+        })
+        .collect()
+}
+
+/// A child's result: the text after the second-to-last `Goal Reached` (the
+/// clean path from the child's start node), or `None` when the child did not
+/// write `Goal Reached` at least twice. Mirrors the reference's
+/// `get_search_result`: `text[idx:].strip()[13:]`.
+pub fn child_result(child_text: &str) -> Option<&str> {
+    let mut positions = child_text.match_indices(GOAL_REACHED).map(|(i, _)| i);
+    let mut last_two = (None, None);
+    for p in positions.by_ref() {
+        last_two = (last_two.1, Some(p));
+    }
+    let start = last_two.0?;
+    let tail = child_text[start..].trim();
+    // Skip `Goal Reached` and the character after it (13 characters).
+    let skip = tail
+        .char_indices()
+        .nth(GOAL_REACHED.len() + 1)
+        .map_or(tail.len(), |(i, _)| i);
+    Some(&tail[skip..])
+}
+
+/// The parent's text after its children finished: everything from the last
+/// `<Calling Sub Searches>` on is replaced by a `<Sub Searches>` block with one
+/// entry per child, in fork order (`results[i]` is child i's
+/// [`child_result`]). The parent decodes on from the returned text.
+pub fn join(parent_text: &str, results: &[Option<&str>]) -> Result<String, ProtocolError> {
+    let starts = fork_starts(parent_text)?;
+    if starts.len() != results.len() {
+        return Err(ProtocolError::ChildCount {
+            expected: starts.len(),
+            got: results.len(),
+        });
+    }
+    let cut = parent_text.rfind(FORK_OPEN).ok_or(ProtocolError::NoFork {
+        expected: FORK_OPEN,
+    })?;
+    let mut out = String::with_capacity(cut + 256);
+    out.push_str(&parent_text[..cut]);
+    out.push_str(JOIN_OPEN);
+    for (start, result) in starts.iter().zip(results) {
+        let (index, level, node) = (start.index, start.level, &start.node_id);
+        match result {
+            Some(path) => {
+                out.push_str(&format!(
+                    "<Goal Reached in Sub Search {index} at level {level} at Node #{node}>\n"
+                ));
+                out.push_str(path);
+                out.push('\n');
+            }
+            None => out.push_str(&format!(
+                "<No Solution in Sub Search {index} at level {level} at Node #{node}>\n"
+            )),
+        }
+    }
+    out.push_str(JOIN_CLOSE);
+    Ok(out)
+}
+
+struct ForkStart {
+    index: usize,
+    level: u32,
+    node_id: String,
+}
+
+/// The `<Start Sub Search {i} at level {l}> Moving to Node #{id}` lines of the
+/// last fork block.
+fn fork_starts(text: &str) -> Result<Vec<ForkStart>, ProtocolError> {
+    if !ends_with_fork(text) {
+        return Err(ProtocolError::NoFork {
+            expected: FORK_CLOSE,
+        });
+    }
+    let open = text.rfind(FORK_OPEN).unwrap_or(0) + FORK_OPEN.len();
+    let close = text.rfind(FORK_CLOSE).unwrap_or(text.len()).max(open);
+    let mut starts = Vec::new();
+    for line in text[open..close].lines().filter(|l| !l.trim().is_empty()) {
+        let malformed = |reason| ProtocolError::Malformed {
+            line: line.to_string(),
+            reason,
+        };
+        let rest = line
+            .strip_prefix("<Start Sub Search ")
+            .ok_or_else(|| malformed("expected `<Start Sub Search {i} at level {l}> ...`"))?;
+        let (index, rest) = rest
+            .split_once(" at level ")
+            .ok_or_else(|| malformed("missing ` at level `"))?;
+        let (level, rest) = rest
+            .split_once("> Moving to Node #")
+            .ok_or_else(|| malformed("missing `> Moving to Node #`"))?;
+        starts.push(ForkStart {
+            index: index
+                .parse()
+                .map_err(|_| malformed("sub search index is not a number"))?,
+            level: level
+                .parse()
+                .map_err(|_| malformed("level is not a number"))?,
+            node_id: rest.trim().to_string(),
+        });
+    }
+    if starts.is_empty() {
+        return Err(ProtocolError::Malformed {
+            line: text[open..close].to_string(),
+            reason: "a fork block with no `<Start Sub Search` line",
+        });
+    }
+    Ok(starts)
+}
+
+#[derive(Debug, Clone)]
+struct NodeState {
+    target: u64,
+    nums: Vec<u64>,
+    operations: Vec<String>,
+}
+
+/// Every node whose state the text gives: `Moving to Node #id` followed by a
+/// `Current State` line, then `Generated Node #id: ...` lines (whose
+/// operations extend their parent's). First statement of a node wins.
+fn known_nodes(text: &str) -> Result<HashMap<&str, NodeState>, ProtocolError> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let mut nodes: HashMap<&str, NodeState> = HashMap::new();
+    for pair in lines.windows(2) {
+        let (Some((_, id)), true) = (
+            pair[0].split_once("Moving to Node #"),
+            pair[1].contains("Current State:"),
+        ) else {
+            continue;
+        };
+        let state = parse_state_line(pair[1])?;
+        nodes.entry(id.trim()).or_insert(state);
+    }
+    for line in &lines {
+        let Some((_, rest)) = line.split_once("Generated Node #") else {
+            continue;
+        };
+        let malformed = |reason| ProtocolError::Malformed {
+            line: line.to_string(),
+            reason,
+        };
+        let (id, rest) = rest
+            .split_once(':')
+            .ok_or_else(|| malformed("missing `:` after the node id"))?;
+        if nodes.contains_key(id) {
+            continue;
+        }
+        let (state, op) = rest
+            .split_once("Operation:")
+            .ok_or_else(|| malformed("missing `Operation:`"))?;
+        let (target, nums) = parse_target_nums(state.trim())
+            .ok_or_else(|| malformed("expected `{target}:[{nums}]` after the node id"))?;
+        let parent_id = id.rsplit_once(',').map_or("", |(p, _)| p);
+        let parent = nodes
+            .get(parent_id)
+            .ok_or_else(|| ProtocolError::UnknownNode {
+                node: parent_id.to_string(),
+            })?;
+        let mut operations = parent.operations.clone();
+        operations.push(op.trim().to_string());
+        nodes.insert(
+            id,
+            NodeState {
+                target,
+                nums,
+                operations,
+            },
+        );
+    }
+    Ok(nodes)
+}
+
+fn parse_state_line(line: &str) -> Result<NodeState, ProtocolError> {
+    let malformed = |reason| ProtocolError::Malformed {
+        line: line.to_string(),
+        reason,
+    };
+    let (_, rest) = line
+        .split_once("Current State:")
+        .ok_or_else(|| malformed("missing `Current State:`"))?;
+    let (state, ops) = rest
+        .split_once(", Operations:")
+        .ok_or_else(|| malformed("missing `, Operations:`"))?;
+    let (target, nums) =
+        parse_target_nums(state.trim()).ok_or_else(|| malformed("expected `{target}:[{nums}]`"))?;
+    let operations = parse_str_list(ops.trim())
+        .ok_or_else(|| malformed("operations are not a list of strings"))?;
+    Ok(NodeState {
+        target,
+        nums,
+        operations,
+    })
+}
+
+/// `63:[62, 7, 8]` -> (63, [62, 7, 8]).
+pub fn parse_target_nums(s: &str) -> Option<(u64, Vec<u64>)> {
+    let (target, nums) = s.split_once(':')?;
+    Some((target.trim().parse().ok()?, parse_nums(nums.trim())?))
+}
+
+/// `[62, 7, 8]` -> [62, 7, 8]; `[]` -> [].
+pub fn parse_nums(s: &str) -> Option<Vec<u64>> {
+    let inner = s.strip_prefix('[')?.strip_suffix(']')?;
+    if inner.trim().is_empty() {
+        return Some(Vec::new());
+    }
+    inner.split(',').map(|n| n.trim().parse().ok()).collect()
+}
+
+/// `['25-17=8', '8-7=1']` -> ["25-17=8", "8-7=1"] (quotes `'` or `"`, no escapes).
+pub fn parse_str_list(s: &str) -> Option<Vec<String>> {
+    let mut rest = s.strip_prefix('[')?.strip_suffix(']')?.trim();
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let quote = rest.chars().next()?;
+        if quote != '\'' && quote != '"' {
+            return None;
+        }
+        let end = rest[1..].find(quote)? + 1;
+        out.push(rest[1..end].to_string());
+        rest = rest[end + 1..].trim_start();
+        rest = match rest.strip_prefix(',') {
+            Some(r) => r.trim_start(),
+            None if rest.is_empty() => rest,
+            None => return None,
+        };
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,186 @@
+//! Cases from the real APR trace in `shared/reference/countdown/apr_trace_example.txt`.
+
+use super::*;
+
+const PARENT_FORK: &str = "Moving to Node #0
+Current State: 63:[17, 62, 25, 7], Operations: []
+Exploring Operation: 17-7=10, Resulting Numbers: [62, 25, 10]
+Generated Node #0,0: 63:[62, 25, 10] Operation: 17-7=10
+Exploring Operation: 25-17=8, Resulting Numbers: [62, 7, 8]
+Generated Node #0,1: 63:[62, 7, 8] Operation: 25-17=8
+Moving to Node #0,1
+Current State: 63:[62, 7, 8], Operations: ['25-17=8']
+Exploring Operation: 62+7=69, Resulting Numbers: [8, 69]
+Generated Node #0,1,0: 63:[8, 69] Operation: 62+7=69
+Exploring Operation: 8-7=1, Resulting Numbers: [62, 1]
+Generated Node #0,1,1: 63:[62, 1] Operation: 8-7=1
+<Calling Sub Searches>
+<Start Sub Search 0 at level 1> Moving to Node #0,1,1
+<Start Sub Search 1 at level 1> Moving to Node #0,1,0
+<End Calling Sub Searches>
+";
+
+const CHILD_0: &str = "Moving to Node #0,1,1
+Current State: 63:[62, 1], Operations: ['25-17=8', '8-7=1']
+Exploring Operation: 62+1=63, Resulting Numbers: [63]
+63,63 equal: Goal Reached
+Moving to Node #0,1,1
+Current State: 63:[62, 1], Operations: ['25-17=8', '8-7=1']
+Exploring Operation: 62+1=63, Resulting Numbers: [63]
+63,63 equal: Goal Reached
+";
+
+const CHILD_1: &str = "Moving to Node #0,1,0
+Current State: 63:[8, 69], Operations: ['25-17=8', '62+7=69']
+Exploring Operation: 69-8=61, Resulting Numbers: [61]
+61,63 unequal: No Solution
+Exploring Operation: 8+69=77, Resulting Numbers: [77]
+77,63 unequal: No Solution
+No solution found.
+";
+
+/// `main_call 1` of the example, up to where the parent decodes on.
+const JOINED: &str = "Moving to Node #0
+Current State: 63:[17, 62, 25, 7], Operations: []
+Exploring Operation: 17-7=10, Resulting Numbers: [62, 25, 10]
+Generated Node #0,0: 63:[62, 25, 10] Operation: 17-7=10
+Exploring Operation: 25-17=8, Resulting Numbers: [62, 7, 8]
+Generated Node #0,1: 63:[62, 7, 8] Operation: 25-17=8
+Moving to Node #0,1
+Current State: 63:[62, 7, 8], Operations: ['25-17=8']
+Exploring Operation: 62+7=69, Resulting Numbers: [8, 69]
+Generated Node #0,1,0: 63:[8, 69] Operation: 62+7=69
+Exploring Operation: 8-7=1, Resulting Numbers: [62, 1]
+Generated Node #0,1,1: 63:[62, 1] Operation: 8-7=1
+<Sub Searches>
+<Goal Reached in Sub Search 0 at level 1 at Node #0,1,1>
+Moving to Node #0,1,1
+Current State: 63:[62, 1], Operations: ['25-17=8', '8-7=1']
+Exploring Operation: 62+1=63, Resulting Numbers: [63]
+63,63 equal: Goal Reached
+<No Solution in Sub Search 1 at level 1 at Node #0,1,0>
+<End Sub Searches>
+";
+
+#[test]
+fn root_prompt_matches_reference() {
+    assert_eq!(
+        root_prompt(63, &[17, 62, 25, 7], None),
+        "Moving to Node #0\nCurrent State: 63:[17, 62, 25, 7], Operations: []"
+    );
+    assert_eq!(
+        root_prompt(63, &[17, 62, 25, 7], Some(Conditioning::SubCallBudget(2))),
+        "Sub Call Budget: 2 Moving to Node #0\nCurrent State: 63:[17, 62, 25, 7], Operations: []"
+    );
+    assert_eq!(
+        sosp_prompt(23, &[92, 2, 58, 6], Some(512)),
+        "Token Budget: 512 Current State: 23:[92, 2, 58, 6], Operations: []"
+    );
+    assert!(PARENT_FORK.starts_with(&root_prompt(63, &[17, 62, 25, 7], None)));
+}
+
+#[test]
+fn fork_gives_the_children_prompts_of_the_example() {
+    assert!(ends_with_fork(PARENT_FORK));
+    assert!(ends_with_fork(PARENT_FORK.trim_end()));
+    let specs = parse_fork(PARENT_FORK).unwrap();
+    assert_eq!(specs.len(), 2);
+    assert_eq!(specs[0].node_id, "0,1,1");
+    assert_eq!(specs[0].operations, vec!["25-17=8", "8-7=1"]);
+    assert_eq!(specs[1].nums, vec![8, 69]);
+    for (spec, child) in specs.iter().zip([CHILD_0, CHILD_1]) {
+        let prompt = spec.prompt(None);
+        assert!(child.starts_with(&format!("{prompt}\n")), "{prompt}");
+    }
+    assert_eq!(
+        specs[1].prompt(Some(Conditioning::TokenBudget(1024))),
+        format!("Token Budget: 1024 {}", specs[1].prompt(None))
+    );
+    assert_eq!(
+        specs[1].prompt(Some(Conditioning::SubCallBudget(3))),
+        specs[1].prompt(None)
+    );
+}
+
+#[test]
+fn child_results_follow_the_second_to_last_goal() {
+    assert_eq!(
+        child_result(CHILD_0),
+        Some(
+            "Moving to Node #0,1,1\nCurrent State: 63:[62, 1], Operations: ['25-17=8', '8-7=1']\n\
+             Exploring Operation: 62+1=63, Resulting Numbers: [63]\n63,63 equal: Goal Reached"
+        )
+    );
+    assert_eq!(child_result(CHILD_1), None);
+    assert_eq!(child_result("63,63 equal: Goal Reached\n"), None);
+    // Python: "Goal Reached Goal Reached".strip()[13:] == "Goal Reached"
+    assert_eq!(
+        child_result("Goal Reached Goal Reached"),
+        Some("Goal Reached")
+    );
+    assert_eq!(
+        child_result("Goal ReachedGoal Reached"),
+        Some("oal Reached")
+    );
+}
+
+#[test]
+fn join_is_byte_identical_to_the_example() {
+    let results = [child_result(CHILD_0), child_result(CHILD_1)];
+    assert_eq!(join(PARENT_FORK, &results).unwrap(), JOINED);
+    // Inference text usually stops right after the close tag.
+    assert_eq!(join(PARENT_FORK.trim_end(), &results).unwrap(), JOINED);
+}
+
+#[test]
+fn bad_input_gives_errors_not_panics() {
+    assert!(matches!(
+        parse_fork("Moving to Node #0\n"),
+        Err(ProtocolError::NoFork { .. })
+    ));
+    assert!(matches!(
+        join(PARENT_FORK, &[None]),
+        Err(ProtocolError::ChildCount {
+            expected: 2,
+            got: 1
+        })
+    ));
+    let unknown = PARENT_FORK.replace("Moving to Node #0,1,0\n<End", "Moving to Node #0,9\n<End");
+    assert!(matches!(
+        parse_fork(&unknown),
+        Err(ProtocolError::UnknownNode { .. })
+    ));
+    let garbled = "<Calling Sub Searches>\n<Start Sub Search x at level 1> Moving to Node #0\n<End Calling Sub Searches>";
+    assert!(matches!(
+        parse_fork(garbled),
+        Err(ProtocolError::Malformed { .. })
+    ));
+    assert!(parse_fork("<Calling Sub Searches>\n<End Calling Sub Searches>").is_err());
+    // Arbitrary text never panics.
+    for text in [
+        "",
+        "Goal Reached",
+        "Generated Node #:",
+        "Moving to Node #\nCurrent State:",
+        "é<Calling Sub Searches>\n<End Calling Sub Searches>",
+    ] {
+        let _ = parse_fork(text);
+        let _ = child_result(text);
+        let _ = join(text, &[]);
+    }
+}
+
+#[test]
+fn list_parsers_round_trip() {
+    assert_eq!(parse_nums("[]"), Some(vec![]));
+    assert_eq!(parse_nums("[1, 22]"), Some(vec![1, 22]));
+    assert_eq!(parse_nums("[1, x]"), None);
+    assert_eq!(parse_target_nums("63:[62, 1]"), Some((63, vec![62, 1])));
+    assert_eq!(parse_str_list("[]"), Some(vec![]));
+    assert_eq!(
+        parse_str_list("['25-17=8', '8-7=1']"),
+        Some(vec!["25-17=8".to_string(), "8-7=1".to_string()])
+    );
+    assert_eq!(parse_str_list("['a' 'b']"), None);
+    assert_eq!(parse_str_list("['a"), None);
+}
