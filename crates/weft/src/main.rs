@@ -15,6 +15,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a prompt with a local model (streamed to stdout).
+    Run(cmd::run::RunArgs),
+    /// Measure speed against a reference run side by side.
+    Bench(cmd::bench::BenchArgs),
     /// Countdown tools: solve and verify problems.
     Countdown(cmd::countdown::CountdownArgs),
     /// Generate training data (reasoning traces) as JSONL.
@@ -31,6 +35,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => cmd::run::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::Countdown(args) => cmd::countdown::run(args),
         Command::Data(args) => cmd::data::run(args),
     };

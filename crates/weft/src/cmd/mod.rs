@@ -1,4 +1,7 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod countdown;
 pub mod data;
+pub mod model_args;
+pub mod run;

@@ -1,0 +1,425 @@
+//! The forward pass over a batch of sequences, each at its own position and
+//! each reading its KV through its own block table.
+//!
+//! One call runs every token of every sequence in the batch through all
+//! layers together: the matrix multiplications see all tokens at once (each
+//! weight is read once per step), and attention reads each sequence's KV
+//! slots through its block table. Decoding 8 threads costs one step with 8
+//! tokens; prefilling a prompt is one step with many tokens of one sequence.
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::config::RopeStyle;
+use crate::error::{ModelError, Result};
+use crate::kernels::{axpy_f16, dot_f16, SyncPtr};
+use crate::kv_cache::{KvCache, LayerKv};
+use crate::model::{Model, Projection};
+use crate::weights::Scratch;
+
+/// One sequence's part of a forward step.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqStep<'a> {
+    /// New tokens to run.
+    pub tokens: &'a [u32],
+    /// RoPE position of `tokens[0]`; the rest follow on.
+    pub pos_start: usize,
+    /// KV slot (index into the sequence's block table) of `tokens[0]`. Token
+    /// `j` attends to slots `0..=kv_start + j`.
+    pub kv_start: usize,
+    /// The blocks this sequence's KV slots live in.
+    pub block_table: &'a [u32],
+    /// Return logits for every new token, not only the last.
+    pub all_logits: bool,
+}
+
+/// Buffers reused from step to step.
+#[derive(Default)]
+pub struct Workspace {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    part: Vec<f32>,
+    attn: Vec<f32>,
+    tmp: Vec<f32>,
+    gu: Vec<f32>,
+    act: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    scratch: Scratch,
+}
+
+fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.clear();
+    v.resize(n, 0.0);
+    v
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ss: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+    let scale = (1.0 / (ss / x.len() as f64 + eps as f64).sqrt()) as f32;
+    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * scale * g;
+    }
+}
+
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let ss: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+    let scale = (1.0 / (ss / x.len() as f64 + eps as f64).sqrt()) as f32;
+    for (v, g) in x.iter_mut().zip(w) {
+        *v = *v * scale * g;
+    }
+}
+
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = cos.len();
+    match style {
+        RopeStyle::Interleaved => {
+            for i in 0..half {
+                let (a, b) = (x[2 * i], x[2 * i + 1]);
+                x[2 * i] = a * cos[i] - b * sin[i];
+                x[2 * i + 1] = a * sin[i] + b * cos[i];
+            }
+        }
+        RopeStyle::Halves => {
+            for i in 0..half {
+                let (a, b) = (x[i], x[i + half]);
+                x[i] = a * cos[i] - b * sin[i];
+                x[i + half] = a * sin[i] + b * cos[i];
+            }
+        }
+    }
+}
+
+impl Model {
+    fn check_steps(&self, kv: &KvCache, seqs: &[SeqStep]) -> Result<()> {
+        for (i, s) in seqs.iter().enumerate() {
+            if s.tokens.is_empty() {
+                return Err(ModelError::Invalid(format!("sequence {i} has no tokens")));
+            }
+            if let Some(t) = s
+                .tokens
+                .iter()
+                .find(|t| **t as usize >= self.config.vocab_size)
+            {
+                return Err(ModelError::Invalid(format!(
+                    "token id {t} is outside the vocabulary ({} tokens)",
+                    self.config.vocab_size
+                )));
+            }
+            let slots = s.kv_start + s.tokens.len();
+            if slots > s.block_table.len() * kv.block_size {
+                return Err(ModelError::Invalid(format!(
+                    "sequence {i} needs {slots} KV slots but its block table holds {}",
+                    s.block_table.len() * kv.block_size
+                )));
+            }
+            if let Some(b) = s.block_table.iter().find(|b| **b as usize >= kv.n_blocks) {
+                return Err(ModelError::Invalid(format!(
+                    "block {b} is outside the KV cache ({} blocks)",
+                    kv.n_blocks
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one step. Returns, per sequence, its logits: `vocab` values for the
+    /// last token, or `tokens.len() * vocab` with `all_logits`.
+    pub fn forward(
+        &self,
+        kv: &mut KvCache,
+        seqs: &[SeqStep],
+        ws: &mut Workspace,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.check_steps(kv, seqs)?;
+        Ok(self.pool.install(|| self.forward_checked(kv, seqs, ws)))
+    }
+
+    fn forward_checked(
+        &self,
+        kv: &mut KvCache,
+        seqs: &[SeqStep],
+        ws: &mut Workspace,
+    ) -> Vec<Vec<f32>> {
+        let cfg = &self.config;
+        let (d, qd, kvd, hd, ff) = (
+            cfg.d_model,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.head_dim,
+            cfg.d_ff,
+        );
+        let n_tok: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        let bs = kv.block_size;
+
+        // Slot addresses of every sequence's context, and each token's owner.
+        let slots: Vec<Vec<usize>> = seqs
+            .iter()
+            .map(|s| {
+                (0..s.kv_start + s.tokens.len())
+                    .map(|i| s.block_table[i / bs] as usize * bs + i % bs)
+                    .collect()
+            })
+            .collect();
+        let mut tok_offset = Vec::with_capacity(seqs.len());
+        let mut owner = Vec::with_capacity(n_tok);
+        for (i, s) in seqs.iter().enumerate() {
+            tok_offset.push(owner.len());
+            owner.extend((0..s.tokens.len()).map(|j| (i, j)));
+        }
+
+        // Embeddings and RoPE tables.
+        let x = resize(&mut ws.x, n_tok * d);
+        for (t, &(i, j)) in owner.iter().enumerate() {
+            self.embed
+                .row(seqs[i].tokens[j] as usize, &mut x[t * d..(t + 1) * d]);
+        }
+        let half = cfg.rope.dim / 2;
+        resize(&mut ws.cos, n_tok * half);
+        resize(&mut ws.sin, n_tok * half);
+        for (t, &(i, j)) in owner.iter().enumerate() {
+            let p = (seqs[i].pos_start + j) as f32;
+            for (f, inv) in self.inv_freqs.iter().enumerate() {
+                let (s, c) = (p * inv).sin_cos();
+                ws.cos[t * half + f] = c;
+                ws.sin[t * half + f] = s;
+            }
+        }
+
+        let qkv_w = qd + 2 * kvd;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = resize(&mut ws.h, n_tok * d);
+            for t in 0..n_tok {
+                rms_norm(
+                    &ws.x[t * d..(t + 1) * d],
+                    &layer.attn_norm,
+                    cfg.norm_eps,
+                    &mut h[t * d..(t + 1) * d],
+                );
+            }
+            project(
+                &layer.qkv,
+                &ws.h,
+                n_tok,
+                &mut ws.qkv,
+                &mut ws.part,
+                &mut ws.scratch,
+            );
+            if let Some(b) = &layer.qkv_bias {
+                for row in ws.qkv.chunks_exact_mut(qkv_w) {
+                    row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                }
+            }
+            // q/k norms, RoPE, and the KV write.
+            let layer_kv = kv.layer_mut(l);
+            for (t, &(i, j)) in owner.iter().enumerate() {
+                let row = &mut ws.qkv[t * qkv_w..(t + 1) * qkv_w];
+                let (cos, sin) = (
+                    &ws.cos[t * half..(t + 1) * half],
+                    &ws.sin[t * half..(t + 1) * half],
+                );
+                let (q, rest) = row.split_at_mut(qd);
+                let (k, v) = rest.split_at_mut(kvd);
+                for head in q.chunks_exact_mut(hd) {
+                    if let Some(w) = &layer.q_norm {
+                        rms_norm_in_place(head, w, cfg.norm_eps);
+                    }
+                    rope(&mut head[..cfg.rope.dim], cos, sin, cfg.rope.style);
+                }
+                for head in k.chunks_exact_mut(hd) {
+                    if let Some(w) = &layer.k_norm {
+                        rms_norm_in_place(head, w, cfg.norm_eps);
+                    }
+                    rope(&mut head[..cfg.rope.dim], cos, sin, cfg.rope.style);
+                }
+                let slot = slots[i][seqs[i].kv_start + j];
+                for (dst, src) in layer_kv.k[slot * kvd..(slot + 1) * kvd]
+                    .iter_mut()
+                    .zip(k.iter())
+                {
+                    *dst = f16::from_f32(*src);
+                }
+                for (dst, src) in layer_kv.v[slot * kvd..(slot + 1) * kvd]
+                    .iter_mut()
+                    .zip(v.iter())
+                {
+                    *dst = f16::from_f32(*src);
+                }
+            }
+            resize(&mut ws.attn, n_tok * qd);
+            self.attention(
+                kv.layer(l),
+                &ws.qkv,
+                seqs,
+                &slots,
+                &tok_offset,
+                &mut ws.attn,
+            );
+
+            let tmp = resize(&mut ws.tmp, n_tok * d);
+            layer.o.matmul(&ws.attn, n_tok, tmp, &mut ws.scratch);
+            ws.x.iter_mut()
+                .zip(ws.tmp.iter())
+                .for_each(|(x, o)| *x += o);
+
+            let h = resize(&mut ws.h, n_tok * d);
+            for t in 0..n_tok {
+                rms_norm(
+                    &ws.x[t * d..(t + 1) * d],
+                    &layer.ffn_norm,
+                    cfg.norm_eps,
+                    &mut h[t * d..(t + 1) * d],
+                );
+            }
+            project(
+                &layer.gate_up,
+                &ws.h,
+                n_tok,
+                &mut ws.gu,
+                &mut ws.part,
+                &mut ws.scratch,
+            );
+            let act = resize(&mut ws.act, n_tok * ff);
+            for (t, a) in act.chunks_exact_mut(ff).enumerate() {
+                let (g, u) = ws.gu[t * 2 * ff..(t + 1) * 2 * ff].split_at(ff);
+                for ((a, g), u) in a.iter_mut().zip(g).zip(u) {
+                    *a = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            let tmp = resize(&mut ws.tmp, n_tok * d);
+            layer.down.matmul(&ws.act, n_tok, tmp, &mut ws.scratch);
+            ws.x.iter_mut()
+                .zip(ws.tmp.iter())
+                .for_each(|(x, o)| *x += o);
+        }
+
+        // Final norm and the output head, only on the rows asked for.
+        let mut rows = Vec::new();
+        for (i, s) in seqs.iter().enumerate() {
+            let n = s.tokens.len();
+            let first = if s.all_logits { 0 } else { n - 1 };
+            rows.extend((first..n).map(|j| tok_offset[i] + j));
+        }
+        let h = resize(&mut ws.h, rows.len() * d);
+        for (r, &t) in rows.iter().enumerate() {
+            rms_norm(
+                &ws.x[t * d..(t + 1) * d],
+                &self.norm,
+                cfg.norm_eps,
+                &mut h[r * d..(r + 1) * d],
+            );
+        }
+        let vocab = cfg.vocab_size;
+        let mut logits = vec![0.0f32; rows.len() * vocab];
+        self.output
+            .matmul(&ws.h, rows.len(), &mut logits, &mut ws.scratch);
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for s in seqs {
+            let n = if s.all_logits { s.tokens.len() } else { 1 };
+            out.push(logits[at * vocab..(at + n) * vocab].to_vec());
+            at += n;
+        }
+        out
+    }
+
+    /// Causal attention of every new token over its sequence's KV slots.
+    fn attention(
+        &self,
+        kv: &LayerKv,
+        qkv: &[f32],
+        seqs: &[SeqStep],
+        slots: &[Vec<usize>],
+        tok_offset: &[usize],
+        out: &mut [f32],
+    ) {
+        let cfg = &self.config;
+        let (qd, kvd, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let qkv_w = qd + 2 * kvd;
+        let group = cfg.n_heads / cfg.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        const CHUNK: usize = 16;
+        let mut tasks = Vec::new();
+        for (i, s) in seqs.iter().enumerate() {
+            for g in 0..cfg.n_kv_heads {
+                for j0 in (0..s.tokens.len()).step_by(CHUNK) {
+                    tasks.push((i, g, j0, (j0 + CHUNK).min(s.tokens.len())));
+                }
+            }
+        }
+        let ptr = SyncPtr(out.as_mut_ptr());
+        let run = |&(i, g, j0, j1): &(usize, usize, usize, usize)| {
+            let s = &seqs[i];
+            let mut scores = Vec::with_capacity(s.kv_start + j1);
+            for j in j0..j1 {
+                let t = tok_offset[i] + j;
+                let ctx = &slots[i][..s.kv_start + j + 1];
+                for h in g * group..(g + 1) * group {
+                    let q = &qkv[t * qkv_w + h * hd..t * qkv_w + (h + 1) * hd];
+                    scores.clear();
+                    let mut max = f32::NEG_INFINITY;
+                    for &slot in ctx {
+                        let k = &kv.k[slot * kvd + g * hd..slot * kvd + (g + 1) * hd];
+                        let sc = dot_f16(q, k) * scale;
+                        max = max.max(sc);
+                        scores.push(sc);
+                    }
+                    let mut sum = 0.0f32;
+                    for sc in scores.iter_mut() {
+                        *sc = (*sc - max).exp();
+                        sum += *sc;
+                    }
+                    // SAFETY: (token t, head h) belongs to this task alone.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(ptr.get().add(t * qd + h * hd), hd)
+                    };
+                    o.fill(0.0);
+                    let inv = 1.0 / sum;
+                    for (&slot, p) in ctx.iter().zip(&scores) {
+                        axpy_f16(
+                            o,
+                            p * inv,
+                            &kv.v[slot * kvd + g * hd..slot * kvd + (g + 1) * hd],
+                        );
+                    }
+                }
+            }
+        };
+        if tasks.len() == 1 {
+            run(&tasks[0]);
+        } else {
+            tasks.par_iter().for_each(run);
+        }
+    }
+}
+
+/// Computes several projections of `x` into one row per token, laid out as
+/// the projections' outputs side by side.
+fn project(
+    p: &Projection,
+    x: &[f32],
+    n_tok: usize,
+    out: &mut Vec<f32>,
+    part: &mut Vec<f32>,
+    scratch: &mut Scratch,
+) {
+    let width = p.rows();
+    let out = resize(out, n_tok * width);
+    match p {
+        Projection::Fused(w) => w.matmul(x, n_tok, out, scratch),
+        Projection::Split(ws) => {
+            let mut col = 0;
+            for w in ws {
+                let r = w.rows();
+                let part = resize(part, n_tok * r);
+                w.matmul(x, n_tok, part, scratch);
+                for t in 0..n_tok {
+                    out[t * width + col..t * width + col + r]
+                        .copy_from_slice(&part[t * r..(t + 1) * r]);
+                }
+                col += r;
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Quantized activations and the row-parallel matrix multiplications.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::{Isa, SyncPtr};
+
+/// Weight block layouts with a hand-written kernel (llama.cpp / GGUF layouts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// `d: f16, qs: [u8; 16]`; value = d * (nibble - 8).
+    Q4_0,
+    /// `d: f16, m: f16, qs: [u8; 16]`; value = d * nibble + m.
+    Q4_1,
+    /// `d: f16, qs: [i8; 32]`; value = d * q.
+    Q8_0,
+}
+
+impl BlockFormat {
+    pub const ELEMS: usize = 32;
+
+    /// Bytes per block of 32 weights.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q4_0 => 18,
+            BlockFormat::Q4_1 => 20,
+            BlockFormat::Q8_0 => 34,
+        }
+    }
+}
+
+/// One block of 32 activations quantized to i8: `x ~= d * qs`, with
+/// `s = d * sum(qs)` kept for the offset term of Q4_0 / Q4_1 weights.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct ActBlock {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+/// A batch of activation rows (one per token), quantized block by block.
+#[derive(Debug, Default)]
+pub struct QuantizedActs {
+    pub(crate) blocks: Vec<ActBlock>,
+    pub(crate) cols: usize,
+    pub(crate) k_blocks: usize,
+}
+
+impl QuantizedActs {
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub(crate) fn col(&self, c: usize) -> &[ActBlock] {
+        &self.blocks[c * self.k_blocks..(c + 1) * self.k_blocks]
+    }
+}
+
+/// Quantizes `x` (`cols` rows of length `k`, `k` a multiple of 32) into `out`,
+/// reusing its allocation. Rounding follows llama.cpp's `quantize_row_q8_1`:
+/// `d = amax / 127` and `s` are stored rounded to f16.
+pub fn quantize_acts(x: &[f32], cols: usize, k: usize, out: &mut QuantizedActs) {
+    assert_eq!(x.len(), cols * k, "activation shape");
+    assert_eq!(k % 32, 0, "k must be a multiple of 32");
+    let k_blocks = k / 32;
+    out.cols = cols;
+    out.k_blocks = k_blocks;
+    out.blocks.clear();
+    out.blocks.reserve(cols * k_blocks);
+    for chunk in x.chunks_exact(32) {
+        let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0i8; 32];
+        let mut sum = 0i32;
+        for (q, v) in qs.iter_mut().zip(chunk) {
+            let r = (v * id).round() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        out.blocks.push(ActBlock {
+            d: f16::from_f32(d).to_f32(),
+            s: f16::from_f32(d * sum as f32).to_f32(),
+            qs,
+        });
+    }
+}
+
+/// How many rows one parallel task takes: enough work per task to amortise
+/// scheduling, enough tasks to balance the threads.
+fn rows_per_task(n_rows: usize, bytes_per_row: usize, cols: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let target_tasks = threads * 4;
+    let by_balance = n_rows.div_ceil(target_tasks);
+    // At least ~32 KiB of weights x columns per task.
+    let min_rows = (32 * 1024 / (bytes_per_row * cols.max(1)).max(1)).max(4);
+    let rows = by_balance.max(min_rows).min(n_rows.max(1));
+    rows.div_ceil(4) * 4
+}
+
+/// `out[c * n_rows + r] = dot(w[r], x[c])` for quantized weights `w`
+/// (`n_rows` rows of `k` values in `fmt` blocks) and quantized activations.
+/// Rows are split across the rayon pool.
+pub fn matmul_quant(
+    fmt: BlockFormat,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) {
+    let k_blocks = acts.k_blocks;
+    let row_bytes = k_blocks * fmt.block_bytes();
+    assert_eq!(w.len(), n_rows * row_bytes, "weight shape");
+    assert_eq!(out.len(), acts.cols * n_rows, "output shape");
+    let isa = Isa::detect();
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let step = rows_per_task(n_rows, row_bytes, acts.cols);
+    let run = |start: usize| {
+        let end = (start + step).min(n_rows);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2/FMA/F16C present; rows [start, end) are this task's alone.
+            Isa::Avx2 => unsafe { super::avx2::gemm_quant(fmt, w, n_rows, acts, start..end, ptr) },
+            _ => gemm_quant_scalar(fmt, w, n_rows, acts, start..end, ptr),
+        }
+    };
+    if n_rows <= step {
+        run(0);
+    } else {
+        (0..n_rows)
+            .step_by(step)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(run);
+    }
+}
+
+/// Decodes one weight block into (scale, offset, values) such that each weight
+/// equals `scale * value + offset`.
+#[inline]
+pub(crate) fn decode_block(fmt: BlockFormat, b: &[u8]) -> (f32, f32, [i32; 32]) {
+    let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+    let mut v = [0i32; 32];
+    match fmt {
+        BlockFormat::Q8_0 => {
+            for (j, q) in b[2..34].iter().enumerate() {
+                v[j] = *q as i8 as i32;
+            }
+            (d, 0.0, v)
+        }
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+            let (m, qs) = if fmt == BlockFormat::Q4_1 {
+                (f16::from_le_bytes([b[2], b[3]]).to_f32(), &b[4..20])
+            } else {
+                (-8.0 * d, &b[2..18])
+            };
+            for (j, q) in qs.iter().enumerate() {
+                v[j] = (q & 0x0F) as i32;
+                v[j + 16] = (q >> 4) as i32;
+            }
+            (d, m, v)
+        }
+    }
+}
+
+fn gemm_quant_scalar(
+    fmt: BlockFormat,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QuantizedActs,
+    rows: std::ops::Range<usize>,
+    out: SyncPtr,
+) {
+    let bb = fmt.block_bytes();
+    let k_blocks = acts.k_blocks;
+    for r in rows {
+        let row = &w[r * k_blocks * bb..(r + 1) * k_blocks * bb];
+        for c in 0..acts.cols {
+            let xs = acts.col(c);
+            let mut acc = 0.0f32;
+            for (blk, x) in row.chunks_exact(bb).zip(xs) {
+                let (d, m, v) = decode_block(fmt, blk);
+                let isum: i32 = v.iter().zip(&x.qs).map(|(a, b)| a * *b as i32).sum();
+                acc += d * x.d * isum as f32 + m * x.s;
+            }
+            // SAFETY: (c, r) is written by this task only; the index is in bounds.
+            unsafe { *out.0.add(c * n_rows + r) = acc };
+        }
+    }
+}
+
+/// `out[c * n_rows + r] = dot(w[r], x[c])` for f32 weights (`n_rows x k`,
+/// row-major) and `cols` f32 activation rows of length `k`.
+pub fn matmul_f32(w: &[f32], n_rows: usize, k: usize, x: &[f32], cols: usize, out: &mut [f32]) {
+    assert_eq!(w.len(), n_rows * k, "weight shape");
+    assert_eq!(x.len(), cols * k, "activation shape");
+    assert_eq!(out.len(), cols * n_rows, "output shape");
+    let isa = Isa::detect();
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let step = rows_per_task(n_rows, k * 4, cols);
+    let run = |start: usize| {
+        let end = (start + step).min(n_rows);
+        for r in start..end {
+            let wr = &w[r * k..(r + 1) * k];
+            for c in 0..cols {
+                let xc = &x[c * k..(c + 1) * k];
+                let v = match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX2/FMA present.
+                    Isa::Avx2 => unsafe { super::avx2::dot_f32(wr, xc) },
+                    _ => wr.iter().zip(xc).map(|(a, b)| a * b).sum(),
+                };
+                // SAFETY: (c, r) belongs to this task.
+                unsafe { *ptr.get().add(c * n_rows + r) = v };
+            }
+        }
+    };
+    if n_rows <= step {
+        run(0);
+    } else {
+        (0..n_rows)
+            .step_by(step)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(run);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random_blocks(fmt: BlockFormat, n_blocks: usize, rng: &mut impl Rng) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n_blocks * fmt.block_bytes());
+        for _ in 0..n_blocks {
+            out.extend_from_slice(&f16::from_f32(rng.gen_range(0.001..0.05)).to_le_bytes());
+            if fmt == BlockFormat::Q4_1 {
+                out.extend_from_slice(&f16::from_f32(rng.gen_range(-0.2..0.2)).to_le_bytes());
+            }
+            let n = if fmt == BlockFormat::Q8_0 { 32 } else { 16 };
+            for _ in 0..n {
+                out.push(rng.gen());
+            }
+        }
+        out
+    }
+
+    fn dequant(fmt: BlockFormat, w: &[u8]) -> Vec<f32> {
+        w.chunks_exact(fmt.block_bytes())
+            .flat_map(|b| {
+                let (d, m, v) = decode_block(fmt, b);
+                v.map(|q| d * q as f32 + m)
+            })
+            .collect()
+    }
+
+    /// The SIMD kernels agree with the scalar path, and both agree with an f32
+    /// matmul over the dequantized weights, for every tile remainder.
+    #[test]
+    fn quant_kernels_match_reference() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for fmt in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+            for (n_rows, k, cols) in [
+                (1, 32, 1),
+                (7, 64, 3),
+                (13, 96, 5),
+                (64, 576, 2),
+                (9, 32, 17),
+            ] {
+                let w = random_blocks(fmt, n_rows * k / 32, &mut rng);
+                let x: Vec<f32> = (0..cols * k).map(|_| rng.gen_range(-2.0..2.0)).collect();
+                let mut acts = QuantizedActs::default();
+                quantize_acts(&x, cols, k, &mut acts);
+                let mut fast = vec![0.0; cols * n_rows];
+                matmul_quant(fmt, &w, n_rows, &acts, &mut fast);
+                let mut slow = vec![0.0; cols * n_rows];
+                gemm_quant_scalar(
+                    fmt,
+                    &w,
+                    n_rows,
+                    &acts,
+                    0..n_rows,
+                    SyncPtr(slow.as_mut_ptr()),
+                );
+                let wf = dequant(fmt, &w);
+                let mut exact = vec![0.0; cols * n_rows];
+                matmul_f32(&wf, n_rows, k, &x, cols, &mut exact);
+                for i in 0..fast.len() {
+                    let tol = 1e-4 * (1.0 + slow[i].abs());
+                    assert!(
+                        (fast[i] - slow[i]).abs() < tol,
+                        "{fmt:?} simd {} vs scalar {}",
+                        fast[i],
+                        slow[i]
+                    );
+                    // 8-bit activations: error bounded by a few percent of the magnitude.
+                    let scale: f32 = (0..k)
+                        .map(|j| (wf[(i % n_rows) * k + j] * x[(i / n_rows) * k + j]).abs())
+                        .sum();
+                    assert!(
+                        (slow[i] - exact[i]).abs() <= 0.02 * scale + 1e-3,
+                        "{fmt:?} quantized {} vs exact {}",
+                        slow[i],
+                        exact[i]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_matmul_matches_naive() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for (n, k, cols) in [(1, 1, 1), (5, 13, 3), (33, 100, 4)] {
+            let w: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let x: Vec<f32> = (0..cols * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let mut out = vec![0.0; n * cols];
+            matmul_f32(&w, n, k, &x, cols, &mut out);
+            for c in 0..cols {
+                for r in 0..n {
+                    let e: f32 = (0..k).map(|j| w[r * k + j] * x[c * k + j]).sum();
+                    assert!((out[c * n + r] - e).abs() < 1e-4);
+                }
+            }
+        }
+    }
+}

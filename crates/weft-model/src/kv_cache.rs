@@ -1,0 +1,74 @@
+//! The physical KV memory: per layer, K and V rows for every slot of every
+//! block, stored as f16 (as llama.cpp does by default). Which blocks a
+//! sequence owns is decided elsewhere (`weft-kv`); the forward pass only reads
+//! and writes slots through each sequence's block table.
+
+use half::f16;
+
+use crate::config::ModelConfig;
+
+pub struct KvCache {
+    pub block_size: usize,
+    pub n_blocks: usize,
+    kv_dim: usize,
+    layers: Vec<LayerKv>,
+}
+
+pub(crate) struct LayerKv {
+    pub k: Vec<f16>,
+    pub v: Vec<f16>,
+}
+
+impl KvCache {
+    /// A cache of `n_blocks` blocks of `block_size` token slots each.
+    pub fn new(cfg: &ModelConfig, block_size: usize, n_blocks: usize) -> KvCache {
+        let kv_dim = cfg.kv_dim();
+        let per_layer = n_blocks * block_size * kv_dim;
+        KvCache {
+            block_size,
+            n_blocks,
+            kv_dim,
+            layers: (0..cfg.n_layers)
+                .map(|_| LayerKv {
+                    k: vec![f16::ZERO; per_layer],
+                    v: vec![f16::ZERO; per_layer],
+                })
+                .collect(),
+        }
+    }
+
+    /// Bytes one block takes across all layers (K and V).
+    pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize) -> usize {
+        cfg.n_layers * 2 * block_size * cfg.kv_dim() * std::mem::size_of::<f16>()
+    }
+
+    /// As many blocks as fit in `mib` MiB (at least one).
+    pub fn with_budget_mib(cfg: &ModelConfig, block_size: usize, mib: usize) -> KvCache {
+        let n = (mib * 1024 * 1024 / Self::bytes_per_block(cfg, block_size)).max(1);
+        Self::new(cfg, block_size, n)
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.kv_dim
+    }
+
+    pub(crate) fn layer(&self, l: usize) -> &LayerKv {
+        &self.layers[l]
+    }
+
+    pub(crate) fn layer_mut(&mut self, l: usize) -> &mut LayerKv {
+        &mut self.layers[l]
+    }
+
+    /// Copies the first `n_slots` slots of block `src` into block `dst` in
+    /// every layer (copy-on-write of a shared partial block).
+    pub fn copy_block(&mut self, src: u32, dst: u32, n_slots: usize) {
+        let row = self.block_size * self.kv_dim;
+        let len = n_slots.min(self.block_size) * self.kv_dim;
+        let (s, d) = (src as usize * row, dst as usize * row);
+        for layer in &mut self.layers {
+            layer.k.copy_within(s..s + len, d);
+            layer.v.copy_within(s..s + len, d);
+        }
+    }
+}

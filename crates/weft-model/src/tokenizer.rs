@@ -1,0 +1,330 @@
+//! Tokenizers: built from GGUF metadata (GPT-2-style byte-level BPE as in
+//! SmolLM2, Qwen and Llama 3; SentencePiece-style BPE as in Llama 2), or read
+//! from a Hugging Face `tokenizer.json`. Either way the work is done by the
+//! `tokenizers` crate: a GGUF vocabulary is turned into the same JSON
+//! description Hugging Face would write, and loaded from it.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+
+/// Token texts llama.cpp treats as end-of-generation when they are control tokens.
+const END_OF_GENERATION: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "</s>",
+];
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    /// Tokens that end generation (EOS, end-of-turn, ...).
+    pub stop_ids: Vec<u32>,
+    /// Whether encoding with special tokens prepends BOS.
+    pub add_bos: bool,
+    pub chat_template: Option<String>,
+}
+
+const GGUF_CONTROL: i32 = 3;
+const GGUF_USER_DEFINED: i32 = 4;
+
+fn pre_tokenizer(pre: &str) -> Value {
+    let split = |regex: &str| {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}
+        ]})
+    };
+    match pre {
+        // llama.cpp: LLAMA_VOCAB_PRE_TYPE_SMOLLM / STARCODER / REFACT: digits split, then GPT-2.
+        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" => json!({
+        "type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+        ]}),
+        "qwen2" | "deepseek-r1-qwen" => split(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
+        "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" => split(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
+        _ => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+        }
+    }
+}
+
+fn added_tokens(tokens: &[String], types: &[i32]) -> Vec<Value> {
+    tokens
+        .iter()
+        .zip(types)
+        .enumerate()
+        .filter(|(_, (_, t))| **t == GGUF_CONTROL || **t == GGUF_USER_DEFINED)
+        .map(|(id, (content, t))| {
+            json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": *t == GGUF_CONTROL})
+        })
+        .collect()
+}
+
+/// Merges for a SentencePiece vocabulary: every split of a piece into two
+/// pieces, ranked by the merged piece's score (as llama.cpp's SPM tokenizer
+/// merges the highest-scoring pair first).
+fn spm_merges(tokens: &[String], scores: &[f32], types: &[i32]) -> Vec<String> {
+    let index: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut merges: Vec<(f32, usize, usize, String)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if types.get(id).copied().unwrap_or(1) != 1 {
+            continue;
+        }
+        for (cut, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(cut);
+            if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) {
+                merges.push((
+                    scores.get(id).copied().unwrap_or(0.0),
+                    li,
+                    ri,
+                    format!("{l} {r}"),
+                ));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    merges.into_iter().map(|m| m.3).collect()
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` keys.
+    pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
+        let missing = |reason: &str| ModelError::MissingTokenizer {
+            path: g.path.clone(),
+            reason: reason.to_string(),
+        };
+        let kind = g
+            .get_str("tokenizer.ggml.model")
+            .ok_or_else(|| missing("no `tokenizer.ggml.model` key"))?;
+        let tokens = g
+            .get_str_array("tokenizer.ggml.tokens")
+            .ok_or_else(|| missing("no `tokenizer.ggml.tokens` array"))?;
+        let types = g
+            .get_i32_array("tokenizer.ggml.token_type")
+            .unwrap_or_else(|| vec![1; tokens.len()]);
+        let vocab: serde_json::Map<String, Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), json!(i)))
+            .collect();
+        let added = added_tokens(&tokens, &types);
+        let spec = match kind {
+            "gpt2" => {
+                let merges = g
+                    .get_str_array("tokenizer.ggml.merges")
+                    .ok_or_else(|| missing("BPE vocabulary without `tokenizer.ggml.merges`"))?;
+                let pre = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
+                json!({
+                    "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+                    "normalizer": null, "pre_tokenizer": pre_tokenizer(pre), "post_processor": null,
+                    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                              "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                              "ignore_merges": false, "vocab": vocab, "merges": merges}
+                })
+            }
+            "llama" => {
+                let scores = g
+                    .get_f32_array("tokenizer.ggml.scores")
+                    .unwrap_or_else(|| vec![0.0; tokens.len()]);
+                let merges = spm_merges(&tokens, &scores, &types);
+                let prefix = g
+                    .get_bool("tokenizer.ggml.add_space_prefix")
+                    .unwrap_or(true);
+                let mut norm = vec![
+                    json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}),
+                ];
+                if prefix {
+                    norm.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
+                }
+                let unk = g
+                    .get_usize("tokenizer.ggml.unknown_token_id")
+                    .and_then(|i| tokens.get(i))
+                    .cloned();
+                json!({
+                    "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+                    "normalizer": {"type": "Sequence", "normalizers": norm}, "pre_tokenizer": null, "post_processor": null,
+                    "decoder": {"type": "Sequence", "decoders": [
+                        {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                        {"type": "ByteFallback"}, {"type": "Fuse"},
+                        {"type": "Strip", "content": " ", "start": if prefix { 1 } else { 0 }, "stop": 0}]},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                              "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+                              "ignore_merges": false, "vocab": vocab, "merges": merges}
+                })
+            }
+            other => {
+                return Err(missing(&format!(
+                    "unsupported tokenizer model `{other}` (supported: gpt2, llama)"
+                )))
+            }
+        };
+        let inner =
+            tokenizers::Tokenizer::from_bytes(spec.to_string().as_bytes()).map_err(|e| {
+                ModelError::Tokenizer(format!("{}: cannot build tokenizer: {e}", g.path.display()))
+            })?;
+        let bos = g.get_usize("tokenizer.ggml.bos_token_id").map(|v| v as u32);
+        let eos = g.get_usize("tokenizer.ggml.eos_token_id").map(|v| v as u32);
+        let mut stop: HashSet<u32> = eos.into_iter().collect();
+        if let Some(eot) = g.get_usize("tokenizer.ggml.eot_token_id") {
+            stop.insert(eot as u32);
+        }
+        for (id, (t, ty)) in tokens.iter().zip(&types).enumerate() {
+            if *ty == GGUF_CONTROL && END_OF_GENERATION.contains(&t.as_str()) {
+                stop.insert(id as u32);
+            }
+        }
+        let mut stop_ids: Vec<u32> = stop.into_iter().collect();
+        stop_ids.sort();
+        Ok(Tokenizer {
+            inner,
+            bos,
+            eos,
+            stop_ids,
+            add_bos: g
+                .get_bool("tokenizer.ggml.add_bos_token")
+                .unwrap_or(kind == "llama"),
+            chat_template: g.get_str("tokenizer.chat_template").map(String::from),
+        })
+    }
+
+    /// Reads `tokenizer.json` (and `tokenizer_config.json`, when present) from
+    /// a Hugging Face folder.
+    pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(ModelError::MissingTokenizer {
+                path: dir.to_path_buf(),
+                reason: "no tokenizer.json in the model folder".into(),
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let cfg: Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let token_of = |key: &str| -> Option<u32> {
+            let v = &cfg[key];
+            let text = v.as_str().or_else(|| v["content"].as_str())?;
+            inner.token_to_id(text)
+        };
+        let bos = token_of("bos_token");
+        let eos = token_of("eos_token");
+        let mut stop: HashSet<u32> = eos.into_iter().collect();
+        for t in END_OF_GENERATION {
+            if let Some(id) = inner.token_to_id(t) {
+                if inner
+                    .get_added_tokens_decoder()
+                    .get(&id)
+                    .is_some_and(|a| a.special)
+                {
+                    stop.insert(id);
+                }
+            }
+        }
+        let mut stop_ids: Vec<u32> = stop.into_iter().collect();
+        stop_ids.sort();
+        Ok(Tokenizer {
+            add_bos: cfg["add_bos_token"].as_bool().unwrap_or(false),
+            chat_template: cfg["chat_template"].as_str().map(String::from),
+            inner,
+            bos,
+            eos,
+            stop_ids,
+        })
+    }
+
+    /// Token ids of `text`. Special-token text (like `<|im_start|>`) is
+    /// always recognised; `add_special` prepends BOS when the model wants it.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_special && self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens included.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, text: &str) -> Option<u32> {
+        self.inner.token_to_id(text)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn is_stop(&self, id: u32) -> bool {
+        self.stop_ids.contains(&id)
+    }
+
+    /// The underlying `tokenizers` object (for saving as `tokenizer.json`).
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+/// Turns a growing list of token ids into text pieces, never splitting a
+/// UTF-8 character across pieces (byte-level tokens can end mid-character).
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl StreamDecoder {
+    /// Adds a token; returns the text it completes, if any.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let full = tok.decode(&self.ids[self.prefix_offset..])?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
+            let piece = full
+                .get(prefix.len()..)
+                .map(String::from)
+                .unwrap_or_else(|| full.clone());
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(Some(piece))
+        } else {
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! Weight matrices in the form the kernels consume, and their products with
+//! activations.
+
+use std::sync::Arc;
+
+use candle_core::quantized::k_quants::{self, GgmlType};
+use candle_core::quantized::GgmlDType;
+use half::{bf16, f16};
+
+use crate::kernels::{self, BlockFormat, QuantizedActs};
+
+/// Bytes of a tensor: a slice of a memory-mapped file, or owned memory
+/// (8-byte aligned, so quantized blocks can be viewed in place).
+#[derive(Clone)]
+pub struct Bytes {
+    backing: Backing,
+    offset: usize,
+    len: usize,
+}
+
+#[derive(Clone)]
+enum Backing {
+    Map(Arc<memmap2::Mmap>),
+    Owned(Arc<Vec<u64>>),
+}
+
+impl Bytes {
+    pub(crate) fn mapped(map: Arc<memmap2::Mmap>, offset: usize, len: usize) -> Self {
+        Bytes {
+            backing: Backing::Map(map),
+            offset,
+            len,
+        }
+    }
+
+    pub fn owned(data: &[u8]) -> Self {
+        let mut words = vec![0u64; data.len().div_ceil(8)];
+        // SAFETY: `words` has at least `data.len()` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), words.as_mut_ptr() as *mut u8, data.len())
+        };
+        Bytes {
+            backing: Backing::Owned(Arc::new(words)),
+            offset: 0,
+            len: data.len(),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        let base: &[u8] = match &self.backing {
+            Backing::Map(m) => &m[..],
+            // SAFETY: a Vec<u64> viewed as bytes; the length is within it.
+            Backing::Owned(v) => unsafe {
+                std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 8)
+            },
+        };
+        &base[self.offset..self.offset + self.len]
+    }
+}
+
+/// Element types weft can load (the GGUF names).
+pub fn dtype_name(d: GgmlDType) -> &'static str {
+    match d {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        GgmlDType::Q4_0 => "Q4_0",
+        GgmlDType::Q4_1 => "Q4_1",
+        GgmlDType::Q5_0 => "Q5_0",
+        GgmlDType::Q5_1 => "Q5_1",
+        GgmlDType::Q8_0 => "Q8_0",
+        GgmlDType::Q8_1 => "Q8_1",
+        GgmlDType::Q2K => "Q2_K",
+        GgmlDType::Q3K => "Q3_K",
+        GgmlDType::Q4K => "Q4_K",
+        GgmlDType::Q5K => "Q5_K",
+        GgmlDType::Q6K => "Q6_K",
+        GgmlDType::Q8K => "Q8_K",
+    }
+}
+
+/// A `rows x cols` matrix (PyTorch's `[out_features, in_features]`).
+#[derive(Clone)]
+pub enum Weight {
+    /// A quantized type with a weft kernel.
+    Quant {
+        fmt: BlockFormat,
+        rows: usize,
+        cols: usize,
+        data: Bytes,
+    },
+    /// A K-quant or other GGML type, multiplied through candle's kernels.
+    Ggml {
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        data: Bytes,
+    },
+    F32 {
+        rows: usize,
+        cols: usize,
+        data: Arc<Vec<f32>>,
+    },
+}
+
+/// Scratch buffers reused across matmuls, so a step allocates nothing.
+#[derive(Default)]
+pub struct Scratch {
+    pub acts: QuantizedActs,
+}
+
+impl Weight {
+    /// Wraps raw GGML bytes; F16/BF16/F32 are converted to f32.
+    pub fn from_ggml(dtype: GgmlDType, rows: usize, cols: usize, bytes: Bytes) -> Weight {
+        match dtype {
+            GgmlDType::Q4_0 => Weight::Quant {
+                fmt: BlockFormat::Q4_0,
+                rows,
+                cols,
+                data: bytes,
+            },
+            GgmlDType::Q4_1 => Weight::Quant {
+                fmt: BlockFormat::Q4_1,
+                rows,
+                cols,
+                data: bytes,
+            },
+            GgmlDType::Q8_0 => Weight::Quant {
+                fmt: BlockFormat::Q8_0,
+                rows,
+                cols,
+                data: bytes,
+            },
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => Weight::F32 {
+                rows,
+                cols,
+                data: Arc::new(to_f32(dtype, bytes.as_slice())),
+            },
+            _ => Weight::Ggml {
+                dtype,
+                rows,
+                cols,
+                data: bytes,
+            },
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        match self {
+            Weight::Quant { rows, .. } | Weight::Ggml { rows, .. } | Weight::F32 { rows, .. } => {
+                *rows
+            }
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Weight::Quant { cols, .. } | Weight::Ggml { cols, .. } | Weight::F32 { cols, .. } => {
+                *cols
+            }
+        }
+    }
+
+    /// A short description of the storage type, for stats and errors.
+    pub fn kind(&self) -> String {
+        match self {
+            Weight::Quant { fmt, .. } => format!("{fmt:?}"),
+            Weight::Ggml { dtype, .. } => dtype_name(*dtype).to_string(),
+            Weight::F32 { .. } => "F32".to_string(),
+        }
+    }
+
+    /// Stacks matrices with the same storage type and width into one (rows
+    /// concatenated), so one pass computes all of them. `None` when they differ.
+    pub fn concat_rows(parts: &[&Weight]) -> Option<Weight> {
+        let first = parts.first()?;
+        let cols = first.cols();
+        if parts
+            .iter()
+            .any(|p| p.cols() != cols || p.kind() != first.kind())
+        {
+            return None;
+        }
+        let rows = parts.iter().map(|p| p.rows()).sum();
+        match first {
+            Weight::F32 { .. } => {
+                let mut data = Vec::with_capacity(rows * cols);
+                for p in parts {
+                    if let Weight::F32 { data: d, .. } = p {
+                        data.extend_from_slice(d);
+                    }
+                }
+                Some(Weight::F32 {
+                    rows,
+                    cols,
+                    data: Arc::new(data),
+                })
+            }
+            Weight::Quant { fmt, .. } => {
+                let bytes = concat_bytes(parts);
+                Some(Weight::Quant {
+                    fmt: *fmt,
+                    rows,
+                    cols,
+                    data: bytes,
+                })
+            }
+            Weight::Ggml { dtype, .. } => {
+                let bytes = concat_bytes(parts);
+                Some(Weight::Ggml {
+                    dtype: *dtype,
+                    rows,
+                    cols,
+                    data: bytes,
+                })
+            }
+        }
+    }
+
+    /// `out[t * rows + r] = dot(self[r], x[t])` for `t` in `0..tokens`.
+    /// `x` holds `tokens` rows of `cols` values.
+    pub fn matmul(&self, x: &[f32], tokens: usize, out: &mut [f32], scratch: &mut Scratch) {
+        match self {
+            Weight::Quant { .. } => {
+                kernels::quantize_acts(x, tokens, self.cols(), &mut scratch.acts);
+                self.matmul_quantized(&scratch.acts, out);
+            }
+            Weight::F32 { rows, cols, data } => {
+                kernels::matmul_f32(data, *rows, *cols, x, tokens, out)
+            }
+            Weight::Ggml {
+                dtype,
+                rows,
+                cols,
+                data,
+            } => ggml_matmul(*dtype, data.as_slice(), *rows, *cols, x, tokens, out),
+        }
+    }
+
+    /// Like [`Weight::matmul`] for activations already quantized (so several
+    /// matrices can share one quantization). Only for `Weight::Quant`.
+    pub fn matmul_quantized(&self, acts: &QuantizedActs, out: &mut [f32]) {
+        if let Weight::Quant {
+            fmt, rows, data, ..
+        } = self
+        {
+            kernels::matmul_quant(*fmt, data.as_slice(), *rows, acts, out);
+        } else {
+            unreachable!("matmul_quantized on a non-quantized weight");
+        }
+    }
+
+    /// Row `r` as f32 (embedding lookup).
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        let cols = self.cols();
+        match self {
+            Weight::F32 { data, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
+            Weight::Quant { fmt, data, .. } => {
+                let bb = fmt.block_bytes();
+                let row_bytes = cols / 32 * bb;
+                let bytes = &data.as_slice()[r * row_bytes..(r + 1) * row_bytes];
+                for (blk, o) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(32)) {
+                    let (d, m, v) = kernels::decode_block(*fmt, blk);
+                    for (x, q) in o.iter_mut().zip(v) {
+                        *x = d * q as f32 + m;
+                    }
+                }
+            }
+            Weight::Ggml { dtype, data, .. } => {
+                let row_bytes = cols / dtype.block_size() * dtype.type_size();
+                let bytes = &data.as_slice()[r * row_bytes..(r + 1) * row_bytes];
+                ggml_dequant(*dtype, bytes, out);
+            }
+        }
+    }
+}
+
+fn concat_bytes(parts: &[&Weight]) -> Bytes {
+    let mut all = Vec::new();
+    for p in parts {
+        match p {
+            Weight::Quant { data, .. } | Weight::Ggml { data, .. } => {
+                all.extend_from_slice(data.as_slice())
+            }
+            Weight::F32 { .. } => {}
+        }
+    }
+    Bytes::owned(&all)
+}
+
+/// Converts F32 / F16 / BF16 little-endian bytes to f32.
+pub fn to_f32(dtype: GgmlDType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        GgmlDType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        GgmlDType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    }
+}
+
+/// Views `bytes` as blocks of `T`, copying only when misaligned.
+fn with_blocks<T: GgmlType, R>(bytes: &[u8], f: impl FnOnce(&[T]) -> R) -> R {
+    let n = bytes.len() / std::mem::size_of::<T>();
+    if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+        // SAFETY: GGML block structs are `repr(C)` plain data of the file's
+        // layout; alignment was checked; the length is whole blocks.
+        f(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, n) })
+    } else {
+        let owned = Bytes::owned(bytes);
+        // SAFETY: as above; owned bytes are 8-byte aligned.
+        f(unsafe { std::slice::from_raw_parts(owned.as_slice().as_ptr() as *const T, n) })
+    }
+}
+
+macro_rules! ggml_dispatch {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            GgmlDType::Q5_0 => {
+                type $T = k_quants::BlockQ5_0;
+                $body
+            }
+            GgmlDType::Q5_1 => {
+                type $T = k_quants::BlockQ5_1;
+                $body
+            }
+            GgmlDType::Q2K => {
+                type $T = k_quants::BlockQ2K;
+                $body
+            }
+            GgmlDType::Q3K => {
+                type $T = k_quants::BlockQ3K;
+                $body
+            }
+            GgmlDType::Q4K => {
+                type $T = k_quants::BlockQ4K;
+                $body
+            }
+            GgmlDType::Q5K => {
+                type $T = k_quants::BlockQ5K;
+                $body
+            }
+            GgmlDType::Q6K => {
+                type $T = k_quants::BlockQ6K;
+                $body
+            }
+            GgmlDType::Q8K => {
+                type $T = k_quants::BlockQ8K;
+                $body
+            }
+            GgmlDType::Q4_0 => {
+                type $T = k_quants::BlockQ4_0;
+                $body
+            }
+            GgmlDType::Q4_1 => {
+                type $T = k_quants::BlockQ4_1;
+                $body
+            }
+            GgmlDType::Q8_0 => {
+                type $T = k_quants::BlockQ8_0;
+                $body
+            }
+            GgmlDType::Q8_1 => {
+                type $T = k_quants::BlockQ8_1;
+                $body
+            }
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                unreachable!("float types are converted at load")
+            }
+        }
+    };
+}
+
+fn ggml_matmul(
+    dtype: GgmlDType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    ggml_dispatch!(dtype, T => with_blocks::<T, _>(w, |blocks| {
+        // candle computes dst[m][n] = lhs[m] . rhs_t[n]: m = tokens, n = rows.
+        if let Err(e) = k_quants::matmul::<T>((tokens, cols, rows), x, blocks, out) {
+            // Shapes are validated at load time; this cannot happen for a loaded model.
+            panic!("candle matmul failed on validated shapes: {e}");
+        }
+    }))
+}
+
+fn ggml_dequant(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) {
+    ggml_dispatch!(dtype, T => with_blocks::<T, _>(bytes, |blocks| T::to_float(blocks, out)))
+}

@@ -1,0 +1,232 @@
+//! `weft bench`: speed measurements, printed as ratios against a reference
+//! measured in the same run.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
+use weft_model::generate::Session;
+
+use super::model_args::ModelArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchWhat {
+    /// Prompt processing and batch-1 decode speed (like `llama-bench -p 512 -n 128`).
+    Decode(DecodeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt length for the prompt-processing test.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens for the decode test.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Repetitions; the median is reported.
+    #[arg(long, short = 'r', default_value_t = 3)]
+    pub reps: usize,
+    /// Also run this `llama-bench` binary on the same model, with the same
+    /// thread count and shape, and print weft/llama.cpp ratios. Default: the
+    /// one `shared/tools/llama-cpp-anchor.sh` builds, when present.
+    #[arg(long)]
+    pub llama_bench: Option<PathBuf>,
+    /// Skip the llama.cpp reference.
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize, Debug, Default)]
+struct DecodeReport {
+    model: String,
+    weights: String,
+    threads: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    prompt_tok_s: f64,
+    decode_tok_s: f64,
+    peak_rss_mib: f64,
+    reference: Option<Reference>,
+}
+
+#[derive(Serialize, Debug)]
+struct Reference {
+    engine: String,
+    prompt_tok_s: f64,
+    decode_tok_s: f64,
+    prompt_ratio: f64,
+    decode_ratio: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn default_llama_bench() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME")?;
+    let p = PathBuf::from(home).join(".cache/llama-cpp-anchor/build/bin/llama-bench");
+    p.exists().then_some(p)
+}
+
+/// Runs llama-bench and reads its pp / tg averages from the JSON output.
+fn run_llama_bench(
+    bin: &PathBuf,
+    model: &PathBuf,
+    threads: usize,
+    a: &DecodeArgs,
+) -> anyhow::Result<(f64, f64)> {
+    let out = Command::new(bin)
+        .args(["-m", &model.to_string_lossy(), "-t", &threads.to_string()])
+        .args([
+            "-p",
+            &a.prompt_tokens.to_string(),
+            "-n",
+            &a.gen_tokens.to_string(),
+        ])
+        .args(["-r", &a.reps.to_string(), "-o", "json"])
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "llama-bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rows: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing llama-bench JSON")?;
+    let mut pp = 0.0;
+    let mut tg = 0.0;
+    for r in rows.as_array().context("llama-bench JSON is not a list")? {
+        let ts = r["avg_ts"].as_f64().unwrap_or(0.0);
+        if r["n_prompt"].as_u64().unwrap_or(0) > 0 {
+            pp = ts;
+        } else {
+            tg = ts;
+        }
+    }
+    Ok((pp, tg))
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.what {
+        BenchWhat::Decode(a) => decode(a),
+    }
+}
+
+fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
+    let (model, _tok) = a.model.load()?;
+    let vocab = model.config.vocab_size as u64;
+    // Deterministic pseudo-random prompt tokens (llama-bench also uses random ids).
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let prompt: Vec<u32> = (0..a.prompt_tokens)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % vocab) as u32
+        })
+        .collect();
+    let mut session = Session::new(&model, a.prompt_tokens.max(a.gen_tokens + 1));
+    // Warm-up: touch every weight once.
+    session.feed(&prompt[..8.min(prompt.len())], false)?;
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    for _ in 0..a.reps.max(1) {
+        session.reset();
+        let t = Instant::now();
+        session.feed(&prompt, false)?;
+        pp.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64());
+
+        session.reset();
+        let mut next = prompt[0];
+        let t = Instant::now();
+        for _ in 0..a.gen_tokens {
+            let logits = session.feed(&[next], false)?;
+            next = weft_model::sampling::argmax(&logits);
+        }
+        tg.push(a.gen_tokens as f64 / t.elapsed().as_secs_f64());
+    }
+    let mut report = DecodeReport {
+        model: a.model.path().display().to_string(),
+        weights: model.weight_kind.clone(),
+        threads: model.threads(),
+        prompt_tokens: a.prompt_tokens,
+        gen_tokens: a.gen_tokens,
+        prompt_tok_s: median(pp),
+        decode_tok_s: median(tg),
+        peak_rss_mib: peak_rss_mib(),
+        reference: None,
+    };
+    drop(session);
+    if !a.no_reference {
+        if let Some(bin) = a.llama_bench.clone().or_else(default_llama_bench) {
+            eprintln!("[weft] running reference: {}", bin.display());
+            let (rpp, rtg) = run_llama_bench(&bin, &a.model.path(), model.threads(), &a)?;
+            report.reference = Some(Reference {
+                engine: "llama.cpp (llama-bench)".into(),
+                prompt_tok_s: rpp,
+                decode_tok_s: rtg,
+                prompt_ratio: report.prompt_tok_s / rpp,
+                decode_ratio: report.decode_tok_s / rtg,
+            });
+        } else {
+            eprintln!("[weft] no llama-bench found (build it with shared/tools/llama-cpp-anchor.sh or pass --llama-bench); reporting weft alone");
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "model        {} ({}, {} threads)",
+            report.model, report.weights, report.threads
+        );
+        println!(
+            "prompt       {:>8.1} tok/s  (pp{})",
+            report.prompt_tok_s, report.prompt_tokens
+        );
+        println!(
+            "decode       {:>8.1} tok/s  (tg{})",
+            report.decode_tok_s, report.gen_tokens
+        );
+        println!("peak RSS     {:>8.1} MiB", report.peak_rss_mib);
+        if let Some(r) = &report.reference {
+            println!(
+                "{}: prompt {:.1} tok/s, decode {:.1} tok/s",
+                r.engine, r.prompt_tok_s, r.decode_tok_s
+            );
+            println!(
+                "ratio        prompt {:.2}x, decode {:.2}x (weft / llama.cpp)",
+                r.prompt_ratio, r.decode_ratio
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

