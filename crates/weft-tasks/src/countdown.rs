@@ -49,7 +49,7 @@ impl OpKind {
             OpKind::Add => a.checked_add(b),
             OpKind::Mul => a.checked_mul(b),
             OpKind::Sub => a.checked_sub(b),
-            OpKind::Div => (b != 0 && a % b == 0).then(|| a / b),
+            OpKind::Div => (b != 0 && a.is_multiple_of(b)).then(|| a / b),
         }
     }
 }

@@ -223,7 +223,7 @@ impl<'a> Replay<'a> {
             // Right arithmetic, but over the intermediate cap.
             Err(Failure::IllegalStep { step: shown })
         } else if matches!(step.op, OpKind::Sub) && step.a < step.b
-            || matches!(step.op, OpKind::Div) && (step.b == 0 || step.a % step.b != 0)
+            || matches!(step.op, OpKind::Div) && (step.b == 0 || !step.a.is_multiple_of(step.b))
         {
             Err(Failure::IllegalStep { step: shown })
         } else {

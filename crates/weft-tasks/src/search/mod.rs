@@ -50,7 +50,7 @@ impl Scorer {
         // would crash, we fall back to the target itself.
         let mut factors: Vec<u64> = match heuristic {
             Heuristic::Mult => (2..=target.min(1 << 20))
-                .filter(|f| target % f == 0)
+                .filter(|&f| target.is_multiple_of(f))
                 .collect(),
             Heuristic::Sum => Vec::new(),
         };
@@ -357,7 +357,9 @@ impl PyHeap {
         let mut child = 2 * pos + 1;
         while child < end {
             let right = child + 1;
-            if right < end && !(self.items[child].0 < self.items[right].0) {
+            // heapq: take the right child unless the left is strictly smaller
+            // (scores are never NaN).
+            if right < end && self.items[right].0 <= self.items[child].0 {
                 child = right;
             }
             self.items[pos] = self.items[child];
