@@ -37,3 +37,28 @@ pub fn f16_to_f32_slice(src: &[f16], dst: &mut [f32]) {
         *d = s.to_f32();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_matches_scalar() {
+        for n in [1, 7, 16, 64, 80, 128] {
+            let q: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1).collect();
+            let k: Vec<f16> = (0..n)
+                .map(|i| f16::from_f32(((i * 13 % 7) as f32 - 3.0) * 0.25))
+                .collect();
+            let scalar: f32 = q.iter().zip(&k).map(|(a, b)| a * b.to_f32()).sum();
+            assert!((dot_f16(&q, &k) - scalar).abs() < 1e-4, "dot n={n}");
+            let mut out = q.clone();
+            axpy_f16(&mut out, 0.5, &k);
+            for i in 0..n {
+                assert!(
+                    (out[i] - (q[i] + 0.5 * k[i].to_f32())).abs() < 1e-5,
+                    "axpy n={n}"
+                );
+            }
+        }
+    }
+}
