@@ -32,10 +32,9 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| {
-            ModelError::file(
-                path,
-                format!("not a readable GGUF file (truncated or corrupt header?): {e}"),
-            )
+            let bytes = std::fs::read(path).unwrap_or_default();
+            diagnose_header(path, &bytes)
+                .unwrap_or_else(|| ModelError::file(path, format!("not a readable GGUF file: {e}")))
         })?;
         // SAFETY: the file is opened read-only; weft does not write model files
         // while they are mapped.
@@ -156,4 +155,139 @@ impl GgufFile {
             })
             .collect()
     }
+}
+
+/// GGML type codes weft can run (see ggml.h `enum ggml_type`).
+fn supported_type(code: u32) -> bool {
+    matches!(
+        code,
+        0 | 1 | 2 | 3 | 6 | 7 | 8 | 10 | 11 | 12 | 13 | 14 | 15 | 30
+    )
+}
+
+fn type_name(code: u32) -> String {
+    let name = match code {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => "",
+    };
+    if name.is_empty() {
+        format!("type code {code}")
+    } else {
+        format!("{name} (type code {code})")
+    }
+}
+
+/// Walks a GGUF header that candle refused, to say precisely what is wrong:
+/// where a truncated header ends, or which tensor has a type weft cannot run.
+fn diagnose_header(path: &Path, b: &[u8]) -> Option<ModelError> {
+    struct Cursor<'a>(&'a [u8], usize);
+    impl Cursor<'_> {
+        fn take(&mut self, n: usize) -> Option<&[u8]> {
+            let s = self.0.get(self.1..self.1.checked_add(n)?)?;
+            self.1 += n;
+            Some(s)
+        }
+        fn u32(&mut self) -> Option<u32> {
+            self.take(4)
+                .map(|s| u32::from_le_bytes(s.try_into().unwrap_or_default()))
+        }
+        fn u64(&mut self) -> Option<u64> {
+            self.take(8)
+                .map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
+        }
+        fn string(&mut self) -> Option<String> {
+            let n = self.u64()? as usize;
+            self.take(n)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+        }
+        fn skip_value(&mut self, ty: u32) -> Option<()> {
+            let size = match ty {
+                0 | 1 | 7 => 1,
+                2 | 3 => 2,
+                4 | 5 | 6 => 4,
+                10..=12 => 8,
+                8 => {
+                    self.string()?;
+                    return Some(());
+                }
+                9 => {
+                    let inner = self.u32()?;
+                    let n = self.u64()?;
+                    for _ in 0..n {
+                        self.skip_value(inner)?;
+                    }
+                    return Some(());
+                }
+                _ => return None,
+            };
+            self.take(size).map(|_| ())
+        }
+    }
+    let truncated = |what: String| {
+        Some(ModelError::file(
+            path,
+            format!("file is truncated or corrupt in the header: {what}"),
+        ))
+    };
+    let mut c = Cursor(b, 0);
+    if c.take(4)? != b"GGUF" {
+        return Some(ModelError::file(path, "not a GGUF file (bad magic bytes)"));
+    }
+    let version = c.u32()?;
+    if !(2..=3).contains(&version) {
+        return Some(ModelError::file(
+            path,
+            format!("unsupported GGUF version {version} (supported: 2, 3)"),
+        ));
+    }
+    let (Some(n_tensors), Some(n_kv)) = (c.u64(), c.u64()) else {
+        return truncated("counts".into());
+    };
+    for i in 0..n_kv {
+        let Some(key) = c.string() else {
+            return truncated(format!("metadata entry {i} of {n_kv}"));
+        };
+        let ok = c.u32().and_then(|ty| c.skip_value(ty));
+        if ok.is_none() {
+            return truncated(format!("metadata value `{key}`"));
+        }
+    }
+    for i in 0..n_tensors {
+        let Some(name) = c.string() else {
+            return truncated(format!("tensor info {i} of {n_tensors}"));
+        };
+        let dims = c
+            .u32()
+            .and_then(|n| (0..n).map(|_| c.u64()).collect::<Option<Vec<u64>>>());
+        let (Some(_dims), Some(ty), Some(_offset)) = (dims, c.u32(), c.u64()) else {
+            return truncated(format!("tensor info of `{name}`"));
+        };
+        if !supported_type(ty) {
+            return Some(ModelError::tensor(
+                path,
+                name,
+                format!(
+                    "unsupported tensor type {} (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q8_K)",
+                    type_name(ty)
+                ),
+            ));
+        }
+    }
+    None
 }

@@ -1,0 +1,160 @@
+//! Broken model files give an error that names the file, the tensor (where
+//! one is involved) and the reason; nothing panics.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::Value;
+use weft_model::{LoadOptions, Model, ModelError, Tokenizer};
+
+fn load_err(path: &Path) -> String {
+    match Model::load(path, &LoadOptions { threads: Some(1) }) {
+        Ok(_) => panic!("{} loaded but is broken", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn tiny_gguf(tag: &str, meta: &[(&str, Value)]) -> (PathBuf, PathBuf) {
+    let dir = common::temp_dir(tag);
+    let path = dir.join("tiny.gguf");
+    common::Tiny::llama().write_gguf(&path, 3, meta);
+    (dir, path)
+}
+
+#[test]
+fn truncated_data_names_the_tensor() {
+    let (dir, path) = tiny_gguf("trunc", &[]);
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
+    let e = load_err(&cut);
+    assert!(
+        e.contains("cut.gguf") && e.contains("truncated") && e.contains("tensor `"),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_header_is_reported() {
+    let (dir, path) = tiny_gguf("trunc-head", &[]);
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.join("head.gguf");
+    std::fs::write(&cut, &bytes[..200]).unwrap();
+    let e = load_err(&cut);
+    assert!(e.contains("head.gguf") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn not_a_gguf_file() {
+    let dir = common::temp_dir("garbage");
+    let p = dir.join("garbage.gguf");
+    std::fs::write(&p, b"this is not a model file at all, just text").unwrap();
+    let e = load_err(&p);
+    assert!(
+        e.contains("garbage.gguf") && e.contains("not a GGUF"),
+        "{e}"
+    );
+    let e = load_err(&dir.join("missing.gguf"));
+    assert!(
+        e.contains("missing.gguf") && e.contains("no such file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_architecture() {
+    let (_dir, path) = tiny_gguf(
+        "arch",
+        &[("general.architecture", Value::String("falcon".into()))],
+    );
+    let e = load_err(&path);
+    assert!(e.contains("unknown architecture `falcon`"), "{e}");
+}
+
+#[test]
+fn shape_mismatch_names_the_tensor() {
+    // Metadata says 1 KV head; the k/v tensors have 2 heads' worth of rows.
+    let (_dir, path) = tiny_gguf("shape", &[("llama.attention.head_count_kv", Value::U32(1))]);
+    let e = load_err(&path);
+    assert!(
+        e.contains("blk.0.attn_k.weight") && e.contains("shape mismatch"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unsupported_tensor_type_names_the_tensor() {
+    let (dir, path) = tiny_gguf("dtype", &[]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Tensor info: name, n_dims (u32), dims (u64 each), type (u32), offset (u64).
+    let name = b"blk.1.ffn_up.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let ty = at + 4 + 8 * n_dims;
+    bytes[ty..ty + 4].copy_from_slice(&20u32.to_le_bytes()); // IQ4_NL
+    let p = dir.join("iq.gguf");
+    std::fs::write(&p, &bytes).unwrap();
+    let e = load_err(&p);
+    assert!(
+        e.contains("blk.1.ffn_up.weight") && e.contains("unsupported tensor type IQ4_NL"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_tokenizer() {
+    let (_dir, path) = tiny_gguf("tok", &[]);
+    match Tokenizer::load(&path) {
+        Err(ModelError::MissingTokenizer { .. }) => {}
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a GGUF without tokenizer keys gave a tokenizer"),
+    }
+    let dir = common::temp_dir("hf-tok");
+    common::Tiny::llama().write_hf(&dir, 1);
+    let e = Tokenizer::load(&dir)
+        .err()
+        .expect("no tokenizer.json")
+        .to_string();
+    assert!(e.contains("tokenizer.json"), "{e}");
+}
+
+#[test]
+fn hf_folder_problems() {
+    let dir = common::temp_dir("hf-bad");
+    let e = load_err(&dir);
+    assert!(e.contains("config.json"), "{e}");
+    common::Tiny::llama().write_hf(&dir, 1);
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt_neox"}"#).unwrap();
+    let e = load_err(&dir);
+    assert!(
+        e.contains("config.json") && e.contains("invalid config"),
+        "{e}"
+    );
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    common::Tiny::llama().write_hf(&dir, 1);
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_err(&dir);
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_requests_are_errors_not_panics() {
+    let (_dir, path) = tiny_gguf("req", &[]);
+    let model = Model::load(&path, &LoadOptions { threads: Some(1) }).unwrap();
+    let mut s = weft_model::generate::Session::new(&model, 16);
+    assert!(s.feed(&[], false).is_err());
+    assert!(s
+        .feed(&[10_000], false)
+        .unwrap_err()
+        .to_string()
+        .contains("outside the vocabulary"));
+    assert!(s
+        .feed(&[1; 17], false)
+        .unwrap_err()
+        .to_string()
+        .contains("context full"));
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command (the README's second command, and what CI runs): fetches
+# the test model, then checks formatting, lints and runs every test in release
+# mode (the model tests run real inference). Build outputs go to
+# ~/.cache/weft/target so repeated runs are incremental.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}"
+bash scripts/fetch-model.sh
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
+cargo test --release --workspace --locked
