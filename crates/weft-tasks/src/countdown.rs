@@ -94,6 +94,12 @@ impl Rules {
     /// (`combine_nums`): a+b, a*b, then larger-minus-smaller and, when exact,
     /// larger/smaller. Steps that overflow u64 are left out.
     pub fn combine(&self, a: u64, b: u64, out: &mut Vec<Step>) {
+        let (steps, n) = self.combine_array(a, b);
+        out.extend_from_slice(&steps[..n]);
+    }
+
+    /// [`Rules::combine`] without allocating: the steps and how many there are.
+    pub fn combine_array(&self, a: u64, b: u64) -> ([Step; 4], usize) {
         let (hi, lo) = if a <= b { (b, a) } else { (a, b) };
         let candidates = [
             (a, OpKind::Add, b),
@@ -101,18 +107,28 @@ impl Rules {
             (hi, OpKind::Sub, lo),
             (hi, OpKind::Div, lo),
         ];
+        let blank = Step {
+            a: 0,
+            op: OpKind::Add,
+            b: 0,
+            result: 0,
+        };
+        let mut out = [blank; 4];
+        let mut n = 0;
         for (x, op, y) in candidates {
             if let Some(result) = op.apply(x, y) {
                 if self.allows(result) {
-                    out.push(Step {
+                    out[n] = Step {
                         a: x,
                         op,
                         b: y,
                         result,
-                    });
+                    };
+                    n += 1;
                 }
             }
         }
+        (out, n)
     }
 
     /// Whether `step` is legal under these rules with correct arithmetic

@@ -2,7 +2,7 @@
 //! reference's order (so the first solution found is the one APR's
 //! `CountDown.search` would give).
 
-use crate::countdown::{successor, Problem, Rules, Step};
+use crate::countdown::{Problem, Rules, Step, MAX_NUMBERS};
 
 /// Exhaustive Countdown solver under given [`Rules`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,8 +45,9 @@ impl Solver {
         all
     }
 
-    /// Depth-first walk; `on_solution` returns whether to keep going. Returns
-    /// false once stopped.
+    /// Depth-first walk over a fixed-size number array (no allocation per
+    /// node); `on_solution` returns whether to keep going. Returns false once
+    /// stopped.
     fn walk(
         &self,
         nums: &[u64],
@@ -54,22 +55,43 @@ impl Solver {
         path: &mut Vec<Step>,
         on_solution: &mut dyn FnMut(&[Step]) -> bool,
     ) -> bool {
-        if nums.len() == 1 {
-            return if nums[0] == target {
+        let mut array = [0u64; MAX_NUMBERS];
+        let len = nums.len().min(MAX_NUMBERS);
+        array[..len].copy_from_slice(&nums[..len]);
+        self.walk_array(&array, len, target, path, on_solution)
+    }
+
+    fn walk_array(
+        &self,
+        nums: &[u64; MAX_NUMBERS],
+        len: usize,
+        target: u64,
+        path: &mut Vec<Step>,
+        on_solution: &mut dyn FnMut(&[Step]) -> bool,
+    ) -> bool {
+        if len <= 1 {
+            return if len == 1 && nums[0] == target {
                 on_solution(path)
             } else {
                 true
             };
         }
-        let mut steps = Vec::with_capacity(4);
-        for i in 0..nums.len() {
-            for j in i + 1..nums.len() {
-                steps.clear();
-                self.rules.combine(nums[i], nums[j], &mut steps);
-                for step in steps.clone() {
-                    let next = successor(nums, i, j, step.result);
-                    path.push(step);
-                    let go_on = self.walk(&next, target, path, on_solution);
+        for i in 0..len {
+            for j in i + 1..len {
+                // The other numbers in order, then the result (the reference's order).
+                let mut next = [0u64; MAX_NUMBERS];
+                let mut k = 0;
+                for (m, &n) in nums[..len].iter().enumerate() {
+                    if m != i && m != j {
+                        next[k] = n;
+                        k += 1;
+                    }
+                }
+                let (steps, count) = self.rules.combine_array(nums[i], nums[j]);
+                for step in &steps[..count] {
+                    next[k] = step.result;
+                    path.push(*step);
+                    let go_on = self.walk_array(&next, len - 1, target, path, on_solution);
                     path.pop();
                     if !go_on {
                         return false;

@@ -90,6 +90,8 @@ pub struct TraceTokenizer {
     mode: NumberMode,
     /// Phrases, longest first, with their ids.
     phrases: Vec<(&'static str, u32)>,
+    /// For each first byte, the phrases starting with it (longest first).
+    by_first_byte: Vec<Vec<(&'static str, u32)>>,
     vocab: Vec<String>,
     ids: HashMap<String, u32>,
 }
@@ -116,9 +118,14 @@ impl TraceTokenizer {
             .collect();
         let mut phrases: Vec<(&'static str, u32)> = PHRASES.iter().map(|&p| (p, ids[p])).collect();
         phrases.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let mut by_first_byte = vec![Vec::new(); 256];
+        for &(p, id) in &phrases {
+            by_first_byte[p.as_bytes()[0] as usize].push((p, id));
+        }
         TraceTokenizer {
             mode,
             phrases,
+            by_first_byte,
             vocab,
             ids,
         }
@@ -168,7 +175,7 @@ impl TraceTokenizer {
         let mut pos = 0;
         'outer: while pos < text.len() {
             let rest = &text[pos..];
-            for &(phrase, id) in &self.phrases {
+            for &(phrase, id) in &self.by_first_byte[bytes[pos] as usize] {
                 if rest.starts_with(phrase) {
                     emit(id);
                     pos += phrase.len();

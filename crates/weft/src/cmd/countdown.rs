@@ -1,10 +1,218 @@
-//! `weft countdown` (placeholder until the Countdown kit lands).
+//! `weft countdown`: solve, verify and trace single Countdown problems.
+//!
+//! Exit codes: 0 success (solved / answer correct), 1 no solution / answer
+//! wrong, 2 malformed input.
 
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::io::Read;
 use std::process::ExitCode;
+use weft_tasks::search::{apr::apr, sosp::sosp};
+use weft_tasks::{
+    verify_with, AprParams, Heuristic, Problem, PyRandom, Rules, Solver, SospParams, TaskError,
+};
 
-#[derive(clap::Args)]
-pub struct CountdownArgs {}
+#[derive(Args)]
+pub struct CountdownArgs {
+    #[command(subcommand)]
+    command: CountdownCommand,
+}
 
-pub fn run(_args: CountdownArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`weft countdown` is not implemented yet")
+#[derive(Subcommand)]
+enum CountdownCommand {
+    /// Print one solution as equations, one per line (exit 1 and `no solution` if none).
+    Solve {
+        /// The problem, e.g. "17 62 25 7 -> 63".
+        problem: String,
+        /// Print every solution instead, one per line (steps separated by `, `).
+        #[arg(long)]
+        all: bool,
+        /// With --all, stop after this many.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        #[command(flatten)]
+        rules: RulesArgs,
+    },
+    /// Check a model's answer (a "Goal Reached" trace or an equation) and print the verdict as JSON.
+    Verify {
+        /// The problem, e.g. "17 62 25 7 -> 63".
+        problem: String,
+        /// File holding the model's output (`-` or absent: standard input).
+        #[arg(long)]
+        output: Option<String>,
+        #[command(flatten)]
+        rules: RulesArgs,
+    },
+    /// Print the reference search trace (SoS+ or APR) for one problem.
+    Trace {
+        /// The problem, e.g. "17 62 25 7 -> 63".
+        problem: String,
+        #[arg(long, default_value = "apr", value_parser = ["apr", "sosp"])]
+        kind: String,
+        /// Seed of the Python-compatible random stream (the reference's `random.seed`).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 3)]
+        beam: usize,
+        /// APR: beam of each child search (default: the beam).
+        #[arg(long)]
+        sub_beam: Option<usize>,
+        /// Chance of forking (APR, default 0.9) or of an inline sub search (SoS+, default 0.5).
+        #[arg(long)]
+        promising: Option<f64>,
+        #[arg(long, default_value = "mult")]
+        heuristic: Heuristic,
+        #[command(flatten)]
+        rules: RulesArgs,
+    },
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct RulesArgs {
+    /// Forbid steps whose result exceeds this.
+    #[arg(long)]
+    pub max_intermediate: Option<u64>,
+}
+
+impl RulesArgs {
+    pub fn rules(&self) -> Rules {
+        Rules {
+            max_intermediate: self.max_intermediate,
+        }
+    }
+}
+
+const EXIT_NO: u8 = 1;
+const EXIT_BAD_INPUT: u8 = 2;
+
+fn parse_problem(text: &str) -> Result<Problem, ExitCode> {
+    text.parse::<Problem>().map_err(|err: TaskError| {
+        eprintln!("error: {err}");
+        ExitCode::from(EXIT_BAD_INPUT)
+    })
+}
+
+pub fn run(args: CountdownArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        CountdownCommand::Solve {
+            problem,
+            all,
+            limit,
+            rules,
+        } => {
+            let problem = match parse_problem(&problem) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            let solver = Solver::new(rules.rules());
+            if all {
+                let solutions = solver.solve_all(&problem, limit);
+                if solutions.is_empty() {
+                    println!("no solution");
+                    return Ok(ExitCode::from(EXIT_NO));
+                }
+                for steps in solutions {
+                    let shown: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+                    println!("{}", shown.join(", "));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            match solver.solve_one(&problem) {
+                Some(steps) => {
+                    for step in steps {
+                        println!("{step}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    println!("no solution");
+                    Ok(ExitCode::from(EXIT_NO))
+                }
+            }
+        }
+        CountdownCommand::Verify {
+            problem,
+            output,
+            rules,
+        } => {
+            let problem = match parse_problem(&problem) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            let text = match output.as_deref() {
+                None | Some("-") => {
+                    let mut s = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .context("reading the answer from standard input")?;
+                    s
+                }
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the answer from {path}"))?,
+            };
+            let verdict = verify_with(&problem, &text, &rules.rules());
+            println!("{}", serde_json::to_string(&verdict)?);
+            Ok(if verdict.correct {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_NO)
+            })
+        }
+        CountdownCommand::Trace {
+            problem,
+            kind,
+            seed,
+            beam,
+            sub_beam,
+            promising,
+            heuristic,
+            rules,
+        } => {
+            let problem = match parse_problem(&problem) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            let mut rng = PyRandom::new(seed);
+            let solved = if kind == "sosp" {
+                let params = SospParams {
+                    beam_size: beam,
+                    promising_threshold: promising.unwrap_or(0.5),
+                    heuristic,
+                    threshold: None,
+                    rules: rules.rules(),
+                };
+                let trace = sosp(&problem, &params, &mut rng)?;
+                print!("{}", trace.text);
+                trace.solution.is_some()
+            } else {
+                let params = AprParams {
+                    beam_size: beam,
+                    sub_call_beam_size: sub_beam.unwrap_or(beam),
+                    promising_threshold: promising.unwrap_or(0.9),
+                    heuristic,
+                    rules: rules.rules(),
+                };
+                let trace = apr(&problem, &params, &mut rng)?;
+                // The layout of shared/reference/countdown/apr_trace_example.txt.
+                for (k, call) in trace.main_calls.iter().enumerate() {
+                    println!("===== main_call {k} =====");
+                    print!("{call}");
+                    println!();
+                }
+                for (f, fork) in trace.forks.iter().enumerate() {
+                    for (c, child) in fork.children.iter().enumerate() {
+                        println!("===== sub_call {f}.{c} =====");
+                        print!("{}", child.text);
+                        println!();
+                    }
+                }
+                trace.solution.is_some()
+            };
+            Ok(if solved {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_NO)
+            })
+        }
+    }
 }
