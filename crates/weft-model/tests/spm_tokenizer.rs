@@ -36,13 +36,17 @@ fn spm_vocabulary_from_gguf() {
     ];
     let dir = common::temp_dir("spm");
     let path = dir.join("spm.gguf");
-    let strings = |f: &dyn Fn(&(&str, f32, i32)) -> Value| Value::Array(vocab.iter().map(f).collect());
+    let strings =
+        |f: &dyn Fn(&(&str, f32, i32)) -> Value| Value::Array(vocab.iter().map(f).collect());
     common::Tiny::llama().write_gguf(
         &path,
         1,
         &[
             ("tokenizer.ggml.model", Value::String("llama".into())),
-            ("tokenizer.ggml.tokens", strings(&|v| Value::String(v.0.into()))),
+            (
+                "tokenizer.ggml.tokens",
+                strings(&|v| Value::String(v.0.into())),
+            ),
             ("tokenizer.ggml.scores", strings(&|v| Value::F32(v.1))),
             ("tokenizer.ggml.token_type", strings(&|v| Value::I32(v.2))),
             ("tokenizer.ggml.bos_token_id", Value::U32(1)),
@@ -53,9 +57,15 @@ fn spm_vocabulary_from_gguf() {
     let tok = Tokenizer::load(&path).unwrap();
     let id = |p: &str| vocab.iter().position(|v| v.0 == p).unwrap() as u32;
     let ids = tok.encode("hello world!", true).unwrap();
-    assert_eq!(ids, vec![1, id("\u{2581}hello"), id("\u{2581}world"), id("<0x21>")]);
+    assert_eq!(
+        ids,
+        vec![1, id("\u{2581}hello"), id("\u{2581}world"), id("<0x21>")]
+    );
     assert_eq!(tok.decode(&ids[1..]).unwrap(), "hello world!");
     assert!(tok.add_bos && tok.is_stop(2));
     // Highest-scored pair first: l+d (-1.35), then h+e, then ▁+he.
-    assert_eq!(tok.encode("held", false).unwrap(), vec![id("\u{2581}he"), id("ld")]);
+    assert_eq!(
+        tok.encode("held", false).unwrap(),
+        vec![id("\u{2581}he"), id("ld")]
+    );
 }
