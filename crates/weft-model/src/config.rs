@@ -94,13 +94,13 @@ impl ModelConfig {
         if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_layers == 0 || self.d_model == 0 {
             return bad("config has a zero dimension (heads, layers or width)".into());
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} attention heads are not a multiple of {} KV heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.rope.dim > self.head_dim || self.rope.dim % 2 != 0 {
+        if self.rope.dim > self.head_dim || !self.rope.dim.is_multiple_of(2) {
             return bad(format!(
                 "RoPE dimension {} does not fit head size {}",
                 self.rope.dim, self.head_dim

@@ -65,7 +65,7 @@ impl GgufFile {
         let dims: Vec<usize> = info.shape.dims().to_vec();
         let elems: usize = dims.iter().product();
         let block = info.ggml_dtype.block_size();
-        if elems % block != 0 {
+        if !elems.is_multiple_of(block) {
             return Err(ModelError::tensor(
                 &self.path,
                 name,
@@ -220,7 +220,7 @@ fn diagnose_header(path: &Path, b: &[u8]) -> Option<ModelError> {
             let size = match ty {
                 0 | 1 | 7 => 1,
                 2 | 3 => 2,
-                4 | 5 | 6 => 4,
+                4..=6 => 4,
                 10..=12 => 8,
                 8 => {
                     self.string()?;

@@ -309,7 +309,7 @@ pub fn to_f32(dtype: GgmlDType, bytes: &[u8]) -> Vec<f32> {
 /// Views `bytes` as blocks of `T`, copying only when misaligned.
 fn with_blocks<T: GgmlType, R>(bytes: &[u8], f: impl FnOnce(&[T]) -> R) -> R {
     let n = bytes.len() / std::mem::size_of::<T>();
-    if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+    if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
         // SAFETY: GGML block structs are `repr(C)` plain data of the file's
         // layout; alignment was checked; the length is whole blocks.
         f(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, n) })
