@@ -1,7 +1,7 @@
 //! `weft bench`: speed measurements, printed as ratios against a reference
 //! measured in the same run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
@@ -98,8 +98,8 @@ fn default_llama_bench() -> Option<PathBuf> {
 
 /// Runs llama-bench and reads its pp / tg averages from the JSON output.
 fn run_llama_bench(
-    bin: &PathBuf,
-    model: &PathBuf,
+    bin: &Path,
+    model: &Path,
     threads: usize,
     a: &DecodeArgs,
 ) -> anyhow::Result<(f64, f64)> {
