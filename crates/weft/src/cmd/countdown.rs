@@ -216,3 +216,77 @@ pub fn run(args: CountdownArgs) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CountdownArgs,
+    }
+
+    fn exit(argv: &[&str]) -> ExitCode {
+        let argv = std::iter::once("countdown").chain(argv.iter().copied());
+        run(Cli::try_parse_from(argv).unwrap().args).unwrap()
+    }
+
+    #[test]
+    fn solve_exit_codes() {
+        assert_eq!(exit(&["solve", "17 62 25 7 -> 63"]), ExitCode::SUCCESS);
+        assert_eq!(exit(&["solve", "1 1 -> 5"]), ExitCode::from(EXIT_NO));
+        assert_eq!(
+            exit(&["solve", "17 62 x -> 63"]),
+            ExitCode::from(EXIT_BAD_INPUT)
+        );
+        assert_eq!(
+            exit(&["solve", "17 62 25 7"]),
+            ExitCode::from(EXIT_BAD_INPUT)
+        );
+        assert_eq!(exit(&["solve", "--all", "1 2 3 -> 6"]), ExitCode::SUCCESS);
+        let capped = ["solve", "--max-intermediate", "50", "60 70 10 -> 420"];
+        assert_eq!(exit(&capped), ExitCode::from(EXIT_NO));
+    }
+
+    #[test]
+    fn verify_and_trace_exit_codes() {
+        let dir = std::env::temp_dir().join(format!("weft-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.txt");
+        std::fs::write(&good, "62+(25-17-7) = 63\n").unwrap();
+        let bad = dir.join("bad.txt");
+        std::fs::write(&bad, "62+25 = 87\n").unwrap();
+        let problem = "17 62 25 7 -> 63";
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        assert_eq!(
+            exit(&["verify", problem, "--output", &path(&good)]),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(
+            exit(&["verify", problem, "--output", &path(&bad)]),
+            ExitCode::from(EXIT_NO)
+        );
+        assert_eq!(
+            exit(&["verify", "nonsense", "--output", &path(&good)]),
+            ExitCode::from(EXIT_BAD_INPUT)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let trace = [
+            "trace",
+            problem,
+            "--seed",
+            "37",
+            "--beam",
+            "2",
+            "--sub-beam",
+            "2",
+        ];
+        assert_eq!(exit(&trace), ExitCode::SUCCESS);
+        assert_eq!(
+            exit(&["trace", "1 1 -> 5", "--kind", "sosp"]),
+            ExitCode::from(EXIT_NO)
+        );
+    }
+}
