@@ -137,6 +137,7 @@ fn countdown(args: CountdownDataArgs) -> anyhow::Result<ExitCode> {
         ..reference
     };
     traces.validate()?;
+    generator.validate()?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let tokenizer = TraceTokenizer::new(args.numbers);
