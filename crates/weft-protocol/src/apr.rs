@@ -14,6 +14,9 @@
 use crate::{format_nums, format_str_list, ProtocolError};
 use std::collections::HashMap;
 
+mod protocol;
+pub use protocol::{Apr, GUARD_REINSERT};
+
 /// Opens a fork block (the parent's segment ends after the matching close).
 pub const FORK_OPEN: &str = "<Calling Sub Searches>\n";
 /// Closes a fork block; the parent stops (end of sequence) after this line.

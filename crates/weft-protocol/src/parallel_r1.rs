@@ -1,0 +1,143 @@
+//! Parallel-R1 (zhengkid/Parallel-R1):
+//! `<Parallel><Path>..</Path><Path>..</Path></Parallel>\n<Summary>..</Summary>`,
+//! a fixed number of paths, re-prefill join.
+//!
+//! Checked against `verl/parallel_thinking_generation_v3/parallel_thinking_loop_v3.py`
+//! (`ParallelThinkingAgentLoopV3`). Findings where the code says more than,
+//! or differs from, `PROTOCOLS.md`:
+//! - Fork trigger: the main decode stops on the `<Parallel>` token (kept).
+//!   `num_paths` children (2 in the reference configs), each prompt =
+//!   context + `<Path>`, sampled at temperature 1.0 with its own seed; child
+//!   stop `</Path>` or end of sequence. A path that ends on end of sequence
+//!   has it replaced by `</Path>`; one cut by `max_path_response_length`
+//!   gets `</Path>` appended.
+//! - Join: the paths in order (each `<Path>..</Path>`), then
+//!   `</Parallel>`, `\n`, `<Summary>`; the summary is decoded with stop
+//!   `</Summary>` and the main decode resumes (the same as decoding on).
+//! - The cap (`max_iterations_for_parallel_thinking`, 4) ends the request
+//!   right after the 4th block's summary: that join says
+//!   [`AfterJoin::FinishAt`]`("</Summary>")`. A further `<Parallel>` finishes
+//!   the thread without it.
+//! - Training lays the paths out at shared positions (each path starts at
+//!   the position after `<Parallel>`, `</Parallel>` at base + longest + 1,
+//!   cross-path masks), but the rollout re-prefills the joined tokens with
+//!   sequential positions; we follow the rollout.
+//! - Paths are decoded with stops `</Path>` and end of sequence only: a
+//!   `<Parallel>` inside a path is ordinary text (depth 1).
+
+use crate::protocol::{
+    check_count, closed_result, concat_children, malformed, prefix, Action, AfterJoin, ChildEnd,
+    ChildPrompt, ChildResult, ChildSpec, ChildStop, Fork, ForkContext, Join, JoinMode, Layout,
+    Protocol, Rules, Scan,
+};
+use crate::ProtocolError;
+
+/// The fork trigger.
+pub const BLOCK_OPEN: &str = "<Parallel>";
+pub const PATH_OPEN: &str = "<Path>";
+/// A child's stop string.
+pub const PATH_CLOSE: &str = "</Path>";
+/// What the join appends after the paths.
+pub const JOIN_APPEND: &str = "</Parallel>\n<Summary>";
+pub const SUMMARY_CLOSE: &str = "</Summary>";
+
+/// Parallel-R1 with the reference's rollout settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParallelR1 {
+    /// `num_paths` (reference: 2).
+    pub num_paths: usize,
+    /// `max_iterations_for_parallel_thinking` (reference: 4).
+    pub max_blocks: u32,
+}
+
+impl Default for ParallelR1 {
+    fn default() -> Self {
+        Self {
+            num_paths: 2,
+            max_blocks: 4,
+        }
+    }
+}
+
+impl Protocol for ParallelR1 {
+    fn name(&self) -> &'static str {
+        "parallel-r1"
+    }
+
+    fn triggers(&self) -> &'static [&'static str] {
+        &[BLOCK_OPEN]
+    }
+
+    fn rules(&self) -> Rules {
+        Rules {
+            join_mode: JoinMode::Reprefill,
+            max_depth: 1,
+            fixed_children: Some(self.num_paths),
+            max_children: Some(self.num_paths),
+            max_fork_rounds: Some(self.max_blocks),
+            child_temperature: Some(1.0),
+        }
+    }
+
+    fn on_trigger(&self, text: &str, _trigger: &'static str, end: usize, ctx: ForkContext) -> Scan {
+        let seq = Action::Sequential;
+        if text.get(..end).is_none() {
+            return malformed(end, "", "trigger end is not a char boundary", seq);
+        }
+        let finish = Action::Finish {
+            truncate_to: end.saturating_sub(BLOCK_OPEN.len()),
+        };
+        if let Some(r) = self.rules().check(ctx, self.num_paths, end, seq, finish) {
+            return Scan::Refuse(r);
+        }
+        if self.num_paths == 0 {
+            return malformed(end, BLOCK_OPEN, "num_paths is 0", Action::Sequential);
+        }
+        let children = (0..self.num_paths)
+            .map(|index| ChildSpec {
+                index,
+                label: (index + 1).to_string(),
+                prompt: ChildPrompt::Continue {
+                    suffix: PATH_OPEN.to_string(),
+                },
+            })
+            .collect();
+        Scan::Fork(Fork {
+            segment_end: end,
+            children,
+        })
+    }
+
+    fn child_stop(&self) -> ChildStop {
+        ChildStop {
+            stop: Some(PATH_CLOSE),
+        }
+    }
+
+    fn child_result(&self, generated: &str, end: ChildEnd) -> ChildResult {
+        closed_result(generated, end, PATH_CLOSE, PATH_CLOSE)
+    }
+
+    fn join(
+        &self,
+        parent: &str,
+        fork: &Fork,
+        children: &[ChildResult],
+        ctx: ForkContext,
+    ) -> Result<Join, ProtocolError> {
+        check_count(fork, children)?;
+        let segment = prefix(parent, fork.segment_end)?;
+        let then = if ctx.rounds + 1 >= self.max_blocks {
+            AfterJoin::FinishAt(SUMMARY_CLOSE)
+        } else {
+            AfterJoin::Continue
+        };
+        Ok(Join {
+            text: concat_children(segment, fork, children, JOIN_APPEND),
+            layout: Layout::Sequential {
+                kept_prefix: fork.segment_end,
+            },
+            then,
+        })
+    }
+}
