@@ -1,145 +1,71 @@
-//! `weft-kv`: bookkeeping for a paged KV cache.
+//! `weft-kv`: bookkeeping for a paged KV cache shared by forking threads.
 //!
-//! The KV memory itself lives with the model; this crate decides which block
-//! of it each sequence uses. Main types:
-//! - [`BlockPool`]: a fixed set of block ids with reference counts;
-//! - [`BlockTable`]: the ordered blocks one sequence reads its KV through.
+//! The KV memory itself lives with the model (weft-model's `KvCache`); this
+//! crate only decides which block of it each sequence uses, when blocks can
+//! be shared, when one must be copied, and which can be reused across
+//! requests. It is what makes a fork cost a block-table copy rather than a
+//! copy of the context.
 //!
-//! Invariant: every block's reference count equals the number of tables that
-//! hold it, and a block is on the free list exactly when its count is zero.
+//! # Main types
+//! - [`BlockPool`]: a fixed set of blocks of `block_size` token slots, sized
+//!   by count ([`BlockPool::new`]) or by a MiB budget ([`BlockPool::with_budget`]);
+//!   reference counts, the free list and the prefix cache.
+//! - [`BlockTable`]: the ordered blocks one thread reads its KV through.
+//!   [`BlockTable::fork`] shares them; [`BlockTable::grow`] makes room for new
+//!   tokens and returns the [`CopyOp`] the caller must apply when the last
+//!   block was partial and shared (copy-on-write); [`BlockTable::free`] gives
+//!   the blocks back.
+//! - Prefix caching, vLLM style: a full block is known by a [`BlockHash`] of
+//!   its parent block's hash and its own token ids.
+//!   [`BlockTable::register_full_blocks`] publishes a table's computed blocks;
+//!   [`BlockTable::from_prefix_cache`] starts a new request from the longest
+//!   cached prefix of its prompt. Cached blocks nobody references stay cached
+//!   until the free list runs out, then go least recently used first.
+//! - [`KvError`]: the one error type.
+//!
+//! ```
+//! use weft_kv::{BlockPool, BlockTable};
+//!
+//! let mut pool = BlockPool::new(8, 4)?;
+//! let mut parent = BlockTable::new();
+//! assert_eq!(parent.grow(&mut pool, 6)?, None); // 2 blocks, the second half full
+//! let mut child = parent.fork(&mut pool)?; // shares both blocks
+//! let copy = child.grow(&mut pool, 1)?.expect("the partial block is shared");
+//! assert_eq!((copy.src, copy.n_slots), (parent.blocks()[1], 2));
+//! // ... the caller copies those 2 slots of KV from copy.src to copy.dst ...
+//! assert_eq!(parent.grow(&mut pool, 1)?, None); // parent's block is its own again
+//! child.free(&mut pool)?;
+//! parent.free(&mut pool)?;
+//! assert_eq!(pool.n_free(), 8);
+//! # Ok::<(), weft_kv::KvError>(())
+//! ```
+//!
+//! # Architecture invariants
+//! - Every block's reference count equals the number of live tables holding
+//!   it; nothing else holds references (the prefix cache does not).
+//! - A block is in exactly one place: held by tables (count > 0), on the free
+//!   list, or parked evictable in the prefix cache's LRU; it is free or
+//!   evictable exactly when its count is zero. No table holds a block twice.
+//! - Only full blocks are cached, and a full block is never written again, so
+//!   a cached block's content matches its hash for as long as it is cached.
+//! - Writes go only to the last block, and only when this table holds it
+//!   alone: a shared partial last block is replaced first (copy-on-write).
+//! - Freeing all of a request's tables returns the pool to its earlier
+//!   `n_available()` (free + evictable).
+//! - Errors change nothing, so the scheduler can queue or preempt and retry.
+//! - This crate does not know about models, tensors or protocols: it deals in
+//!   block ids and token ids. [`BlockPool::audit`] checks all of the above.
 
-/// Errors from the pool.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum KvError {
-    #[error("KV cache is full: {needed} more blocks needed, {free} free")]
-    OutOfBlocks { needed: usize, free: usize },
-}
+mod audit;
+mod error;
+mod pool;
+mod prefix_cache;
+mod table;
 
-/// A fixed number of KV blocks, each with a reference count.
-#[derive(Debug)]
-pub struct BlockPool {
-    block_size: usize,
-    ref_counts: Vec<u32>,
-    free: Vec<u32>,
-}
+pub use error::KvError;
+pub use pool::{BlockPool, BlockState, BudgetConfig, PoolStats};
+pub use prefix_cache::BlockHash;
+pub use table::{BlockTable, CopyOp};
 
-impl BlockPool {
-    pub fn new(n_blocks: usize, block_size: usize) -> BlockPool {
-        BlockPool {
-            block_size,
-            ref_counts: vec![0; n_blocks],
-            // Reversed so blocks are handed out in ascending order.
-            free: (0..n_blocks as u32).rev().collect(),
-        }
-    }
-
-    pub fn block_size(&self) -> usize {
-        self.block_size
-    }
-
-    pub fn n_blocks(&self) -> usize {
-        self.ref_counts.len()
-    }
-
-    pub fn n_free(&self) -> usize {
-        self.free.len()
-    }
-
-    pub fn ref_count(&self, block: u32) -> u32 {
-        self.ref_counts[block as usize]
-    }
-
-    fn allocate(&mut self) -> Result<u32, KvError> {
-        let b = self
-            .free
-            .pop()
-            .ok_or(KvError::OutOfBlocks { needed: 1, free: 0 })?;
-        self.ref_counts[b as usize] = 1;
-        Ok(b)
-    }
-
-    fn release(&mut self, block: u32) {
-        let rc = &mut self.ref_counts[block as usize];
-        debug_assert!(*rc > 0, "release of a free block");
-        *rc -= 1;
-        if *rc == 0 {
-            self.free.push(block);
-        }
-    }
-}
-
-/// The blocks one sequence reads and writes its KV through, and how many
-/// token slots of them are in use.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct BlockTable {
-    blocks: Vec<u32>,
-    len: usize,
-}
-
-impl BlockTable {
-    pub fn new() -> BlockTable {
-        BlockTable::default()
-    }
-
-    pub fn blocks(&self) -> &[u32] {
-        &self.blocks
-    }
-
-    /// Token slots in use.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Makes room for `n` more tokens, allocating blocks as needed. On error
-    /// nothing changes.
-    pub fn grow(&mut self, pool: &mut BlockPool, n: usize) -> Result<(), KvError> {
-        let need_slots = self.len + n;
-        let need_blocks = need_slots.div_ceil(pool.block_size);
-        let extra = need_blocks.saturating_sub(self.blocks.len());
-        if extra > pool.n_free() {
-            return Err(KvError::OutOfBlocks {
-                needed: extra,
-                free: pool.n_free(),
-            });
-        }
-        for _ in 0..extra {
-            self.blocks.push(pool.allocate()?);
-        }
-        self.len = need_slots;
-        Ok(())
-    }
-
-    /// Returns every block to the pool.
-    pub fn free(&mut self, pool: &mut BlockPool) {
-        for b in self.blocks.drain(..) {
-            pool.release(b);
-        }
-        self.len = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grow_and_free_return_the_pool() {
-        let mut pool = BlockPool::new(4, 16);
-        let mut t = BlockTable::new();
-        t.grow(&mut pool, 17).unwrap();
-        assert_eq!(t.blocks(), &[0, 1]);
-        assert_eq!(pool.n_free(), 2);
-        t.grow(&mut pool, 15).unwrap();
-        assert_eq!(t.blocks().len(), 2);
-        let err = t.grow(&mut pool, 64).unwrap_err();
-        assert_eq!(err, KvError::OutOfBlocks { needed: 4, free: 2 });
-        assert_eq!(t.len(), 32, "a failed grow changes nothing");
-        t.free(&mut pool);
-        assert_eq!(pool.n_free(), 4);
-        assert!((0..4).all(|b| pool.ref_count(b) == 0));
-    }
-}
+/// Index of a block in the pool (and in the model's KV memory).
+pub type BlockId = u32;

@@ -36,7 +36,7 @@ impl<'m> Session<'m> {
         Session {
             model,
             kv: KvCache::new(&model.config, BLOCK_SIZE, n_blocks),
-            pool: BlockPool::new(n_blocks, BLOCK_SIZE),
+            pool: BlockPool::new(n_blocks, BLOCK_SIZE).expect("BLOCK_SIZE is not zero"),
             table: BlockTable::new(),
             ws: Workspace::default(),
             tokens: Vec::new(),
@@ -46,7 +46,8 @@ impl<'m> Session<'m> {
 
     /// Forgets the context (keeps the memory).
     pub fn reset(&mut self) {
-        self.table.free(&mut self.pool);
+        // The table only ever takes blocks from this session's pool.
+        let _ = self.table.free(&mut self.pool);
         self.tokens.clear();
     }
 
@@ -59,12 +60,16 @@ impl<'m> Session<'m> {
         let mut out = Vec::new();
         for chunk in tokens.chunks(self.prefill_chunk.max(1)) {
             let start = self.table.len();
-            self.table.grow(&mut self.pool, chunk.len()).map_err(|e| {
+            let copy = self.table.grow(&mut self.pool, chunk.len()).map_err(|e| {
                 ModelError::Invalid(format!(
                     "context full ({} tokens): {e}",
                     self.pool.n_blocks() * BLOCK_SIZE
                 ))
             })?;
+            // Only forked tables share blocks, so this is a no-op here.
+            if let Some(copy) = copy {
+                self.kv.copy_block(copy.src, copy.dst, copy.n_slots);
+            }
             let step = SeqStep {
                 tokens: chunk,
                 pos_start: start,
