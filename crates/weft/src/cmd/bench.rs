@@ -21,6 +21,9 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Prompt processing and batch-1 decode speed (like `llama-bench -p 512 -n 128`).
     Decode(DecodeArgs),
+    /// B threads forked from a shared prefix, decoded in one batch (like
+    /// `llama-batched-bench -pps`), fork latency and KV bytes.
+    Threads(super::bench_threads::ThreadsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -138,6 +141,7 @@ fn run_llama_bench(
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what {
         BenchWhat::Decode(a) => decode(a),
+        BenchWhat::Threads(a) => super::bench_threads::run(a).map(|()| ExitCode::SUCCESS),
     }
 }
 

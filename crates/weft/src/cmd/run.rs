@@ -51,6 +51,29 @@ pub struct RunArgs {
     /// Print timing stats to stderr at the end.
     #[arg(long)]
     pub stats: bool,
+    /// Run the request as a tree of threads with this parallel-reasoning
+    /// protocol: apr, multiverse, threadweaver, npr, parallel-r1. The tree
+    /// streams to stderr; the final text goes to stdout.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// With --protocol: write the thread tree and stats as JSON here.
+    #[arg(long, requires = "protocol")]
+    pub trace: Option<PathBuf>,
+    /// With --protocol: most children one fork may start.
+    #[arg(long, default_value_t = 16)]
+    pub max_children: usize,
+    /// With --protocol: threads at this depth may not fork (root = 0).
+    #[arg(long, default_value_t = 4)]
+    pub max_depth: u32,
+    /// With --protocol: KV cache budget in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub kv_mib: usize,
+    /// With --protocol: generated tokens per request (all threads).
+    #[arg(long, default_value_t = 16384)]
+    pub max_request_tokens: usize,
+    /// With --protocol: do not stream the tree to stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -84,17 +107,39 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         prompt
     };
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        seed: args.seed,
+    };
+    if let Some(name) = &args.protocol {
+        let cfg = weft_engine::EngineConfig {
+            max_children_per_fork: args.max_children,
+            max_depth: args.max_depth,
+            max_tokens_per_thread: args.max_tokens,
+            max_tokens_per_request: args.max_request_tokens,
+            kv_budget_mib: args.kv_mib,
+            sampling,
+            ..Default::default()
+        };
+        super::threads::run_protocol(
+            &model,
+            &tokenizer,
+            name,
+            text,
+            cfg,
+            args.trace.as_deref(),
+            args.quiet,
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     // A rendered chat template already holds its BOS text when it wants one.
     let ids = tokenizer.encode(&text, !args.chat)?;
     let params = GenerateParams {
         max_tokens: args.max_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            min_p: args.min_p,
-            seed: args.seed,
-        },
+        sampling,
         stop: args.stop.clone(),
         stop_ids: Vec::new(),
     };

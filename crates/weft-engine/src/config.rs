@@ -1,0 +1,49 @@
+//! Limits and budgets: policy, never crashes.
+
+use weft_model::sampling::SamplingParams;
+
+/// What the engine may do. A limit that is reached changes what runs (a fork
+/// is refused, a thread waits or ends at its token budget); it never aborts.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Children one fork may start; a larger fork is refused and the parent
+    /// decodes on sequentially.
+    pub max_children_per_fork: usize,
+    /// Threads at this depth (root = 0) may not fork.
+    pub max_depth: u32,
+    /// Threads of one request decoding at once; more wait in the queue.
+    pub max_live_threads_per_request: usize,
+    /// Threads decoding at once, all requests together (vLLM's `max_num_seqs`).
+    pub max_live_threads: usize,
+    /// Generated tokens per thread.
+    pub max_tokens_per_thread: usize,
+    /// Generated tokens per request, all threads together.
+    pub max_tokens_per_request: usize,
+    /// KV cache size.
+    pub kv_budget_mib: usize,
+    /// Token slots per KV block.
+    pub block_size: usize,
+    /// Most prompt tokens of one thread per step.
+    pub prefill_chunk: usize,
+    /// Most tokens in one forward step, all threads together.
+    pub max_batch_tokens: usize,
+    pub sampling: SamplingParams,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_children_per_fork: 16,
+            max_depth: 4,
+            max_live_threads_per_request: 64,
+            max_live_threads: 256,
+            max_tokens_per_thread: 1024,
+            max_tokens_per_request: 16_384,
+            kv_budget_mib: 512,
+            block_size: 16,
+            prefill_chunk: 256,
+            max_batch_tokens: 512,
+            sampling: SamplingParams::default(),
+        }
+    }
+}

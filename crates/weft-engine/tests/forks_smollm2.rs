@@ -1,0 +1,159 @@
+//! The engine on a real model (SmolLM2-135M, which was not trained on these
+//! formats): prompts that end in a fork trigger make the engine parse the
+//! fork, run the children batched over the shared prefix, join, and continue.
+
+use std::sync::Arc;
+
+use weft_engine::{Engine, EngineConfig, Request, Response};
+use weft_model::{LoadOptions, Model, Tokenizer};
+
+fn model() -> (Model, Tokenizer) {
+    let home = std::env::var_os("HOME").expect("HOME");
+    let path =
+        std::path::PathBuf::from(home).join(".cache/weft/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    (
+        Model::load(&path, &LoadOptions::default()).unwrap(),
+        Tokenizer::load(&path).unwrap(),
+    )
+}
+
+fn run(
+    model: &Model,
+    tok: &Tokenizer,
+    protocol: &str,
+    prompts: &[String],
+    cfg: EngineConfig,
+) -> (Vec<Response>, usize, usize) {
+    let mut engine = Engine::new(model, tok, cfg).unwrap();
+    let before = engine.kv_blocks_available();
+    let requests = prompts
+        .iter()
+        .map(|p| Request {
+            prompt: p.clone(),
+            protocol: Arc::from(weft_protocol::by_name(protocol).unwrap()),
+        })
+        .collect();
+    let out = engine.run(requests, &mut |_| {}).unwrap();
+    (out, before, engine.kv_blocks_available())
+}
+
+const TW_PROMPT: &str = "Question: how far apart are (1, 2) and (7, -7)?\n<think>\n<Parallel>\n<Outlines>\n<Outline>1: Compute (dx)^2.</Outline>\n<Outline>2: Compute (dy)^2.</Outline>\n<Outline>3: Add them.</Outline>\n<Outline>4: Take the square root.</Outline>\n</Outlines>";
+
+#[test]
+fn threadweaver_fork_runs_children_batched_and_joins() {
+    let (model, tok) = model();
+    let cfg = EngineConfig {
+        max_tokens_per_thread: 16,
+        ..Default::default()
+    };
+    let (out, before, after) = run(&model, &tok, "threadweaver", &[TW_PROMPT.to_string()], cfg);
+    let r = &out[0];
+    assert_eq!(r.threads.len(), 5, "root + 4 children: {:#?}", r.threads);
+    assert!(r.threads[1..].iter().all(|t| t.parent == Some(0)));
+    assert_eq!(r.stats.forks, 1);
+    assert!(
+        r.stats.max_batch_threads >= 4,
+        "children were not batched: {}",
+        r.stats.max_batch_threads
+    );
+    // Every child's result is in the joined parent text, in outline order.
+    let mut at = 0;
+    for (i, child) in r.threads[1..].iter().enumerate() {
+        let label = format!("<Thread>\n{}:", i + 1);
+        let pos = r.text[at..].find(&label).map(|p| p + at);
+        assert!(
+            pos.is_some(),
+            "thread {} missing from the join: {:?}",
+            i + 1,
+            r.text
+        );
+        at = pos.unwrap();
+        assert!(child.generated_tokens > 0);
+    }
+    // Children shared the parent's prompt KV instead of recomputing it.
+    assert!(r.stats.prefill_tokens_saved >= 4 * r.threads[0].prompt_tokens);
+    assert!(r.stats.total_tokens > r.stats.critical_path_tokens);
+    assert_eq!(before, after, "blocks leaked");
+}
+
+#[test]
+fn apr_prompt_fork_runs_sub_searches() {
+    let trace = include_str!("../../../../shared/reference/countdown/apr_trace_example.txt");
+    let first = trace.split("===== main_call 0 =====\n").nth(1).unwrap();
+    let end =
+        first.find("<End Calling Sub Searches>").unwrap() + "<End Calling Sub Searches>".len();
+    let prompt = first[..end].to_string();
+    let (model, tok) = model();
+    let cfg = EngineConfig {
+        max_tokens_per_thread: 12,
+        ..Default::default()
+    };
+    let (out, before, after) = run(&model, &tok, "apr", &[prompt], cfg);
+    let r = &out[0];
+    assert_eq!(r.threads.len(), 3, "{:#?}", r.threads);
+    assert_eq!(r.stats.forks, 1);
+    // The join replaced the calling block by the sub-search results block.
+    assert!(
+        r.text.contains("<Sub Searches>") && r.text.contains("<End Sub Searches>"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text.contains("at Node #0,1,1>") && r.text.contains("at Node #0,1,0>"),
+        "{}",
+        r.text
+    );
+    assert_eq!(before, after, "blocks leaked");
+}
+
+#[test]
+fn two_requests_share_one_batch_and_limits_hold() {
+    let (model, tok) = model();
+    let cfg = EngineConfig {
+        max_tokens_per_thread: 8,
+        max_children_per_fork: 3,
+        ..Default::default()
+    };
+    let prompts = vec![
+        TW_PROMPT.to_string(),
+        TW_PROMPT.replace("(7, -7)", "(4, 6)"),
+    ];
+    let (out, _, _) = run(&model, &tok, "threadweaver", &prompts, cfg);
+    for r in &out {
+        // 4 outlines > 3 allowed children: the fork is refused, the root decodes on alone.
+        assert_eq!(r.threads.len(), 1);
+        assert_eq!(r.stats.forks, 0);
+        assert!(
+            r.stats
+                .refused_forks
+                .iter()
+                .any(|x| x.contains("engine limit")),
+            "{:?}",
+            r.stats.refused_forks
+        );
+        assert!(r.threads[0].generated_tokens <= 8);
+    }
+}
+
+#[test]
+fn small_kv_budget_preempts_instead_of_failing() {
+    let (model, tok) = model();
+    // 6 MiB holds 17 blocks of 16 tokens (SmolLM2: 23 KiB of KV per token):
+    // the shared ~80-token prompt plus 4 children growing by 32 tokens each
+    // need more, so the scheduler must preempt and recompute.
+    let cfg = EngineConfig {
+        max_tokens_per_thread: 32,
+        kv_budget_mib: 6,
+        ..Default::default()
+    };
+    let (out, before, after) = run(&model, &tok, "threadweaver", &[TW_PROMPT.to_string()], cfg);
+    let r = &out[0];
+    // The root may fork again after the join (the model writes more outlines).
+    assert!(r.threads.len() >= 5 && r.threads[1..5].iter().all(|t| t.parent == Some(0)));
+    assert!(r.threads[1..].iter().all(|t| t.generated_tokens > 0));
+    assert!(
+        r.stats.preemptions > 0,
+        "the budget was meant to force preemption"
+    );
+    assert_eq!(before, after);
+}
