@@ -78,7 +78,7 @@ fn threadweaver_fork_runs_children_batched_and_joins() {
 
 #[test]
 fn apr_prompt_fork_runs_sub_searches() {
-    let trace = include_str!("../../../../shared/reference/countdown/apr_trace_example.txt");
+    let trace = include_str!("../../weft-protocol/tests/fixtures/apr_trace_example.txt");
     let first = trace.split("===== main_call 0 =====\n").nth(1).unwrap();
     let end =
         first.find("<End Calling Sub Searches>").unwrap() + "<End Calling Sub Searches>".len();
