@@ -82,12 +82,14 @@ pub fn dtype_name(d: GgmlDType) -> &'static str {
 /// A `rows x cols` matrix (PyTorch's `[out_features, in_features]`).
 #[derive(Clone)]
 pub enum Weight {
-    /// A quantized type with a weft kernel.
+    /// A quantized type with a weft kernel. With `packed`, `data` is in the
+    /// row-interleaved layout of [`kernels::pack_rows`], else GGUF row-major.
     Quant {
         fmt: BlockFormat,
         rows: usize,
         cols: usize,
         data: Bytes,
+        packed: bool,
     },
     /// A K-quant or other GGML type, multiplied through candle's kernels.
     Ggml {
@@ -113,24 +115,9 @@ impl Weight {
     /// Wraps raw GGML bytes; F16/BF16/F32 are converted to f32.
     pub fn from_ggml(dtype: GgmlDType, rows: usize, cols: usize, bytes: Bytes) -> Weight {
         match dtype {
-            GgmlDType::Q4_0 => Weight::Quant {
-                fmt: BlockFormat::Q4_0,
-                rows,
-                cols,
-                data: bytes,
-            },
-            GgmlDType::Q4_1 => Weight::Quant {
-                fmt: BlockFormat::Q4_1,
-                rows,
-                cols,
-                data: bytes,
-            },
-            GgmlDType::Q8_0 => Weight::Quant {
-                fmt: BlockFormat::Q8_0,
-                rows,
-                cols,
-                data: bytes,
-            },
+            GgmlDType::Q4_0 => Weight::quant(BlockFormat::Q4_0, rows, cols, bytes),
+            GgmlDType::Q4_1 => Weight::quant(BlockFormat::Q4_1, rows, cols, bytes),
+            GgmlDType::Q8_0 => Weight::quant(BlockFormat::Q8_0, rows, cols, bytes),
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => Weight::F32 {
                 rows,
                 cols,
@@ -142,6 +129,31 @@ impl Weight {
                 cols,
                 data: bytes,
             },
+        }
+    }
+
+    /// A quantized weight from GGUF row-major blocks, repacked into the
+    /// row-interleaved layout when the row count allows it (`WEFT_NO_PACK=1`
+    /// keeps the GGUF layout, for comparing speeds).
+    fn quant(fmt: BlockFormat, rows: usize, cols: usize, bytes: Bytes) -> Weight {
+        let packed = rows.is_multiple_of(kernels::PACK_ROWS)
+            && !std::env::var("WEFT_NO_PACK").is_ok_and(|v| v == "1");
+        let data = if packed {
+            Bytes::owned(&kernels::pack_rows(
+                fmt,
+                bytes.as_slice(),
+                rows,
+                cols / BlockFormat::ELEMS,
+            ))
+        } else {
+            bytes
+        };
+        Weight::Quant {
+            fmt,
+            rows,
+            cols,
+            data,
+            packed,
         }
     }
 
@@ -197,13 +209,25 @@ impl Weight {
                 })
             }
             Weight::Quant { fmt, .. } => {
-                let bytes = concat_bytes(parts);
-                Some(Weight::Quant {
-                    fmt: *fmt,
-                    rows,
-                    cols,
-                    data: bytes,
-                })
+                let mut all = Vec::new();
+                for p in parts {
+                    if let Weight::Quant {
+                        rows, data, packed, ..
+                    } = p
+                    {
+                        if *packed {
+                            all.extend(kernels::unpack_rows(
+                                *fmt,
+                                data.as_slice(),
+                                *rows,
+                                cols / BlockFormat::ELEMS,
+                            ));
+                        } else {
+                            all.extend_from_slice(data.as_slice());
+                        }
+                    }
+                }
+                Some(Weight::quant(*fmt, rows, cols, Bytes::owned(&all)))
             }
             Weight::Ggml { dtype, .. } => {
                 let bytes = concat_bytes(parts);
@@ -241,10 +265,18 @@ impl Weight {
     /// matrices can share one quantization). Only for `Weight::Quant`.
     pub fn matmul_quantized(&self, acts: &QuantizedActs, out: &mut [f32]) {
         if let Weight::Quant {
-            fmt, rows, data, ..
+            fmt,
+            rows,
+            data,
+            packed,
+            ..
         } = self
         {
-            kernels::matmul_quant(*fmt, data.as_slice(), *rows, acts, out);
+            if *packed {
+                kernels::matmul_packed(*fmt, data.as_slice(), *rows, acts, out);
+            } else {
+                kernels::matmul_quant(*fmt, data.as_slice(), *rows, acts, out);
+            }
         } else {
             unreachable!("matmul_quantized on a non-quantized weight");
         }
@@ -255,12 +287,18 @@ impl Weight {
         let cols = self.cols();
         match self {
             Weight::F32 { data, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
-            Weight::Quant { fmt, data, .. } => {
+            Weight::Quant {
+                fmt, data, packed, ..
+            } => {
                 let bb = fmt.block_bytes();
-                let row_bytes = cols / 32 * bb;
-                let bytes = &data.as_slice()[r * row_bytes..(r + 1) * row_bytes];
-                for (blk, o) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(32)) {
-                    let (d, m, v) = kernels::decode_block(*fmt, blk);
+                let kb = cols / BlockFormat::ELEMS;
+                let data = data.as_slice();
+                for (b, o) in out.chunks_exact_mut(BlockFormat::ELEMS).enumerate() {
+                    let (d, m, v) = if *packed {
+                        kernels::decode_block(*fmt, &kernels::packed_block(*fmt, data, kb, r, b))
+                    } else {
+                        kernels::decode_block(*fmt, &data[(r * kb + b) * bb..][..bb])
+                    };
                     for (x, q) in o.iter_mut().zip(v) {
                         *x = d * q as f32 + m;
                     }
@@ -279,10 +317,8 @@ fn concat_bytes(parts: &[&Weight]) -> Bytes {
     let mut all = Vec::new();
     for p in parts {
         match p {
-            Weight::Quant { data, .. } | Weight::Ggml { data, .. } => {
-                all.extend_from_slice(data.as_slice())
-            }
-            Weight::F32 { .. } => {}
+            Weight::Ggml { data, .. } => all.extend_from_slice(data.as_slice()),
+            Weight::Quant { .. } | Weight::F32 { .. } => {}
         }
     }
     Bytes::owned(&all)

@@ -4,7 +4,7 @@
 use core::arch::x86_64::*;
 use half::f16;
 
-use super::quant::{ActBlock, BlockFormat, QuantizedActs};
+use super::quant::{ActBlock, BlockFormat, QuantizedActs, PACK_ROWS};
 use super::SyncPtr;
 
 const Q4_0: u8 = 0;
@@ -163,6 +163,211 @@ pub(crate) unsafe fn gemm_quant(
         BlockFormat::Q4_1 => gemm_fmt::<Q4_1>(bb, w, n_rows, acts, rows, out),
         BlockFormat::Q8_0 => gemm_fmt::<Q8_0>(bb, w, n_rows, acts, rows, out),
     }
+}
+
+/// Broadcasts the 4 activation bytes `qs[4j..4j+4]` to every 32-bit lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bcast4(qs: *const i8, j: usize) -> __m256i {
+    _mm256_set1_epi32((qs.add(4 * j) as *const i32).read_unaligned())
+}
+
+/// One packed group (8 weight rows, lanes = rows) times `C` activation
+/// columns: returns per column the 8 row dot products.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn packed_tile<const F: u8, const C: usize>(
+    g: *const u8,
+    cols: [*const ActBlock; C],
+    k_blocks: usize,
+) -> [__m256; C] {
+    let gb = PACK_ROWS
+        * match F {
+            Q4_0 => 18,
+            Q4_1 => 20,
+            _ => 34,
+        };
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); C];
+    for b in 0..k_blocks {
+        let p = g.add(b * gb);
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+        if F == Q8_0 {
+            let q = p.add(16);
+            let mut w = [_mm256_setzero_si256(); 8];
+            let mut aw = [_mm256_setzero_si256(); 8];
+            for j in 0..8 {
+                w[j] = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
+                aw[j] = _mm256_sign_epi8(w[j], w[j]);
+            }
+            for c in 0..C {
+                let x = &*cols[c].add(b);
+                let xq = x.qs.as_ptr();
+                let mut s = _mm256_setzero_si256();
+                for j in 0..8 {
+                    let xs = _mm256_sign_epi8(bcast4(xq, j), w[j]);
+                    let p16 = _mm256_maddubs_epi16(aw[j], xs);
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p16, ones));
+                }
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[c]);
+            }
+        } else {
+            let (mw, q) = if F == Q4_1 {
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i)),
+                    p.add(32),
+                )
+            } else {
+                (_mm256_mul_ps(dw, _mm256_set1_ps(-8.0)), p.add(16))
+            };
+            // w[j] holds weights 4j..4j+4 of each row: low nibbles of chunk
+            // j for j < 4, high nibbles of chunk j - 4 (weights 16 + ...).
+            let mut w = [_mm256_setzero_si256(); 8];
+            for j in 0..4 {
+                let raw = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
+                w[j] = _mm256_and_si256(raw, mask);
+                w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+            }
+            for c in 0..C {
+                let x = &*cols[c].add(b);
+                let xq = x.qs.as_ptr();
+                // 8 products of u4 x i8 pairs: |sum| <= 8 * 2 * 15 * 127 < 2^15.
+                let mut s16 = _mm256_maddubs_epi16(w[0], bcast4(xq, 0));
+                for (j, wj) in w.iter().enumerate().skip(1) {
+                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*wj, bcast4(xq, j)));
+                }
+                let s = _mm256_madd_epi16(s16, ones);
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[c]);
+                acc[c] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.s), acc[c]);
+            }
+        }
+    }
+    acc
+}
+
+/// Columns per sweep over a task's weight rows: keeps that many activation
+/// columns in L2 while the rows stream past.
+const COL_CHUNK: usize = 64;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_packed_fmt<const F: u8>(
+    bb: usize,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QuantizedActs,
+    groups: std::ops::Range<usize>,
+    out: SyncPtr,
+) {
+    let kb = acts.k_blocks;
+    let col = |c: usize| acts.blocks.as_ptr().add(c * kb);
+    let store =
+        |g: usize, c: usize, v: __m256| _mm256_storeu_ps(out.0.add(c * n_rows + g * PACK_ROWS), v);
+    let mut c0 = 0;
+    while c0 < acts.cols {
+        let c1 = (c0 + COL_CHUNK).min(acts.cols);
+        for g in groups.clone() {
+            let gp = w.as_ptr().add(g * kb * PACK_ROWS * bb);
+            let mut c = c0;
+            while c + 4 <= c1 {
+                let o = packed_tile::<F, 4>(gp, [col(c), col(c + 1), col(c + 2), col(c + 3)], kb);
+                for (i, v) in o.into_iter().enumerate() {
+                    store(g, c + i, v);
+                }
+                c += 4;
+            }
+            if c + 2 <= c1 {
+                let o = packed_tile::<F, 2>(gp, [col(c), col(c + 1)], kb);
+                store(g, c, o[0]);
+                store(g, c + 1, o[1]);
+                c += 2;
+            }
+            if c < c1 {
+                let o = packed_tile::<F, 1>(gp, [col(c)], kb);
+                store(g, c, o[0]);
+            }
+        }
+        c0 = c1;
+    }
+}
+
+/// Quantized GEMM over the packed row groups in `groups`; see `matmul_packed`.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; no other thread may write the
+/// output entries of these rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_packed(
+    fmt: BlockFormat,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QuantizedActs,
+    groups: std::ops::Range<usize>,
+    out: SyncPtr,
+) {
+    let bb = fmt.block_bytes();
+    match fmt {
+        BlockFormat::Q4_0 => gemm_packed_fmt::<Q4_0>(bb, w, n_rows, acts, groups, out),
+        BlockFormat::Q4_1 => gemm_packed_fmt::<Q4_1>(bb, w, n_rows, acts, groups, out),
+        BlockFormat::Q8_0 => gemm_packed_fmt::<Q8_0>(bb, w, n_rows, acts, groups, out),
+    }
+}
+
+/// Quantizes 32 activations like the scalar `quantize_acts` loop, with the
+/// same results bit for bit: returns `(d, sum of qs)` and fills `qs`.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn quantize_block(x: &[f32; 32], qs: &mut [i8; 32]) -> (f32, i32) {
+    let p = x.as_ptr();
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let v = [0, 1, 2, 3].map(|i| _mm256_loadu_ps(p.add(8 * i)));
+    let mut m = _mm256_and_ps(v[0], abs_mask);
+    for vi in &v[1..] {
+        m = _mm256_max_ps(m, _mm256_and_ps(*vi, abs_mask));
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let idv = _mm256_set1_ps(id);
+    let half = _mm256_set1_ps(0.5);
+    let sign = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+    let one = _mm256_set1_ps(1.0);
+    let mut q = [_mm256_setzero_si256(); 4];
+    let mut sum = _mm256_setzero_si256();
+    for i in 0..4 {
+        let y = _mm256_mul_ps(v[i], idv);
+        // Round half away from zero (`f32::round`): truncate, then step away
+        // from zero when the dropped fraction is at least one half.
+        let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        let frac = _mm256_and_ps(_mm256_sub_ps(y, t), abs_mask);
+        let step = _mm256_or_ps(one, _mm256_and_ps(y, sign));
+        let r = _mm256_add_ps(
+            t,
+            _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), step),
+        );
+        q[i] = _mm256_cvtps_epi32(r);
+        sum = _mm256_add_epi32(sum, q[i]);
+    }
+    // i32 -> i8 with lane fix-up (packs work within 128-bit halves).
+    let q01 = _mm256_packs_epi32(q[0], q[1]);
+    let q23 = _mm256_packs_epi32(q[2], q[3]);
+    let b = _mm256_packs_epi16(q01, q23);
+    let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, b);
+    let s4 = _mm_add_epi32(
+        _mm256_castsi256_si128(sum),
+        _mm256_extracti128_si256(sum, 1),
+    );
+    let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+    let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 1));
+    (d, _mm_cvtsi128_si32(s1))
 }
 
 /// # Safety

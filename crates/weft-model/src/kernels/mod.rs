@@ -17,7 +17,10 @@ mod quant;
 
 pub use attention::{axpy_f16, dot_f16, f16_to_f32_slice};
 pub(crate) use quant::decode_block;
-pub use quant::{matmul_f32, matmul_quant, quantize_acts, BlockFormat, QuantizedActs};
+pub use quant::{
+    matmul_f32, matmul_packed, matmul_quant, pack_rows, packed_block, quantize_acts, unpack_rows,
+    BlockFormat, QuantizedActs, PACK_ROWS,
+};
 
 use std::sync::OnceLock;
 

@@ -68,22 +68,195 @@ pub fn quantize_acts(x: &[f32], cols: usize, k: usize, out: &mut QuantizedActs) 
     out.k_blocks = k_blocks;
     out.blocks.clear();
     out.blocks.reserve(cols * k_blocks);
+    let isa = Isa::detect();
     for chunk in x.chunks_exact(32) {
-        let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let chunk: &[f32; 32] = chunk.try_into().expect("32 values");
         let mut qs = [0i8; 32];
-        let mut sum = 0i32;
-        for (q, v) in qs.iter_mut().zip(chunk) {
-            let r = (v * id).round() as i32;
-            *q = r as i8;
-            sum += r;
-        }
+        let (d, sum) = match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2/FMA/F16C present.
+            Isa::Avx2 => unsafe { super::avx2::quantize_block(chunk, &mut qs) },
+            _ => quantize_block_scalar(chunk, &mut qs),
+        };
         out.blocks.push(ActBlock {
             d: f16::from_f32(d).to_f32(),
             s: f16::from_f32(d * sum as f32).to_f32(),
             qs,
         });
+    }
+}
+
+/// The reference for one block of [`quantize_acts`]: returns `(d, sum of qs)`.
+fn quantize_block_scalar(chunk: &[f32; 32], qs: &mut [i8; 32]) -> (f32, i32) {
+    let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, v) in qs.iter_mut().zip(chunk) {
+        let r = (v * id).round() as i32;
+        *q = r as i8;
+        sum += r;
+    }
+    (d, sum)
+}
+
+/// Rows per group in the packed (row-interleaved) weight layout.
+pub const PACK_ROWS: usize = 8;
+
+impl BlockFormat {
+    /// Bytes of scales (and offsets) at the start of a packed group block.
+    const fn packed_header(self) -> usize {
+        match self {
+            BlockFormat::Q4_1 => 32,
+            _ => 16,
+        }
+    }
+}
+
+/// Repacks `rows` GGUF rows (`k_blocks` blocks each, `rows` a multiple of
+/// [`PACK_ROWS`]) into the row-interleaved layout the packed kernels read.
+///
+/// Rows come in groups of 8; a group stores, block after block: the 8 rows'
+/// f16 scales `d`, for Q4_1 their 8 f16 offsets `m`, then their quant bytes
+/// in 4-byte chunks: chunk `j` holds bytes `4j..4j+4` of row 0, then of row 1,
+/// ..., row 7. So one vector load gives 4 bytes of each of 8 rows (lanes =
+/// rows), and every row keeps exactly its GGUF bytes.
+pub fn pack_rows(fmt: BlockFormat, data: &[u8], rows: usize, k_blocks: usize) -> Vec<u8> {
+    let bb = fmt.block_bytes();
+    assert_eq!(rows % PACK_ROWS, 0, "packed rows");
+    assert_eq!(data.len(), rows * k_blocks * bb, "weight shape");
+    let hdr = fmt.packed_header();
+    let mut out = vec![0u8; data.len()];
+    for r in 0..rows {
+        let (g, i) = (r / PACK_ROWS, r % PACK_ROWS);
+        for b in 0..k_blocks {
+            let src = &data[(r * k_blocks + b) * bb..][..bb];
+            let base = (g * k_blocks + b) * PACK_ROWS * bb;
+            let dst = &mut out[base..base + PACK_ROWS * bb];
+            dst[2 * i..2 * i + 2].copy_from_slice(&src[..2]);
+            let qs = if fmt == BlockFormat::Q4_1 {
+                dst[16 + 2 * i..18 + 2 * i].copy_from_slice(&src[2..4]);
+                &src[4..]
+            } else {
+                &src[2..]
+            };
+            for (j, chunk) in qs.chunks_exact(4).enumerate() {
+                let at = hdr + j * 4 * PACK_ROWS + 4 * i;
+                dst[at..at + 4].copy_from_slice(chunk);
+            }
+        }
+    }
+    out
+}
+
+/// The GGUF bytes of block `b` of row `r` of a packed matrix (the first
+/// `fmt.block_bytes()` bytes of the result).
+pub fn packed_block(
+    fmt: BlockFormat,
+    data: &[u8],
+    k_blocks: usize,
+    r: usize,
+    b: usize,
+) -> [u8; 34] {
+    let bb = fmt.block_bytes();
+    let hdr = fmt.packed_header();
+    let (g, i) = (r / PACK_ROWS, r % PACK_ROWS);
+    let src = &data[(g * k_blocks + b) * PACK_ROWS * bb..][..PACK_ROWS * bb];
+    let mut out = [0u8; 34];
+    out[..2].copy_from_slice(&src[2 * i..2 * i + 2]);
+    let q0 = if fmt == BlockFormat::Q4_1 {
+        out[2..4].copy_from_slice(&src[16 + 2 * i..18 + 2 * i]);
+        4
+    } else {
+        2
+    };
+    for j in 0..(bb - q0) / 4 {
+        let at = hdr + j * 4 * PACK_ROWS + 4 * i;
+        out[q0 + 4 * j..q0 + 4 * j + 4].copy_from_slice(&src[at..at + 4]);
+    }
+    out
+}
+
+/// Inverse of [`pack_rows`].
+pub fn unpack_rows(fmt: BlockFormat, data: &[u8], rows: usize, k_blocks: usize) -> Vec<u8> {
+    let bb = fmt.block_bytes();
+    let mut out = Vec::with_capacity(data.len());
+    for r in 0..rows {
+        for b in 0..k_blocks {
+            out.extend_from_slice(&packed_block(fmt, data, k_blocks, r, b)[..bb]);
+        }
+    }
+    out
+}
+
+/// Runs `f` on `n` index ranges that split `0..n_items`, in parallel on the
+/// current rayon pool (inline when `n == 1`).
+fn split_par(n_items: usize, n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    if n <= 1 {
+        f(0..n_items);
+        return;
+    }
+    (0..n).into_par_iter().for_each(|t| {
+        let start = n_items * t / n;
+        let end = n_items * (t + 1) / n;
+        if start < end {
+            f(start..end);
+        }
+    });
+}
+
+/// Like [`matmul_quant`] for weights in the packed layout ([`pack_rows`]).
+pub fn matmul_packed(
+    fmt: BlockFormat,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) {
+    let k_blocks = acts.k_blocks;
+    let row_bytes = k_blocks * fmt.block_bytes();
+    assert_eq!(n_rows % PACK_ROWS, 0, "packed rows");
+    assert_eq!(w.len(), n_rows * row_bytes, "weight shape");
+    assert_eq!(out.len(), acts.cols * n_rows, "output shape");
+    let isa = Isa::detect();
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let groups = n_rows / PACK_ROWS;
+    // Enough work per task to amortise waking a thread (~64 KiB of weights
+    // x columns), at most a few tasks per thread for balance.
+    let threads = rayon::current_num_threads().max(1);
+    let work = w.len() * acts.cols.max(1);
+    let n_tasks = (work / (64 * 1024)).clamp(1, threads * 2).min(groups);
+    split_par(groups, n_tasks, |g| match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA/F16C present; the rows of groups `g` are this task's alone.
+        Isa::Avx2 => unsafe { super::avx2::gemm_packed(fmt, w, n_rows, acts, g, ptr) },
+        _ => gemm_packed_scalar(fmt, w, n_rows, acts, g, ptr),
+    });
+}
+
+fn gemm_packed_scalar(
+    fmt: BlockFormat,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QuantizedActs,
+    groups: std::ops::Range<usize>,
+    out: SyncPtr,
+) {
+    let bb = fmt.block_bytes();
+    let k_blocks = acts.k_blocks;
+    for r in groups.start * PACK_ROWS..groups.end * PACK_ROWS {
+        for c in 0..acts.cols {
+            let xs = acts.col(c);
+            let mut acc = 0.0f32;
+            for (b, x) in xs.iter().enumerate() {
+                let blk = packed_block(fmt, w, k_blocks, r, b);
+                let (d, m, v) = decode_block(fmt, &blk[..bb]);
+                let isum: i32 = v.iter().zip(&x.qs).map(|(a, b)| a * *b as i32).sum();
+                acc += d * x.d * isum as f32 + m * x.s;
+            }
+            // SAFETY: (c, r) is written by this task only; the index is in bounds.
+            unsafe { *out.0.add(c * n_rows + r) = acc };
+        }
     }
 }
 
@@ -268,6 +441,9 @@ mod tests {
                 (13, 96, 5),
                 (64, 576, 2),
                 (9, 32, 17),
+                (16, 64, 7),
+                (8, 32, 70),
+                (24, 96, 5),
             ] {
                 let w = random_blocks(fmt, n_rows * k / 32, &mut rng);
                 let x: Vec<f32> = (0..cols * k).map(|_| rng.gen_range(-2.0..2.0)).collect();
@@ -284,6 +460,30 @@ mod tests {
                     0..n_rows,
                     SyncPtr(slow.as_mut_ptr()),
                 );
+                // The packed layout keeps each row's bytes, and its kernels
+                // (SIMD and scalar) compute the same sums.
+                let packed = if n_rows % PACK_ROWS == 0 {
+                    let p = pack_rows(fmt, &w, n_rows, k / 32);
+                    assert_eq!(
+                        unpack_rows(fmt, &p, n_rows, k / 32),
+                        w,
+                        "{fmt:?} pack round trip"
+                    );
+                    let mut fast = vec![0.0; cols * n_rows];
+                    matmul_packed(fmt, &p, n_rows, &acts, &mut fast);
+                    let mut slow = vec![0.0; cols * n_rows];
+                    gemm_packed_scalar(
+                        fmt,
+                        &p,
+                        n_rows,
+                        &acts,
+                        0..n_rows / PACK_ROWS,
+                        SyncPtr(slow.as_mut_ptr()),
+                    );
+                    Some((fast, slow))
+                } else {
+                    None
+                };
                 let wf = dequant(fmt, &w);
                 let mut exact = vec![0.0; cols * n_rows];
                 matmul_f32(&wf, n_rows, k, &x, cols, &mut exact);
@@ -295,6 +495,15 @@ mod tests {
                         fast[i],
                         slow[i]
                     );
+                    if let Some((pf, ps)) = &packed {
+                        assert!(
+                            (pf[i] - slow[i]).abs() < tol,
+                            "{fmt:?} packed simd {} vs scalar {} at {i} ({n_rows}x{k}x{cols})",
+                            pf[i],
+                            slow[i]
+                        );
+                        assert_eq!(ps[i], slow[i], "{fmt:?} packed scalar");
+                    }
                     // 8-bit activations: error bounded by a few percent of the magnitude.
                     let scale: f32 = (0..k)
                         .map(|j| (wf[(i % n_rows) * k + j] * x[(i / n_rows) * k + j]).abs())
@@ -307,6 +516,44 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The SIMD activation quantizer gives the scalar one's results exactly,
+    /// halfway cases (rounded away from zero) included.
+    #[test]
+    fn quantize_simd_matches_scalar() {
+        if Isa::detect() == Isa::Scalar {
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for case in 0..2000 {
+            let mut x = [0.0f32; 32];
+            match case % 4 {
+                // amax 127 makes the scale exactly 1, so x.5 values are ties.
+                0 => {
+                    for v in x.iter_mut() {
+                        *v = rng.gen_range(-127i32..127) as f32 + 0.5;
+                    }
+                    x[rng.gen_range(0..32)] = if rng.gen() { 127.0 } else { -127.0 };
+                }
+                1 => {}
+                2 => x[rng.gen_range(0..32)] = rng.gen_range(-1e-3..1e-3),
+                _ => {
+                    for v in x.iter_mut() {
+                        *v = rng.gen_range(-3.0..3.0);
+                    }
+                }
+            }
+            let (mut a, mut b) = ([0i8; 32], [0i8; 32]);
+            let rs = quantize_block_scalar(&x, &mut a);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the ISA check above.
+            let rv = unsafe { super::super::avx2::quantize_block(&x, &mut b) };
+            #[cfg(not(target_arch = "x86_64"))]
+            let rv = quantize_block_scalar(&x, &mut b);
+            assert_eq!(rs, rv, "case {case}: {x:?}");
+            assert_eq!(a, b, "case {case}: {x:?}");
         }
     }
 
