@@ -347,9 +347,17 @@ impl<'m> Engine<'m> {
                         break;
                     }
                     Err(KvError::OutOfBlocks { .. }) => {
-                        let in_batch: Vec<usize> = batch.iter().map(|b| b.0).collect();
+                        // Only newer threads are preempted (so the oldest
+                        // always progresses: no ping-pong), and only those
+                        // whose KV frees a block nobody else holds.
+                        let pool = &self.pool;
                         let victim = order.iter().rev().copied().find(|&v| {
-                            v != id && !in_batch.contains(&v) && !self.threads[v].table.is_empty()
+                            v > id
+                                && self.threads[v]
+                                    .table
+                                    .blocks()
+                                    .iter()
+                                    .any(|&b| pool.ref_count(b) == Some(1))
                         });
                         match victim {
                             Some(v) => self.preempt(v)?,

@@ -138,12 +138,14 @@ fn two_requests_share_one_batch_and_limits_hold() {
 #[test]
 fn small_kv_budget_preempts_instead_of_failing() {
     let (model, tok) = model();
-    // 6 MiB holds 17 blocks of 16 tokens (SmolLM2: 23 KiB of KV per token):
-    // the shared ~80-token prompt plus 4 children growing by 32 tokens each
-    // need more, so the scheduler must preempt and recompute.
+    // 3 MiB holds 8 blocks of 16 tokens (SmolLM2: 23 KiB of KV per token).
+    // The ~80-token prompt takes 5; each of the 4 children needs its own copy
+    // of the partial last block on its first step (copy-on-write), so they
+    // cannot all hold KV at once whatever they generate: the scheduler must
+    // preempt and recompute.
     let cfg = EngineConfig {
         max_tokens_per_thread: 32,
-        kv_budget_mib: 6,
+        kv_budget_mib: 3,
         ..Default::default()
     };
     let (out, before, after) = run(&model, &tok, "threadweaver", &[TW_PROMPT.to_string()], cfg);
