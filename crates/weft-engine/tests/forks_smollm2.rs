@@ -136,13 +136,13 @@ fn two_requests_share_one_batch_and_limits_hold() {
 }
 
 #[test]
-fn small_kv_budget_preempts_instead_of_failing() {
+fn small_kv_budget_queues_instead_of_failing() {
     let (model, tok) = model();
     // 3 MiB holds 8 blocks of 16 tokens (SmolLM2: 23 KiB of KV per token).
     // The ~80-token prompt takes 5; each of the 4 children needs its own copy
     // of the partial last block on its first step (copy-on-write), so they
     // cannot all hold KV at once whatever they generate: the scheduler must
-    // preempt and recompute.
+    // queue or preempt.
     let cfg = EngineConfig {
         max_tokens_per_thread: 32,
         kv_budget_mib: 3,
@@ -153,9 +153,12 @@ fn small_kv_budget_preempts_instead_of_failing() {
     // The root may fork again after the join (the model writes more outlines).
     assert!(r.threads.len() >= 5 && r.threads[1..5].iter().all(|t| t.parent == Some(0)));
     assert!(r.threads[1..].iter().all(|t| t.generated_tokens > 0));
+    // Under that pressure the children could not all decode at once: they
+    // queued (or were preempted and recomputed) instead of failing.
     assert!(
-        r.stats.preemptions > 0,
-        "the budget was meant to force preemption"
+        r.stats.max_batch_threads < 4,
+        "the budget was meant to force queueing: {} threads decoded together",
+        r.stats.max_batch_threads
     );
     assert_eq!(before, after);
 }
