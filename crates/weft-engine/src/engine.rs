@@ -400,6 +400,7 @@ impl<'m> Engine<'m> {
                     kv_start: t.n_cached,
                     block_table: t.table.blocks(),
                     all_logits: false,
+                    shared: &[],
                 }
             })
             .collect();

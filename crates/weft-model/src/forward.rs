@@ -6,6 +6,12 @@
 //! weight is read once per step), and attention reads each sequence's KV
 //! slots through its block table. Decoding 8 threads costs one step with 8
 //! tokens; prefilling a prompt is one step with many tokens of one sequence.
+//!
+//! A sequence may also see KV that is not in its own table
+//! ([`SeqStep::shared`]): slot ranges of other tables, visible in full to
+//! every new token. That is how a KV-merge join works: the parent continues
+//! over its prefix plus every child's KV where the children wrote it, with
+//! RoPE positions ([`SeqStep::pos_start`]) decoupled from slot indices.
 
 use half::f16;
 use rayon::prelude::*;
@@ -18,7 +24,7 @@ use crate::model::{Model, Projection};
 use crate::weights::Scratch;
 
 /// One sequence's part of a forward step.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct SeqStep<'a> {
     /// New tokens to run.
     pub tokens: &'a [u32],
@@ -31,6 +37,19 @@ pub struct SeqStep<'a> {
     pub block_table: &'a [u32],
     /// Return logits for every new token, not only the last.
     pub all_logits: bool,
+    /// KV written earlier into other tables that every new token attends
+    /// to in full, besides its own table's slots `0..=kv_start + j`
+    /// (KV-merge joins: the prefix and each child's slots). Empty for an
+    /// ordinary sequence. These slots are only read, never written.
+    pub shared: &'a [KvSpan<'a>],
+}
+
+/// Slots `start..end` of a block table, seen as already-computed context.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvSpan<'a> {
+    pub block_table: &'a [u32],
+    pub start: usize,
+    pub end: usize,
 }
 
 /// Buffers reused from step to step.
@@ -49,13 +68,13 @@ pub struct Workspace {
     scratch: Scratch,
 }
 
-fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+pub(crate) fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     v.clear();
     v.resize(n, 0.0);
     v
 }
 
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let ss: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
     let scale = (1.0 / (ss / x.len() as f64 + eps as f64).sqrt()) as f32;
     for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
@@ -63,7 +82,7 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+pub(crate) fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     let ss: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
     let scale = (1.0 / (ss / x.len() as f64 + eps as f64).sqrt()) as f32;
     for (v, g) in x.iter_mut().zip(w) {
@@ -71,7 +90,7 @@ fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
-fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
+pub(crate) fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle) {
     let half = cos.len();
     match style {
         RopeStyle::Interleaved => {
@@ -120,6 +139,26 @@ impl Model {
                     kv.n_blocks
                 )));
             }
+            for span in s.shared {
+                if span.start > span.end || span.end > span.block_table.len() * kv.block_size {
+                    return Err(ModelError::Invalid(format!(
+                        "sequence {i} shares slots {}..{} of a block table that holds {}",
+                        span.start,
+                        span.end,
+                        span.block_table.len() * kv.block_size
+                    )));
+                }
+                if let Some(b) = span
+                    .block_table
+                    .iter()
+                    .find(|b| **b as usize >= kv.n_blocks)
+                {
+                    return Err(ModelError::Invalid(format!(
+                        "shared block {b} is outside the KV cache ({} blocks)",
+                        kv.n_blocks
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -153,14 +192,23 @@ impl Model {
         let n_tok: usize = seqs.iter().map(|s| s.tokens.len()).sum();
         let bs = kv.block_size;
 
-        // Slot addresses of every sequence's context, and each token's owner.
-        let slots: Vec<Vec<usize>> = seqs
+        // Slot addresses of every sequence's context (shared spans first,
+        // then its own table), and each token's owner.
+        let address = |table: &[u32], i: usize| table[i / bs] as usize * bs + i % bs;
+        let slots: Vec<Vec<usize>> =
+            seqs.iter()
+                .map(|s| {
+                    let shared = s.shared.iter().flat_map(|span| {
+                        (span.start..span.end).map(|i| address(span.block_table, i))
+                    });
+                    shared
+                        .chain((0..s.kv_start + s.tokens.len()).map(|i| address(s.block_table, i)))
+                        .collect()
+                })
+                .collect();
+        let n_shared: Vec<usize> = seqs
             .iter()
-            .map(|s| {
-                (0..s.kv_start + s.tokens.len())
-                    .map(|i| s.block_table[i / bs] as usize * bs + i % bs)
-                    .collect()
-            })
+            .map(|s| s.shared.iter().map(|span| span.end - span.start).sum())
             .collect();
         let mut tok_offset = Vec::with_capacity(seqs.len());
         let mut owner = Vec::with_capacity(n_tok);
@@ -233,7 +281,7 @@ impl Model {
                     }
                     rope(&mut head[..cfg.rope.dim], cos, sin, cfg.rope.style);
                 }
-                let slot = slots[i][seqs[i].kv_start + j];
+                let slot = slots[i][n_shared[i] + seqs[i].kv_start + j];
                 for (dst, src) in layer_kv.k[slot * kvd..(slot + 1) * kvd]
                     .iter_mut()
                     .zip(k.iter())
@@ -253,6 +301,7 @@ impl Model {
                 &ws.qkv,
                 seqs,
                 &slots,
+                &n_shared,
                 &tok_offset,
                 &mut ws.attn,
             );
@@ -324,13 +373,16 @@ impl Model {
         out
     }
 
-    /// Causal attention of every new token over its sequence's KV slots.
+    /// Causal attention of every new token over its sequence's KV slots
+    /// (all shared slots, then its own up to itself).
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         kv: &LayerKv,
         qkv: &[f32],
         seqs: &[SeqStep],
         slots: &[Vec<usize>],
+        n_shared: &[usize],
         tok_offset: &[usize],
         out: &mut [f32],
     ) {
@@ -351,10 +403,10 @@ impl Model {
         let ptr = SyncPtr(out.as_mut_ptr());
         let run = |&(i, g, j0, j1): &(usize, usize, usize, usize)| {
             let s = &seqs[i];
-            let mut scores = Vec::with_capacity(s.kv_start + j1);
+            let mut scores = Vec::with_capacity(n_shared[i] + s.kv_start + j1);
             for j in j0..j1 {
                 let t = tok_offset[i] + j;
-                let ctx = &slots[i][..s.kv_start + j + 1];
+                let ctx = &slots[i][..n_shared[i] + s.kv_start + j + 1];
                 for h in g * group..(g + 1) * group {
                     let q = &qkv[t * qkv_w + h * hd..t * qkv_w + (h + 1) * hd];
                     scores.clear();
@@ -396,7 +448,7 @@ impl Model {
 
 /// Computes several projections of `x` into one row per token, laid out as
 /// the projections' outputs side by side.
-fn project(
+pub(crate) fn project(
     p: &Projection,
     x: &[f32],
     n_tok: usize,

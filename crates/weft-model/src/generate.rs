@@ -76,6 +76,7 @@ impl<'m> Session<'m> {
                 kv_start: start,
                 block_table: self.table.blocks(),
                 all_logits: all,
+                shared: &[],
             };
             let mut logits = self.model.forward(&mut self.kv, &[step], &mut self.ws)?;
             self.tokens.extend_from_slice(chunk);

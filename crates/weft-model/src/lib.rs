@@ -29,13 +29,14 @@ pub mod gguf;
 pub mod kernels;
 pub mod kv_cache;
 pub mod model;
+mod reference;
 pub mod sampling;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
 pub use error::{ModelError, Result};
-pub use forward::{SeqStep, Workspace};
+pub use forward::{KvSpan, SeqStep, Workspace};
 pub use kv_cache::KvCache;
 pub use model::{LoadOptions, Model};
 pub use tokenizer::Tokenizer;

@@ -66,6 +66,7 @@ fn batch_of_eight_equals_alone() {
             kv_start: 0,
             block_table: &tables[i],
             all_logits: false,
+            shared: &[],
         })
         .collect();
     let mut logits = model.forward(&mut kv, &steps, &mut ws).unwrap();
@@ -82,6 +83,7 @@ fn batch_of_eight_equals_alone() {
                 kv_start: lens[i],
                 block_table: &tables[i],
                 all_logits: false,
+                shared: &[],
             })
             .collect();
         logits = model.forward(&mut kv, &steps, &mut ws).unwrap();

@@ -88,6 +88,7 @@ fn batched_decode(model: &Model, prefix: usize, gen: usize, b: usize) -> anyhow:
         kv_start: 0,
         block_table: root.blocks(),
         all_logits: false,
+        shared: &[],
     };
     let first = argmax(&model.forward(&mut kv, &[step], &mut ws)?[0]);
     let mut tables: Vec<BlockTable> = (0..b)
@@ -108,6 +109,7 @@ fn batched_decode(model: &Model, prefix: usize, gen: usize, b: usize) -> anyhow:
                 kv_start: prefix + s,
                 block_table: tables[i].blocks(),
                 all_logits: false,
+                shared: &[],
             })
             .collect();
         let logits = model.forward(&mut kv, &steps, &mut ws)?;
