@@ -27,6 +27,11 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// Most tokens in one forward step, all threads together.
     pub max_batch_tokens: usize,
+    /// Join KV-merge protocols (Multiverse, NPR) by merging KV: children
+    /// start at the fork position, the parent continues over the prefix
+    /// and every child's KV, nothing is recomputed. `false` re-prefills
+    /// every join (for a model not trained with the merged layout).
+    pub kv_merge: bool,
     pub sampling: SamplingParams,
 }
 
@@ -43,6 +48,7 @@ impl Default for EngineConfig {
             block_size: 16,
             prefill_chunk: 256,
             max_batch_tokens: 512,
+            kv_merge: true,
             sampling: SamplingParams::default(),
         }
     }

@@ -1,6 +1,8 @@
 //! The loop: admit threads, batch one step of every runnable thread of every
 //! request into one forward pass, sample, watch the text for the protocol's
-//! fork triggers, fork and join.
+//! fork triggers, fork and join. KV-merge joins are in `merge`.
+
+mod merge;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,11 +10,13 @@ use std::time::Instant;
 use weft_kv::{BlockPool, BlockTable, KvError};
 use weft_model::sampling::{Sampler, SamplingParams};
 use weft_model::tokenizer::StreamDecoder;
-use weft_model::{KvCache, Model, SeqStep, Tokenizer, Workspace};
+use weft_model::{KvCache, KvSpan, Model, SeqStep, Tokenizer, Workspace};
 use weft_protocol::{
-    Action, AfterJoin, ChildEnd, ChildPrompt, ChildResult, Detector, Fork, ForkContext, Protocol,
-    Scan,
+    Action, AfterJoin, ChildEnd, ChildPrompt, ChildResult, Detector, Fork, ForkContext, JoinMode,
+    Layout, Protocol, Scan,
 };
+
+use merge::KvSegment;
 
 use crate::config::EngineConfig;
 use crate::tree::{Event, RequestStats, Response, ThreadRecord};
@@ -51,7 +55,21 @@ struct Thread {
     tokens: Vec<u32>,
     /// Tokens whose KV is in the cache.
     n_cached: usize,
+    /// The thread's own KV: `tokens[i]` in slot `i`, at RoPE position
+    /// `pos_base + i`.
     table: BlockTable,
+    /// KV the thread sees in full before its own table (after a KV-merge
+    /// join: the prefix and every child's KV, where they were written).
+    /// Empty for a thread whose context is one sequential run.
+    segments: Vec<KvSegment>,
+    pos_base: usize,
+    /// Where the thread's own, not yet merged, part starts: `tokens` index
+    /// and byte offset in `context` (what a KV-merge join checks and adds).
+    own_tok_start: usize,
+    own_text_start: usize,
+    /// Its KV still follows its parent's layout at the fork (a join that
+    /// re-tokenized its text clears this, and the parent cannot merge it).
+    in_layout: bool,
     status: Status,
     generated: usize,
     decoder: StreamDecoder,
@@ -63,6 +81,8 @@ struct Thread {
     /// Children of each fork, in order.
     forks: Vec<Vec<usize>>,
     pending: Option<Fork>,
+    /// Own tokens at the pending fork, when its join may merge KV.
+    merge_at: Option<usize>,
     started: f64,
     ended: f64,
 }
@@ -76,6 +96,59 @@ impl Thread {
     /// its prompt that is unchanged).
     fn generated_text(&self) -> &str {
         self.context.get(self.prompt_len..).unwrap_or_default()
+    }
+
+    /// Takes a join's new context text; the prompt part shrinks to what the
+    /// join left unchanged.
+    fn set_context(&mut self, full: String) {
+        let same = self
+            .context
+            .bytes()
+            .zip(full.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let mut keep = self.prompt_len.min(same);
+        if keep < self.prompt_len {
+            // The join rewrote part of the prompt: the generated text starts
+            // at the rewritten line.
+            keep = full.as_bytes()[..keep]
+                .iter()
+                .rposition(|&c| c == b'\n')
+                .map_or(0, |i| i + 1);
+        }
+        self.prompt_len = keep;
+        self.detector.resume_at(full.len());
+        self.context = full;
+        self.decoder = StreamDecoder::default();
+    }
+}
+
+/// Where a new thread's KV comes from and how its positions run.
+struct ThreadKv {
+    table: BlockTable,
+    segments: Vec<KvSegment>,
+    pos_base: usize,
+    own_tok_start: usize,
+    own_text_start: usize,
+    in_layout: bool,
+}
+
+impl ThreadKv {
+    /// One sequential run from position 0 (roots, fresh prompts).
+    fn sequential(table: BlockTable) -> ThreadKv {
+        ThreadKv {
+            table,
+            segments: Vec::new(),
+            pos_base: 0,
+            own_tok_start: 0,
+            own_text_start: 0,
+            in_layout: false,
+        }
+    }
+
+    /// Tokens whose KV the new thread finds computed.
+    fn reused(&self) -> usize {
+        self.table.len() + self.segments.iter().map(KvSegment::len).sum::<usize>()
     }
 }
 
@@ -150,11 +223,19 @@ impl<'m> Engine<'m> {
         label: String,
         prompt_text: String,
         tokens: Vec<u32>,
-        table: BlockTable,
+        kv: ThreadKv,
         stop: Option<&'static str>,
         temperature: Option<f32>,
     ) -> usize {
         let id = self.threads.len();
+        let ThreadKv {
+            table,
+            segments,
+            pos_base,
+            own_tok_start,
+            own_text_start,
+            in_layout,
+        } = kv;
         let n_cached = table.len();
         let local_id = self.requests[request].threads.len();
         let sampler = self.sampler(id as u64, temperature);
@@ -177,6 +258,11 @@ impl<'m> Engine<'m> {
             tokens,
             n_cached,
             table,
+            segments,
+            pos_base,
+            own_tok_start,
+            own_text_start,
+            in_layout,
             status: Status::Queued,
             generated: 0,
             decoder: StreamDecoder::default(),
@@ -185,6 +271,7 @@ impl<'m> Engine<'m> {
             sampler,
             forks: Vec::new(),
             pending: None,
+            merge_at: None,
             started: 0.0,
             ended: 0.0,
         });
@@ -222,7 +309,7 @@ impl<'m> Engine<'m> {
                 "root".into(),
                 req.prompt,
                 tokens,
-                table,
+                ThreadKv::sequential(table),
                 None,
                 None,
             );
@@ -322,9 +409,14 @@ impl<'m> Engine<'m> {
             if pending == 0 {
                 continue;
             }
-            if self.threads[id].table.is_empty() && self.threads[id].n_cached == 0 {
+            if self.threads[id].table.is_empty()
+                && self.threads[id].n_cached == 0
+                && self.threads[id].segments.is_empty()
+            {
                 // A preempted (or new) thread picks up whatever prefix of its
-                // context other tables or the prefix cache still hold.
+                // context other tables or the prefix cache still hold. (A
+                // merged thread's own tokens do not start a sequence: it
+                // recomputes them over its segments.)
                 let t = &mut self.threads[id];
                 let last = t.tokens.len() - 1;
                 t.table = BlockTable::from_prefix_cache(&mut self.pool, &t.tokens[..last])?;
@@ -373,12 +465,11 @@ impl<'m> Engine<'m> {
         Ok(batch)
     }
 
-    /// Drops a thread's KV (it is recomputed when the thread runs again).
+    /// Drops a thread's own KV (it is recomputed when the thread runs
+    /// again); a merged thread keeps its segments.
     fn preempt(&mut self, id: usize) -> Result<(), EngineError> {
+        self.register(id)?;
         let t = &mut self.threads[id];
-        let n = t.n_cached.min(t.table.len());
-        t.table
-            .register_full_blocks(&mut self.pool, &t.tokens[..n])?;
         t.table.free(&mut self.pool)?;
         t.n_cached = 0;
         self.requests[t.request].stats.preemptions += 1;
@@ -390,17 +481,22 @@ impl<'m> Engine<'m> {
         batch: &[(usize, usize)],
         observe: &mut dyn FnMut(Event),
     ) -> Result<(), EngineError> {
+        let spans: Vec<Vec<KvSpan>> = batch
+            .iter()
+            .map(|&(id, _)| merge::spans(&self.threads[id].segments))
+            .collect();
         let steps: Vec<SeqStep> = batch
             .iter()
-            .map(|&(id, chunk)| {
+            .zip(&spans)
+            .map(|(&(id, chunk), shared)| {
                 let t = &self.threads[id];
                 SeqStep {
                     tokens: &t.tokens[t.n_cached..t.n_cached + chunk],
-                    pos_start: t.n_cached,
+                    pos_start: t.pos_base + t.n_cached,
                     kv_start: t.n_cached,
                     block_table: t.table.blocks(),
                     all_logits: false,
-                    shared: &[],
+                    shared,
                 }
             })
             .collect();
@@ -553,10 +649,21 @@ impl<'m> Engine<'m> {
     }
 
     /// Replaces a thread's whole context text, keeping the KV of the common
-    /// token prefix. Returns the number of reused tokens.
+    /// token prefix. Returns the number of reused tokens. A merged thread's
+    /// layout is dropped: its text is re-prefilled as one sequence.
     fn retext(&mut self, id: usize, full: String) -> Result<usize, EngineError> {
         let tokens = self.tok.encode(&full, true)?;
+        self.register(id)?;
         let t = &mut self.threads[id];
+        t.in_layout = false;
+        if !t.segments.is_empty() {
+            merge::free_segments(&mut self.pool, &mut t.segments)?;
+            t.table.free(&mut self.pool)?;
+            t.pos_base = 0;
+            t.n_cached = 0;
+        }
+        t.own_tok_start = 0;
+        t.own_text_start = 0;
         let n = t.n_cached.min(t.table.len());
         // At least the last token is recomputed: its logits pick the next one.
         let common = t.tokens[..n]
@@ -566,68 +673,70 @@ impl<'m> Engine<'m> {
             .count()
             .min(tokens.len().saturating_sub(1));
         if common < t.table.len() {
-            t.table
-                .register_full_blocks(&mut self.pool, &t.tokens[..n])?;
             t.table.free(&mut self.pool)?;
             t.table = BlockTable::from_prefix_cache(&mut self.pool, &tokens[..common])?;
         }
         t.n_cached = t.table.len();
-        let same = t
-            .context
-            .bytes()
-            .zip(full.bytes())
-            .take_while(|(a, b)| a == b)
-            .count();
-        let mut keep = t.prompt_len.min(same);
-        if keep < t.prompt_len {
-            // The join rewrote part of the prompt: the generated text starts
-            // at the rewritten line.
-            keep = full.as_bytes()[..keep]
-                .iter()
-                .rposition(|&c| c == b'\n')
-                .map_or(0, |i| i + 1);
-        }
-        t.prompt_len = keep;
-        t.detector.resume_at(full.len());
-        t.context = full;
-        t.decoder = StreamDecoder::default();
+        t.set_context(full);
         t.tokens = tokens;
         Ok(t.n_cached)
+    }
+
+    /// Registers a sequential thread's computed full blocks in the prefix
+    /// cache. A merged thread's blocks are not a sequence from position 0
+    /// (nor is their KV a function of their tokens alone), so never.
+    fn register(&mut self, id: usize) -> Result<(), EngineError> {
+        let t = &mut self.threads[id];
+        if t.segments.is_empty() && t.pos_base == 0 {
+            let n = t.n_cached.min(t.table.len());
+            t.table
+                .register_full_blocks(&mut self.pool, &t.tokens[..n])?;
+        }
+        Ok(())
     }
 
     fn fork(&mut self, id: usize, fork: Fork, full: &str) -> Result<(), EngineError> {
         let r = self.threads[id].request;
         let rules = self.requests[r].protocol.rules();
         let stop = self.requests[r].protocol.child_stop().stop;
-        {
-            let t = &mut self.threads[id];
-            let n = t.n_cached.min(t.table.len());
-            t.table
-                .register_full_blocks(&mut self.pool, &t.tokens[..n])?;
-        }
+        self.register(id)?;
         let at_end = fork.segment_end >= full.len();
+        let in_layout = at_end
+            && fork
+                .children
+                .iter()
+                .all(|c| matches!(c.prompt, ChildPrompt::Continue { .. }));
         let mut kids = Vec::new();
         for spec in &fork.children {
             let prompt_text = spec.prompt.full_text(full, fork.segment_end);
-            let (tokens, table) = match (&spec.prompt, at_end) {
+            let (tokens, kv) = match (&spec.prompt, at_end) {
                 (ChildPrompt::Continue { suffix }, true) => {
                     let parent = &self.threads[id];
                     let mut tokens = parent.tokens.clone();
                     tokens.extend(self.tok.encode(suffix, false)?);
+                    let segments = merge::fork_segments(&mut self.pool, &parent.segments)?;
                     let table = match parent.table.fork(&mut self.pool) {
                         Ok(t) => t,
                         Err(KvError::OutOfBlocks { .. }) => BlockTable::new(),
                         Err(e) => return Err(e.into()),
                     };
-                    (tokens, table)
+                    let kv = ThreadKv {
+                        table,
+                        segments,
+                        pos_base: parent.pos_base,
+                        own_tok_start: parent.tokens.len(),
+                        own_text_start: full.len(),
+                        in_layout,
+                    };
+                    (tokens, kv)
                 }
                 _ => {
                     let tokens = self.tok.encode(&prompt_text, true)?;
                     let table = BlockTable::from_prefix_cache(&mut self.pool, &tokens)?;
-                    (tokens, table)
+                    (tokens, ThreadKv::sequential(table))
                 }
             };
-            self.requests[r].stats.prefill_tokens_saved += table.len();
+            self.requests[r].stats.prefill_tokens_saved += kv.reused();
             let depth = self.threads[id].depth + 1;
             let kid = self.spawn(
                 r,
@@ -636,16 +745,18 @@ impl<'m> Engine<'m> {
                 spec.label.clone(),
                 prompt_text,
                 tokens,
-                table,
+                kv,
                 stop,
                 rules.child_temperature,
             );
             kids.push(kid);
         }
+        let merge = in_layout && self.cfg.kv_merge && rules.join_mode == JoinMode::KvMerge;
         let t = &mut self.threads[id];
         t.status = Status::Waiting;
         t.forks.push(kids);
         t.pending = Some(fork);
+        t.merge_at = merge.then_some(t.tokens.len());
         self.requests[r].rounds += 1;
         self.requests[r].stats.forks += 1;
         Ok(())
@@ -668,11 +779,13 @@ impl<'m> Engine<'m> {
         if t.started == 0.0 {
             t.started = now;
         }
-        let n = t.n_cached.min(t.table.len());
-        t.table
-            .register_full_blocks(&mut self.pool, &t.tokens[..n])?;
-        t.table.free(&mut self.pool)?;
         let (r, parent) = (t.request, t.parent);
+        self.register(id)?;
+        // A child whose parent will merge KV keeps its KV until the join.
+        if parent.is_none_or(|p| self.threads[p].merge_at.is_none()) {
+            self.release_kv(id)?;
+        }
+        let t = &self.threads[id];
         observe(Event::ThreadFinished {
             request: r,
             thread: t.local_id,
@@ -682,6 +795,11 @@ impl<'m> Engine<'m> {
         match parent {
             None => {
                 self.requests[r].done = true;
+                // Nothing of the request holds KV any more (a thread cut
+                // short while its parent waited would otherwise leak).
+                for k in self.requests[r].threads.clone() {
+                    self.release_kv(k)?;
+                }
                 Ok(())
             }
             Some(p) => {
@@ -709,8 +827,9 @@ impl<'m> Engine<'m> {
             .iter()
             .map(|&k| protocol.child_result(self.threads[k].generated_text(), self.threads[k].end))
             .collect();
+        let merge_at = self.threads[id].merge_at.take();
         let Some(fork) = self.threads[id].pending.take() else {
-            return Ok(());
+            return self.release_children(kids);
         };
         let full = self.threads[id].full_text();
         let ctx = self.ctx(id);
@@ -721,12 +840,32 @@ impl<'m> Engine<'m> {
                     .stats
                     .refused_forks
                     .push(format!("join failed: {e}"));
+                self.release_children(kids)?;
                 self.threads[id].status = Status::Runnable;
                 return self.finish(id, ChildEnd::Stop, observe);
             }
         };
-        // KV-merge joins are executed as a re-prefill of the same text for now.
-        let reused = self.retext(id, join.text)?;
+        let merged = match (merge_at, &join.layout) {
+            (Some(p), Layout::Merged { append, .. }) => {
+                self.merge_join(id, kids, &fork, &results, &join.text, append, p)?
+            }
+            _ => None,
+        };
+        let reused = match merged {
+            Some(reused) => {
+                self.requests[r].stats.kv_merge_joins += 1;
+                reused
+            }
+            None => {
+                // Re-prefill: the joined text after the common token prefix
+                // is computed again.
+                self.release_children(kids)?;
+                let reused = self.retext(id, join.text)?;
+                let t = &self.threads[id];
+                self.requests[r].stats.join_tokens_computed += t.tokens.len() - reused;
+                reused
+            }
+        };
         self.requests[r].stats.prefill_tokens_saved += reused;
         let t = &mut self.threads[id];
         t.status = Status::Runnable;

@@ -32,6 +32,12 @@ pub struct RequestStats {
     /// Prompt tokens computed.
     pub prefill_tokens: usize,
     pub forks: usize,
+    /// Joins done by merging the children's KV in place.
+    pub kv_merge_joins: usize,
+    /// Tokens computed because of joins: a re-prefill join's text after
+    /// the common token prefix; a KV-merge join's closing tokens of the
+    /// children and the text it appends.
+    pub join_tokens_computed: usize,
     /// Most threads of this request decoded in one forward step.
     pub max_batch_threads: usize,
     /// Times a thread's KV was dropped under memory pressure and recomputed.

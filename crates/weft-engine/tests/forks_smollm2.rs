@@ -162,3 +162,125 @@ fn small_kv_budget_queues_instead_of_failing() {
     );
     assert_eq!(before, after);
 }
+
+const MV_PROMPT: &str = "Question: what is 17 * 23?\n<Parallel>\n<Goal>\n<Outline>1: Compute 17 * 20.</Outline>\n<Outline>2: Compute 17 * 3.</Outline>\n<Outline>3: Add the two parts.</Outline>\n</Goal>";
+
+#[test]
+fn multiverse_join_merges_kv_without_recomputing_children() {
+    let (model, tok) = model();
+    let base = EngineConfig {
+        max_tokens_per_thread: 12,
+        max_depth: 1,
+        ..Default::default()
+    };
+    let (merged, before, after) = run(
+        &model,
+        &tok,
+        "multiverse",
+        &[MV_PROMPT.to_string()],
+        base.clone(),
+    );
+    assert_eq!(before, after, "blocks leaked");
+    let r = &merged[0];
+    assert_eq!(r.stats.forks, 1, "{:?}", r.stats);
+    assert_eq!(r.stats.kv_merge_joins, 1, "{:?}", r.stats);
+    assert_eq!(r.threads.len(), 4);
+    // Every path is in the root's text, in order, then the conclusion.
+    let mut at = 0;
+    for (i, child) in r.threads[1..].iter().enumerate() {
+        let piece = format!("<Path>{}:{}", i + 1, child.text);
+        let pos = r.text[at..].find(&piece).map(|p| p + at);
+        assert!(pos.is_some(), "path {} missing: {:?}", i + 1, r.text);
+        at = pos.unwrap() + piece.len();
+    }
+    assert!(r.text[at..].contains("<Conclusion>"), "{:?}", r.text);
+
+    // The same request re-prefilled at the join recomputes every child's
+    // tokens; the merge computes only closing text and `<Conclusion>`.
+    let reprefill = EngineConfig {
+        kv_merge: false,
+        ..base
+    };
+    let (plain, before, after) = run(
+        &model,
+        &tok,
+        "multiverse",
+        &[MV_PROMPT.to_string()],
+        reprefill,
+    );
+    assert_eq!(before, after, "blocks leaked");
+    let q = &plain[0];
+    assert_eq!(q.stats.kv_merge_joins, 0);
+    let child_tokens: usize = r.threads[1..].iter().map(|t| t.generated_tokens).sum();
+    assert!(
+        q.stats.join_tokens_computed >= child_tokens,
+        "re-prefill computed {} tokens at the join, the children generated {child_tokens}",
+        q.stats.join_tokens_computed
+    );
+    // At most: each path's last sampled token and a `</Path>` close, then
+    // `<Conclusion>`.
+    let close = tok.encode("</Path>", false).unwrap().len();
+    let append = tok.encode("<Conclusion>", false).unwrap().len();
+    assert!(
+        r.stats.join_tokens_computed <= 3 * (1 + close) + append,
+        "the merge computed {} tokens at the join",
+        r.stats.join_tokens_computed
+    );
+    // Both joins started from the same children.
+    for (a, b) in r.threads[1..].iter().zip(&q.threads[1..]) {
+        assert_eq!(a.text, b.text);
+    }
+}
+
+/// Runs two requests unconstrained, then under a KV budget small enough
+/// that the scheduler must preempt (drop a newer thread's KV and recompute
+/// it later) but large enough that no thread is cut short: greedy decoding
+/// gives the same trees both times.
+fn preemption_gives_the_same_result(protocol: &str, prompt: &str, block_size: usize, mib: usize) {
+    let (model, tok) = model();
+    let base = EngineConfig {
+        max_tokens_per_thread: 16,
+        max_depth: 1,
+        block_size,
+        ..Default::default()
+    };
+    let prompts = [prompt.to_string(), prompt.replace("Question", "Problem")];
+    let (free, _, _) = run(&model, &tok, protocol, &prompts, base.clone());
+    let tight = EngineConfig {
+        kv_budget_mib: mib,
+        ..base
+    };
+    let (constrained, before, after) = run(&model, &tok, protocol, &prompts, tight);
+    assert_eq!(before, after, "blocks leaked");
+    let preemptions: usize = constrained.iter().map(|r| r.stats.preemptions).sum();
+    assert!(preemptions > 0, "no preemption happened: {constrained:#?}");
+    for (a, b) in free.iter().zip(&constrained) {
+        assert_eq!(a.stats.preemptions, 0);
+        assert!(
+            b.stats.refused_forks.is_empty(),
+            "{:?}",
+            b.stats.refused_forks
+        );
+        assert_eq!(a.text, b.text);
+        assert_eq!(a.threads.len(), b.threads.len());
+        for (x, y) in a.threads.iter().zip(&b.threads) {
+            assert_eq!(x.text, y.text, "thread {} differs after preemption", x.id);
+        }
+        assert_eq!(a.stats.forks, b.stats.forks);
+        assert_eq!(a.stats.kv_merge_joins, b.stats.kv_merge_joins);
+    }
+}
+
+#[test]
+fn preemption_recomputes_to_the_same_greedy_result() {
+    // 7 MiB: 79 blocks of 4 tokens (SmolLM2 holds 22.5 KiB of KV a token);
+    // each request alone peaks near 50 blocks, the two together do not fit.
+    preemption_gives_the_same_result("threadweaver", TW_PROMPT, 4, 7);
+}
+
+#[test]
+fn preemption_under_kv_merge_gives_the_same_greedy_result() {
+    // 9 MiB: 25 blocks of 16 tokens; the second request's paths are
+    // preempted, recomputed, and still merge into the same text.
+    preemption_gives_the_same_result("multiverse", MV_PROMPT, 16, 9);
+}

@@ -1,0 +1,287 @@
+//! KV-merge joins (Multiverse, NPR): the children's KV stays where they
+//! wrote it and the parent continues over the prefix plus every child.
+//!
+//! Layout (`shared/PROTOCOLS.md`, "position layouts"): the fork is at
+//! position p; child i's tokens sit at p .. p + L_i and see the prefix and
+//! themselves only (each child is an ordinary sequence forked from the
+//! parent's table); after the join the parent continues at p + max L_i and
+//! sees the prefix and every child. The parent's KV is then a list of
+//! [`KvSegment`]s (slot ranges of other tables, seen in full) plus a fresh
+//! own table whose slot 0 sits at RoPE position p + max L_i. Nothing is
+//! recomputed: the join computes only tokens that never had KV (a child's
+//! last sampled token and its closing text, and the text the join appends).
+//!
+//! The merge is exact only where text and KV agree. When they do not (a
+//! child's result is not its generated text, a child's KV was dropped, the
+//! joined text is not prefix + children + append), the join falls back to a
+//! re-prefill of the joined text: defined, counted, never a crash.
+
+use weft_kv::{BlockPool, BlockTable, KvError};
+use weft_model::{KvSpan, SeqStep};
+use weft_protocol::{ChildResult, Fork};
+
+use super::Engine;
+use crate::EngineError;
+
+/// Slots `start..end` of a table whose KV another thread sees in full. The
+/// segment holds its own references to the table's blocks.
+#[derive(Debug)]
+pub(super) struct KvSegment {
+    pub table: BlockTable,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl KvSegment {
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// The forward pass's view of a thread's segments.
+pub(super) fn spans(segments: &[KvSegment]) -> Vec<KvSpan<'_>> {
+    segments
+        .iter()
+        .map(|s| KvSpan {
+            block_table: s.table.blocks(),
+            start: s.start,
+            end: s.end,
+        })
+        .collect()
+}
+
+/// A child's copy of its parent's segments (block references, no KV bytes).
+pub(super) fn fork_segments(
+    pool: &mut BlockPool,
+    segments: &[KvSegment],
+) -> Result<Vec<KvSegment>, KvError> {
+    let mut out = Vec::with_capacity(segments.len());
+    for s in segments {
+        match s.table.fork(pool) {
+            Ok(table) => out.push(KvSegment {
+                table,
+                start: s.start,
+                end: s.end,
+            }),
+            Err(e) => {
+                free_segments(pool, &mut out)?;
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn free_segments(
+    pool: &mut BlockPool,
+    segments: &mut Vec<KvSegment>,
+) -> Result<(), KvError> {
+    for mut s in segments.drain(..) {
+        s.table.free(pool)?;
+    }
+    Ok(())
+}
+
+/// What a child adds to the merged KV: its tokens still to compute.
+struct ChildTail {
+    thread: usize,
+    rest: Vec<u32>,
+}
+
+impl Engine<'_> {
+    /// Gives back all KV a thread holds (its table and its segments).
+    pub(super) fn release_kv(&mut self, id: usize) -> Result<(), EngineError> {
+        let t = &mut self.threads[id];
+        t.table.free(&mut self.pool)?;
+        free_segments(&mut self.pool, &mut t.segments)?;
+        Ok(())
+    }
+
+    pub(super) fn release_children(&mut self, kids: &[usize]) -> Result<(), EngineError> {
+        for &k in kids {
+            self.release_kv(k)?;
+        }
+        Ok(())
+    }
+
+    /// Joins `kids` into thread `id` by merging their KV; `p` is the
+    /// parent's own token count at the fork, `text` the joined text (parent,
+    /// children, then `append`). Returns the tokens whose KV the parent now
+    /// sees without recomputing them, or `None` when the merge cannot be
+    /// exact (nothing has changed then, and the caller re-prefills).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn merge_join(
+        &mut self,
+        id: usize,
+        kids: &[usize],
+        fork: &Fork,
+        results: &[ChildResult],
+        text: &str,
+        append: &str,
+        p: usize,
+    ) -> Result<Option<usize>, EngineError> {
+        let Some(tails) = self.merge_plan(id, kids, fork, results, text, append, p)? else {
+            return Ok(None);
+        };
+        let append_tokens = self.tok.encode(append, false)?;
+        if append_tokens.is_empty() {
+            return Ok(None);
+        }
+        // Room for every child's closing tokens, or no merge at all.
+        for tail in &tails {
+            let kid = &mut self.threads[tail.thread];
+            match kid.table.grow(&mut self.pool, tail.rest.len()) {
+                Ok(Some(op)) => self.kv.copy_block(op.src, op.dst, op.n_slots),
+                Ok(None) => {}
+                Err(KvError::OutOfBlocks { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+            let n = kid.n_cached;
+            kid.tokens.truncate(n);
+            kid.tokens.extend(&tail.rest);
+        }
+        let closing: Vec<&ChildTail> = tails.iter().filter(|t| !t.rest.is_empty()).collect();
+        if !closing.is_empty() {
+            let spans: Vec<Vec<KvSpan>> = closing
+                .iter()
+                .map(|t| spans(&self.threads[t.thread].segments))
+                .collect();
+            let steps: Vec<SeqStep> = closing
+                .iter()
+                .zip(&spans)
+                .map(|(tail, shared)| {
+                    let kid = &self.threads[tail.thread];
+                    SeqStep {
+                        tokens: &kid.tokens[kid.n_cached..],
+                        pos_start: kid.pos_base + kid.n_cached,
+                        kv_start: kid.n_cached,
+                        block_table: kid.table.blocks(),
+                        all_logits: false,
+                        shared,
+                    }
+                })
+                .collect();
+            self.model.forward(&mut self.kv, &steps, &mut self.ws)?;
+        }
+
+        // The parent's new layout: its segments, its own prefix, then each
+        // child's part past the fork point.
+        let parent = &mut self.threads[id];
+        let inherited = parent.segments.len();
+        let fork_pos = parent.pos_base + p;
+        let mut segments = std::mem::take(&mut parent.segments);
+        segments.push(KvSegment {
+            table: std::mem::take(&mut parent.table),
+            start: 0,
+            end: p,
+        });
+        let mut longest = 0;
+        for &k in kids {
+            let kid = &mut self.threads[k];
+            kid.n_cached = kid.tokens.len();
+            longest = longest.max(kid.pos_base + kid.n_cached - fork_pos);
+            let mut own = kid.segments.split_off(inherited);
+            own.push(KvSegment {
+                table: std::mem::take(&mut kid.table),
+                start: 0,
+                end: kid.n_cached,
+            });
+            // The first slots of a child's first own segment are the
+            // parent's prefix (a forked table): already in `segments`.
+            own[0].start = p;
+            free_segments(&mut self.pool, &mut kid.segments)?;
+            for mut s in own {
+                if s.len() == 0 {
+                    s.table.free(&mut self.pool)?;
+                } else {
+                    segments.push(s);
+                }
+            }
+        }
+        let computed: usize =
+            tails.iter().map(|t| t.rest.len()).sum::<usize>() + append_tokens.len();
+        let parent = &mut self.threads[id];
+        let reused = segments.iter().map(KvSegment::len).sum();
+        parent.segments = segments;
+        parent.pos_base = fork_pos + longest;
+        parent.tokens = append_tokens;
+        parent.n_cached = 0;
+        parent.own_tok_start = 0;
+        parent.own_text_start = text.len() - append.len();
+        parent.set_context(text.to_string());
+        let r = parent.request;
+        self.requests[r].stats.join_tokens_computed += computed;
+        Ok(Some(reused))
+    }
+
+    /// Checks that the merged KV will hold exactly `text`, and returns each
+    /// child's tokens still to compute; `None` when it would not.
+    #[allow(clippy::too_many_arguments)]
+    fn merge_plan(
+        &self,
+        id: usize,
+        kids: &[usize],
+        fork: &Fork,
+        results: &[ChildResult],
+        text: &str,
+        append: &str,
+        p: usize,
+    ) -> Result<Option<Vec<ChildTail>>, EngineError> {
+        let parent = &self.threads[id];
+        if append.is_empty()
+            || kids.len() != results.len()
+            || parent.tokens.len() != p
+            || parent.n_cached != p
+            || parent.table.len() != p
+            || fork.segment_end != parent.context.len()
+        {
+            return Ok(None);
+        }
+        let mut expect = parent.context.clone();
+        let mut tails = Vec::with_capacity(kids.len());
+        for (&k, result) in kids.iter().zip(results) {
+            let kid = &self.threads[k];
+            let own_first_end = kid
+                .segments
+                .get(parent.segments.len())
+                .map_or(kid.table.len(), |s| s.end);
+            let intact = kid.in_layout
+                && kid.segments.len() >= parent.segments.len()
+                && own_first_end >= p
+                && kid.table.len() == kid.n_cached
+                && kid.own_tok_start <= kid.n_cached
+                && result.text.as_deref() == Some(kid.generated_text());
+            let (Some(piece), Some(tail)) = (
+                kid.context.get(fork.segment_end..),
+                kid.context.get(kid.own_text_start..),
+            ) else {
+                return Ok(None);
+            };
+            if !intact {
+                return Ok(None);
+            }
+            expect.push_str(piece);
+            expect.push_str(&result.close);
+            // What the child's own tokens hold, and what is still missing
+            // (its last sampled token, text a stop string cut, the close).
+            let Ok(done) = self
+                .tok
+                .decode(&kid.tokens[kid.own_tok_start..kid.n_cached])
+            else {
+                return Ok(None);
+            };
+            let target = format!("{tail}{}", result.close);
+            let Some(rest) = target.strip_prefix(done.as_str()) else {
+                return Ok(None);
+            };
+            let rest = if rest.is_empty() {
+                Vec::new()
+            } else {
+                self.tok.encode(rest, false)?
+            };
+            tails.push(ChildTail { thread: k, rest });
+        }
+        expect.push_str(append);
+        Ok((expect == text).then_some(tails))
+    }
+}
