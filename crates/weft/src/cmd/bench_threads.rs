@@ -1,6 +1,7 @@
 //! `weft bench threads`: B threads forked from one shared prefix, decoded
 //! together, against `llama-batched-bench -pps` with the same shape in the
-//! same run; plus fork latency and KV bytes held.
+//! same run; plus fork latency, KV bytes held, and the cost of a join done
+//! by merging the children's KV against one done by re-prefilling them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,7 +11,7 @@ use anyhow::Context;
 use serde::Serialize;
 use weft_kv::{BlockPool, BlockTable};
 use weft_model::sampling::argmax;
-use weft_model::{KvCache, Model, SeqStep, Workspace};
+use weft_model::{KvCache, KvSpan, Model, SeqStep, Workspace};
 
 use super::model_args::ModelArgs;
 
@@ -33,6 +34,12 @@ pub struct ThreadsArgs {
     pub llama_batched_bench: Option<PathBuf>,
     #[arg(long)]
     pub no_reference: bool,
+    /// Children joined in the join-cost comparison.
+    #[arg(long, default_value_t = 4)]
+    pub join_children: usize,
+    /// Tokens per child in the join-cost comparison.
+    #[arg(long, default_value_t = 256)]
+    pub join_child_tokens: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -60,6 +67,22 @@ struct KvRow {
     bytes_if_copied: usize,
 }
 
+/// One join, two ways: best of [`JOIN_REPS`] runs each.
+#[derive(Serialize, Debug)]
+struct JoinRow {
+    prefix_tokens: usize,
+    children: usize,
+    child_tokens: usize,
+    /// Tokens the join appends after the children (`<Conclusion>`-like).
+    append_tokens: usize,
+    kv_merge_join_ms: f64,
+    kv_merge_first_step_ms: f64,
+    reprefill_join_ms: f64,
+    reprefill_first_step_ms: f64,
+    /// (re-prefill join + first step) / (KV-merge join + first step).
+    ratio: f64,
+}
+
 #[derive(Serialize, Debug)]
 struct Report {
     model: String,
@@ -67,6 +90,7 @@ struct Report {
     batched_decode: Vec<BatchRow>,
     fork_latency: Vec<ForkRow>,
     kv_bytes: KvRow,
+    join_cost: JoinRow,
 }
 
 /// Total decode tokens/s of `b` threads forked from a `prefix`-token prompt.
@@ -159,6 +183,175 @@ fn kv_bytes(model: &Model) -> anyhow::Result<KvRow> {
         bytes_held: pool.n_used() * per_block,
         bytes_if_copied: (prefix.div_ceil(bs) * (children + 1) + children * own.div_ceil(bs))
             * per_block,
+    })
+}
+
+const JOIN_REPS: usize = 3;
+/// The engine's default prefill chunk: a re-prefill join runs in chunks of it.
+const PREFILL_CHUNK: usize = 256;
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Joins `children` children of `own` tokens each, forked from a
+/// `prefix`-token prompt, then runs the parent's first decode step: once by
+/// merging the children's KV (the parent computes only the appended tokens,
+/// over the prefix and every child's KV in place), once by re-prefilling the
+/// children's tokens after the shared prefix (sequential positions).
+fn join_cost(model: &Model, prefix: usize, children: usize, own: usize) -> anyhow::Result<JoinRow> {
+    anyhow::ensure!(
+        prefix > 0 && children > 0 && own > 0,
+        "the join-cost comparison needs a prefix, children and child tokens (got {prefix}, {children}, {own})"
+    );
+    let bs = 16;
+    let append = 4;
+    let joined = children * own + append + 1;
+    let n_blocks = (prefix + children * (own + bs) + 2 * (joined + bs)).div_ceil(bs) + children + 4;
+    let mut kv = KvCache::new(&model.config, bs, n_blocks);
+    let mut pool = BlockPool::new(n_blocks, bs)?;
+    let mut ws = Workspace::default();
+    let vocab = model.config.vocab_size as u32;
+    let token = |i: usize| ((i as u32).wrapping_mul(7919).wrapping_add(13)) % vocab;
+    let prompt: Vec<u32> = (0..prefix).map(token).collect();
+    let mut root = BlockTable::new();
+    root.grow(&mut pool, prefix)?;
+    for (c, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+        let step = SeqStep {
+            tokens: chunk,
+            pos_start: c * PREFILL_CHUNK,
+            kv_start: c * PREFILL_CHUNK,
+            block_table: root.blocks(),
+            ..Default::default()
+        };
+        model.forward(&mut kv, &[step], &mut ws)?;
+    }
+    // The children, each decoded at positions prefix.. in its own table.
+    let kid_tokens: Vec<Vec<u32>> = (0..children)
+        .map(|c| (0..own).map(|i| token(prefix + c * own + i + 1)).collect())
+        .collect();
+    let mut kids = Vec::with_capacity(children);
+    for _ in 0..children {
+        let mut t = root.fork(&mut pool)?;
+        if let Some(op) = t.grow(&mut pool, own)? {
+            kv.copy_block(op.src, op.dst, op.n_slots);
+        }
+        kids.push(t);
+    }
+    for start in (0..own).step_by(PREFILL_CHUNK) {
+        let end = (start + PREFILL_CHUNK).min(own);
+        let steps: Vec<SeqStep> = kids
+            .iter()
+            .zip(&kid_tokens)
+            .map(|(t, toks)| SeqStep {
+                tokens: &toks[start..end],
+                pos_start: prefix + start,
+                kv_start: prefix + start,
+                block_table: t.blocks(),
+                ..Default::default()
+            })
+            .collect();
+        model.forward(&mut kv, &steps, &mut ws)?;
+    }
+    let appended: Vec<u32> = (0..append).map(|i| token(9 * prefix + i)).collect();
+
+    let (mut merge_join, mut merge_step) = (f64::MAX, f64::MAX);
+    let (mut re_join, mut re_step) = (f64::MAX, f64::MAX);
+    for _ in 0..JOIN_REPS {
+        // KV merge: the parent sees the prefix and every child where it is.
+        let t0 = Instant::now();
+        let mut shared = vec![KvSpan {
+            block_table: root.blocks(),
+            start: 0,
+            end: prefix,
+        }];
+        shared.extend(kids.iter().map(|k| KvSpan {
+            block_table: k.blocks(),
+            start: prefix,
+            end: prefix + own,
+        }));
+        let mut parent = BlockTable::new();
+        parent.grow(&mut pool, append + 1)?;
+        let pos = prefix + own;
+        let logits = model.forward(
+            &mut kv,
+            &[SeqStep {
+                tokens: &appended,
+                pos_start: pos,
+                block_table: parent.blocks(),
+                shared: &shared,
+                ..Default::default()
+            }],
+            &mut ws,
+        )?;
+        merge_join = merge_join.min(ms(t0));
+        let next = argmax(&logits[0]);
+        let t0 = Instant::now();
+        model.forward(
+            &mut kv,
+            &[SeqStep {
+                tokens: &[next],
+                pos_start: pos + append,
+                kv_start: append,
+                block_table: parent.blocks(),
+                shared: &shared,
+                ..Default::default()
+            }],
+            &mut ws,
+        )?;
+        merge_step = merge_step.min(ms(t0));
+        parent.free(&mut pool)?;
+
+        // Re-prefill: the children's tokens and the appended ones after the
+        // shared prefix, at sequential positions.
+        let t0 = Instant::now();
+        let text: Vec<u32> = kid_tokens
+            .iter()
+            .flatten()
+            .chain(&appended)
+            .copied()
+            .collect();
+        let mut parent = root.fork(&mut pool)?;
+        if let Some(op) = parent.grow(&mut pool, text.len() + 1)? {
+            kv.copy_block(op.src, op.dst, op.n_slots);
+        }
+        let mut logits = Vec::new();
+        for (c, chunk) in text.chunks(PREFILL_CHUNK).enumerate() {
+            let at = prefix + c * PREFILL_CHUNK;
+            let step = SeqStep {
+                tokens: chunk,
+                pos_start: at,
+                kv_start: at,
+                block_table: parent.blocks(),
+                ..Default::default()
+            };
+            logits = model.forward(&mut kv, &[step], &mut ws)?;
+        }
+        re_join = re_join.min(ms(t0));
+        let next = argmax(&logits[0]);
+        let at = prefix + text.len();
+        let t0 = Instant::now();
+        let step = SeqStep {
+            tokens: &[next],
+            pos_start: at,
+            kv_start: at,
+            block_table: parent.blocks(),
+            ..Default::default()
+        };
+        model.forward(&mut kv, &[step], &mut ws)?;
+        re_step = re_step.min(ms(t0));
+        parent.free(&mut pool)?;
+    }
+    Ok(JoinRow {
+        prefix_tokens: prefix,
+        children,
+        child_tokens: own,
+        append_tokens: append,
+        kv_merge_join_ms: merge_join,
+        kv_merge_first_step_ms: merge_step,
+        reprefill_join_ms: re_join,
+        reprefill_first_step_ms: re_step,
+        ratio: (re_join + re_step) / (merge_join + merge_step),
     })
 }
 
@@ -264,6 +457,7 @@ pub fn run(a: ThreadsArgs) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?,
         kv_bytes: kv_bytes(&model)?,
+        join_cost: join_cost(&model, a.prefix, a.join_children, a.join_child_tokens)?,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -298,6 +492,18 @@ pub fn run(a: ThreadsArgs) -> anyhow::Result<()> {
         k.bytes_held as f64 / 1048576.0,
         k.bytes_if_copied as f64 / 1048576.0
     );
-    println!("join cost (KV-merge vs re-prefill): not measured; KV-merge joins currently run as re-prefill");
+    let j = &report.join_cost;
+    println!(
+        "join cost, {} children of {} tokens after a {}-token prefix, {} appended tokens (join + first parent step):",
+        j.children, j.child_tokens, j.prefix_tokens, j.append_tokens
+    );
+    println!(
+        "  KV-merge   {:>8.1} ms + {:>6.1} ms",
+        j.kv_merge_join_ms, j.kv_merge_first_step_ms
+    );
+    println!(
+        "  re-prefill {:>8.1} ms + {:>6.1} ms   re-prefill / KV-merge {:.1}x",
+        j.reprefill_join_ms, j.reprefill_first_step_ms, j.ratio
+    );
     Ok(())
 }
