@@ -21,11 +21,10 @@
 //! at its own positions (defined here; the reference behaviour is unknown).
 
 use crate::protocol::{
-    check_count, closed_result, concat_children, malformed, prefix, Action, AfterJoin, ChildEnd,
-    ChildPrompt, ChildResult, ChildSpec, ChildStop, Fork, ForkContext, Join, JoinMode, Layout,
-    Protocol, Rules, Scan,
+    closed_result, malformed, Action, AfterJoin, ChildEnd, ChildResult, ChildStop, Fork,
+    ForkContext, Join, JoinMode, Protocol, Rules, Scan,
 };
-use crate::tags::{count, numbered_labels};
+use crate::tags::{concat_join, count, fork_per_label, last_open, numbered_labels, segment};
 use crate::ProtocolError;
 
 pub const BLOCK_OPEN: &str = "<Parallel>";
@@ -68,23 +67,18 @@ impl Protocol for Multiverse {
     }
 
     fn rules(&self) -> Rules {
-        Rules {
-            join_mode: JoinMode::KvMerge,
-            max_depth: self.max_depth,
-            fixed_children: None,
-            max_children: self.max_children,
-            max_fork_rounds: None,
-            child_temperature: None,
-        }
+        Rules::nested(JoinMode::KvMerge, self.max_depth, self.max_children)
     }
 
     fn on_trigger(&self, text: &str, _trigger: &'static str, end: usize, ctx: ForkContext) -> Scan {
         let seq = Action::Sequential;
-        let Some(segment) = text.get(..end) else {
-            return malformed(end, "", "trigger end is not a char boundary", seq);
+        let segment = match segment(text, end) {
+            Ok(s) => s,
+            Err(refusal) => return refusal,
         };
-        let Some(goal) = segment.rfind(GOAL_OPEN) else {
-            return malformed(end, GOAL_CLOSE, "`</Goal>` without `<Goal>`", seq);
+        let goal = match last_open(segment, GOAL_OPEN, GOAL_CLOSE, "`</Goal>` without `<Goal>`") {
+            Ok(at) => at,
+            Err(refusal) => return refusal,
         };
         if !segment[..goal].trim_end().ends_with(BLOCK_OPEN) {
             let line = segment[..goal].rsplit('\n').next().unwrap_or("");
@@ -110,21 +104,7 @@ impl Protocol for Multiverse {
         if let Some(r) = self.rules().check(ctx, labels.len(), end, seq.clone(), seq) {
             return Scan::Refuse(r);
         }
-        let children = labels
-            .into_iter()
-            .enumerate()
-            .map(|(index, label)| ChildSpec {
-                index,
-                prompt: ChildPrompt::Continue {
-                    suffix: format!("{PATH_OPEN}{label}:"),
-                },
-                label,
-            })
-            .collect();
-        Scan::Fork(Fork {
-            segment_end: end,
-            children,
-        })
+        fork_per_label(end, labels, |label| format!("{PATH_OPEN}{label}:"))
     }
 
     fn child_stop(&self) -> ChildStop {
@@ -144,15 +124,13 @@ impl Protocol for Multiverse {
         children: &[ChildResult],
         _ctx: ForkContext,
     ) -> Result<Join, ProtocolError> {
-        check_count(fork, children)?;
-        let segment = prefix(parent, fork.segment_end)?;
-        Ok(Join {
-            text: concat_children(segment, fork, children, CONCLUSION_OPEN),
-            layout: Layout::Merged {
-                fork_at: fork.segment_end,
-                append: CONCLUSION_OPEN.to_string(),
-            },
-            then: AfterJoin::Continue,
-        })
+        concat_join(
+            parent,
+            fork,
+            children,
+            CONCLUSION_OPEN,
+            true,
+            AfterJoin::Continue,
+        )
     }
 }

@@ -21,11 +21,10 @@
 //! we use. [`STEP_HEADER_COLON`] switches the colon on.
 
 use crate::protocol::{
-    check_count, closed_result, concat_children, malformed, prefix, Action, AfterJoin, ChildEnd,
-    ChildPrompt, ChildResult, ChildSpec, ChildStop, Fork, ForkContext, Join, JoinMode, Layout,
-    Protocol, Rules, Scan,
+    closed_result, malformed, Action, AfterJoin, ChildEnd, ChildResult, ChildStop, Fork,
+    ForkContext, Join, JoinMode, Protocol, Rules, Scan,
 };
-use crate::tags::{count, numbered_labels};
+use crate::tags::{concat_join, count, fork_per_label, last_open, numbered_labels, segment};
 use crate::ProtocolError;
 
 pub const GUIDELINE_OPEN: &str = "<guideline>";
@@ -69,28 +68,23 @@ impl Protocol for Npr {
     }
 
     fn rules(&self) -> Rules {
-        Rules {
-            join_mode: JoinMode::KvMerge,
-            max_depth: self.max_depth,
-            fixed_children: None,
-            max_children: self.max_children,
-            max_fork_rounds: None,
-            child_temperature: None,
-        }
+        Rules::nested(JoinMode::KvMerge, self.max_depth, self.max_children)
     }
 
     fn on_trigger(&self, text: &str, _trigger: &'static str, end: usize, ctx: ForkContext) -> Scan {
         let seq = Action::Sequential;
-        let Some(segment) = text.get(..end) else {
-            return malformed(end, "", "trigger end is not a char boundary", seq);
+        let segment = match segment(text, end) {
+            Ok(s) => s,
+            Err(refusal) => return refusal,
         };
-        let Some(open) = segment.rfind(GUIDELINE_OPEN) else {
-            return malformed(
-                end,
-                GUIDELINE_CLOSE,
-                "`</guideline>` without `<guideline>`",
-                seq,
-            );
+        let open = match last_open(
+            segment,
+            GUIDELINE_OPEN,
+            GUIDELINE_CLOSE,
+            "`</guideline>` without `<guideline>`",
+        ) {
+            Ok(at) => at,
+            Err(refusal) => return refusal,
         };
         let block = &segment[open..];
         let labels = numbered_labels(block, PLAN_OPEN);
@@ -104,20 +98,8 @@ impl Protocol for Npr {
             return Scan::Refuse(r);
         }
         let colon = if STEP_HEADER_COLON { ":" } else { "" };
-        let children = labels
-            .into_iter()
-            .enumerate()
-            .map(|(index, label)| ChildSpec {
-                index,
-                prompt: ChildPrompt::Continue {
-                    suffix: format!("\n{STEP_OPEN}\n{label}{colon}"),
-                },
-                label,
-            })
-            .collect();
-        Scan::Fork(Fork {
-            segment_end: end,
-            children,
+        fork_per_label(end, labels, |label| {
+            format!("\n{STEP_OPEN}\n{label}{colon}")
         })
     }
 
@@ -138,15 +120,13 @@ impl Protocol for Npr {
         children: &[ChildResult],
         _ctx: ForkContext,
     ) -> Result<Join, ProtocolError> {
-        check_count(fork, children)?;
-        let segment = prefix(parent, fork.segment_end)?;
-        Ok(Join {
-            text: concat_children(segment, fork, children, TAKEAWAY_OPEN),
-            layout: Layout::Merged {
-                fork_at: fork.segment_end,
-                append: TAKEAWAY_OPEN.to_string(),
-            },
-            then: AfterJoin::Continue,
-        })
+        concat_join(
+            parent,
+            fork,
+            children,
+            TAKEAWAY_OPEN,
+            true,
+            AfterJoin::Continue,
+        )
     }
 }

@@ -26,10 +26,10 @@
 //!   `<Parallel>` inside a path is ordinary text (depth 1).
 
 use crate::protocol::{
-    check_count, closed_result, concat_children, malformed, prefix, Action, AfterJoin, ChildEnd,
-    ChildPrompt, ChildResult, ChildSpec, ChildStop, Fork, ForkContext, Join, JoinMode, Layout,
-    Protocol, Rules, Scan,
+    closed_result, malformed, Action, AfterJoin, ChildEnd, ChildResult, ChildStop, Fork,
+    ForkContext, Join, JoinMode, Protocol, Rules, Scan,
 };
+use crate::tags::{concat_join, fork_per_label, segment};
 use crate::ProtocolError;
 
 /// The fork trigger.
@@ -80,32 +80,21 @@ impl Protocol for ParallelR1 {
     }
 
     fn on_trigger(&self, text: &str, _trigger: &'static str, end: usize, ctx: ForkContext) -> Scan {
-        let seq = Action::Sequential;
-        if text.get(..end).is_none() {
-            return malformed(end, "", "trigger end is not a char boundary", seq);
+        if let Err(refusal) = segment(text, end) {
+            return refusal;
         }
         let finish = Action::Finish {
             truncate_to: end.saturating_sub(BLOCK_OPEN.len()),
         };
+        let seq = Action::Sequential;
         if let Some(r) = self.rules().check(ctx, self.num_paths, end, seq, finish) {
             return Scan::Refuse(r);
         }
         if self.num_paths == 0 {
             return malformed(end, BLOCK_OPEN, "num_paths is 0", Action::Sequential);
         }
-        let children = (0..self.num_paths)
-            .map(|index| ChildSpec {
-                index,
-                label: (index + 1).to_string(),
-                prompt: ChildPrompt::Continue {
-                    suffix: PATH_OPEN.to_string(),
-                },
-            })
-            .collect();
-        Scan::Fork(Fork {
-            segment_end: end,
-            children,
-        })
+        let labels = (1..=self.num_paths).map(|i| i.to_string()).collect();
+        fork_per_label(end, labels, |_| PATH_OPEN.to_string())
     }
 
     fn child_stop(&self) -> ChildStop {
@@ -125,19 +114,11 @@ impl Protocol for ParallelR1 {
         children: &[ChildResult],
         ctx: ForkContext,
     ) -> Result<Join, ProtocolError> {
-        check_count(fork, children)?;
-        let segment = prefix(parent, fork.segment_end)?;
         let then = if ctx.rounds + 1 >= self.max_blocks {
             AfterJoin::FinishAt(SUMMARY_CLOSE)
         } else {
             AfterJoin::Continue
         };
-        Ok(Join {
-            text: concat_children(segment, fork, children, JOIN_APPEND),
-            layout: Layout::Sequential {
-                kept_prefix: fork.segment_end,
-            },
-            then,
-        })
+        concat_join(parent, fork, children, JOIN_APPEND, false, then)
     }
 }

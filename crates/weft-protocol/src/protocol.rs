@@ -248,6 +248,20 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// The rules of a protocol whose threads may nest below `max_depth`,
+    /// with no fixed child count, no cap on fork rounds and children that
+    /// sample like their parent (Multiverse, NPR).
+    pub fn nested(join_mode: JoinMode, max_depth: u32, max_children: Option<usize>) -> Rules {
+        Rules {
+            join_mode,
+            max_depth,
+            fixed_children: None,
+            max_children,
+            max_fork_rounds: None,
+            child_temperature: None,
+        }
+    }
+
     /// The refusal for a fork of `children` children at `ctx`, if a rule
     /// forbids it: `on_depth` past the depth limit, `on_cap` past a cap.
     pub fn check(

@@ -1,4 +1,95 @@
-//! Small text helpers shared by the tag-based protocols.
+//! Small text helpers shared by the tag-based protocols (Multiverse, NPR,
+//! ThreadWeaver, Parallel-R1): the segment before a trigger, the block that
+//! opens with the last opening tag, numbered labels, the fork of one
+//! continuation child per label, and the join that concatenates children.
+
+use crate::protocol::{
+    check_count, concat_children, malformed, prefix, Action, AfterJoin, ChildPrompt, ChildResult,
+    ChildSpec, Fork, Join, Layout, Scan,
+};
+use crate::ProtocolError;
+
+/// `text[..end]`, the parent's segment up to the end of the trigger, or
+/// the refusal (decode on sequentially) when `end` is not a char boundary.
+pub(crate) fn segment(text: &str, end: usize) -> Result<&str, Scan> {
+    text.get(..end).ok_or_else(|| {
+        malformed(
+            end,
+            "",
+            "trigger end is not a char boundary",
+            Action::Sequential,
+        )
+    })
+}
+
+/// The byte offset of the last `open` in `segment`, or the refusal (decode
+/// on sequentially) of a trigger `close` written with no `open` before it;
+/// `reason` says so in the protocol's words.
+pub(crate) fn last_open(
+    segment: &str,
+    open: &str,
+    close: &str,
+    reason: &'static str,
+) -> Result<usize, Scan> {
+    segment
+        .rfind(open)
+        .ok_or_else(|| malformed(segment.len(), close, reason, Action::Sequential))
+}
+
+/// The fork ending at byte `end`: one child per label, in order, each a
+/// continuation of the parent with the prompt suffix `suffix(label)`.
+pub(crate) fn fork_per_label(
+    end: usize,
+    labels: Vec<String>,
+    suffix: impl Fn(&str) -> String,
+) -> Scan {
+    let children = labels
+        .into_iter()
+        .enumerate()
+        .map(|(index, label)| ChildSpec {
+            index,
+            prompt: ChildPrompt::Continue {
+                suffix: suffix(&label),
+            },
+            label,
+        })
+        .collect();
+    Scan::Fork(Fork {
+        segment_end: end,
+        children,
+    })
+}
+
+/// The join of the protocols that append each child's prompt suffix, text
+/// and close to the parent's segment in fork order, then `append`: with
+/// `merged`, a KV-merge layout (children at the fork position), else a
+/// re-prefill of the text after the segment.
+pub(crate) fn concat_join(
+    parent: &str,
+    fork: &Fork,
+    children: &[ChildResult],
+    append: &str,
+    merged: bool,
+    then: AfterJoin,
+) -> Result<Join, ProtocolError> {
+    check_count(fork, children)?;
+    let segment = prefix(parent, fork.segment_end)?;
+    let layout = if merged {
+        Layout::Merged {
+            fork_at: fork.segment_end,
+            append: append.to_string(),
+        }
+    } else {
+        Layout::Sequential {
+            kept_prefix: fork.segment_end,
+        }
+    };
+    Ok(Join {
+        text: concat_children(segment, fork, children, append),
+        layout,
+        then,
+    })
+}
 
 /// Labels of numbered entries, as Python's
 /// `re.findall(r"<Outline>\s*([0-9]+(?:\.[0-9]+)*)\s*:", block)` with

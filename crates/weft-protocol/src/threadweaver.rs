@@ -26,11 +26,10 @@
 //!   a thread is ordinary text (depth 1, no nesting).
 
 use crate::protocol::{
-    check_count, closed_result, malformed, prefix, Action, AfterJoin, ChildEnd, ChildPrompt,
-    ChildResult, ChildSpec, ChildStop, Fork, ForkContext, Join, JoinMode, Layout, Protocol, Rules,
-    Scan,
+    check_count, closed_result, malformed, prefix, Action, AfterJoin, ChildEnd, ChildResult,
+    ChildStop, Fork, ForkContext, Join, JoinMode, Layout, Protocol, Rules, Scan,
 };
-use crate::tags::{dedup, numbered_labels};
+use crate::tags::{dedup, fork_per_label, last_open, numbered_labels, segment};
 use crate::ProtocolError;
 
 pub const OUTLINES_OPEN: &str = "<Outlines>";
@@ -85,16 +84,18 @@ impl Protocol for ThreadWeaver {
     fn on_trigger(&self, text: &str, _trigger: &'static str, end: usize, ctx: ForkContext) -> Scan {
         let seq = Action::Sequential;
         let finish = Action::Finish { truncate_to: end };
-        let Some(segment) = text.get(..end) else {
-            return malformed(end, "", "trigger end is not a char boundary", seq);
+        let segment = match segment(text, end) {
+            Ok(s) => s,
+            Err(refusal) => return refusal,
         };
-        let Some(open) = segment.rfind(OUTLINES_OPEN) else {
-            return malformed(
-                end,
-                OUTLINES_CLOSE,
-                "`</Outlines>` without `<Outlines>`",
-                seq,
-            );
+        let open = match last_open(
+            segment,
+            OUTLINES_OPEN,
+            OUTLINES_CLOSE,
+            "`</Outlines>` without `<Outlines>`",
+        ) {
+            Ok(at) => at,
+            Err(refusal) => return refusal,
         };
         let labels = dedup(numbered_labels(&segment[open..], OUTLINE_OPEN));
         if labels.is_empty() {
@@ -103,21 +104,7 @@ impl Protocol for ThreadWeaver {
         if let Some(r) = self.rules().check(ctx, labels.len(), end, seq, finish) {
             return Scan::Refuse(r);
         }
-        let children = labels
-            .into_iter()
-            .enumerate()
-            .map(|(index, label)| ChildSpec {
-                index,
-                prompt: ChildPrompt::Continue {
-                    suffix: format!("\n{THREAD_OPEN}\n{label}:"),
-                },
-                label,
-            })
-            .collect();
-        Scan::Fork(Fork {
-            segment_end: end,
-            children,
-        })
+        fork_per_label(end, labels, |label| format!("\n{THREAD_OPEN}\n{label}:"))
     }
 
     fn child_stop(&self) -> ChildStop {
