@@ -74,6 +74,11 @@ pub struct RunArgs {
     /// With --protocol: do not stream the tree to stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// With --protocol: re-prefill every join, also for protocols whose
+    /// joins merge KV (multiverse, npr), for a model not trained with the
+    /// merged position layout.
+    #[arg(long)]
+    pub reprefill_joins: bool,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -121,6 +126,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             max_tokens_per_thread: args.max_tokens,
             max_tokens_per_request: args.max_request_tokens,
             kv_budget_mib: args.kv_mib,
+            kv_merge: !args.reprefill_joins,
             sampling,
             ..Default::default()
         };

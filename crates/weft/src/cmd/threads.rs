@@ -114,14 +114,16 @@ pub fn run_protocol(
         .context("engine returned no response")?;
     let s = &resp.stats;
     eprintln!(
-        "[weft] {} threads, {} forks; tokens: total {}, critical path {}, parallelism {:.2}; prefill computed {}, reused {}; {:.0} ms",
+        "[weft] {} threads, {} forks ({} KV-merge joins); tokens: total {}, critical path {}, parallelism {:.2}; prefill computed {}, reused {}; computed at joins {}; {:.0} ms",
         resp.threads.len(),
         s.forks,
+        s.kv_merge_joins,
         s.total_tokens,
         s.critical_path_tokens,
         s.parallelism,
         s.prefill_tokens,
         s.prefill_tokens_saved,
+        s.join_tokens_computed,
         s.wall_ms
     );
     for r in &s.refused_forks {
@@ -140,6 +142,8 @@ pub fn run_protocol(
                 "prefill_tokens": s.prefill_tokens,
                 "prefill_tokens_saved": s.prefill_tokens_saved,
                 "forks": s.forks,
+                "kv_merge_joins": s.kv_merge_joins,
+                "join_tokens_computed": s.join_tokens_computed,
                 "preemptions": s.preemptions,
                 "refused_forks": s.refused_forks,
             },
