@@ -82,6 +82,20 @@ pub(super) fn free_segments(
     Ok(())
 }
 
+/// A join that may merge KV.
+pub(super) struct MergeJoin<'a> {
+    /// The parent.
+    pub thread: usize,
+    pub kids: &'a [usize],
+    pub fork: &'a Fork,
+    pub results: &'a [ChildResult],
+    /// The joined text: the parent's, each child's, then `append`.
+    pub text: &'a str,
+    pub append: &'a str,
+    /// The parent's own token count at the fork.
+    pub fork_tokens: usize,
+}
+
 /// What a child adds to the merged KV: its tokens still to compute.
 struct ChildTail {
     thread: usize,
@@ -104,25 +118,22 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// Joins `kids` into thread `id` by merging their KV; `p` is the
-    /// parent's own token count at the fork, `text` the joined text (parent,
-    /// children, then `append`). Returns the tokens whose KV the parent now
-    /// sees without recomputing them, or `None` when the merge cannot be
-    /// exact (nothing has changed then, and the caller re-prefills).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn merge_join(
-        &mut self,
-        id: usize,
-        kids: &[usize],
-        fork: &Fork,
-        results: &[ChildResult],
-        text: &str,
-        append: &str,
-        p: usize,
-    ) -> Result<Option<usize>, EngineError> {
-        let Some(tails) = self.merge_plan(id, kids, fork, results, text, append, p)? else {
+    /// Joins the children into the parent by merging their KV. Returns the
+    /// tokens whose KV the parent now sees without recomputing them, or
+    /// `None` when the merge cannot be exact (the caller then re-prefills,
+    /// after giving back the children's KV).
+    pub(super) fn merge_join(&mut self, m: &MergeJoin) -> Result<Option<usize>, EngineError> {
+        let Some(tails) = self.merge_plan(m)? else {
             return Ok(None);
         };
+        let MergeJoin {
+            thread: id,
+            kids,
+            text,
+            append,
+            fork_tokens: p,
+            ..
+        } = *m;
         let append_tokens = self.tok.encode(append, false)?;
         if append_tokens.is_empty() {
             return Ok(None);
@@ -216,17 +227,16 @@ impl Engine<'_> {
 
     /// Checks that the merged KV will hold exactly `text`, and returns each
     /// child's tokens still to compute; `None` when it would not.
-    #[allow(clippy::too_many_arguments)]
-    fn merge_plan(
-        &self,
-        id: usize,
-        kids: &[usize],
-        fork: &Fork,
-        results: &[ChildResult],
-        text: &str,
-        append: &str,
-        p: usize,
-    ) -> Result<Option<Vec<ChildTail>>, EngineError> {
+    fn merge_plan(&self, m: &MergeJoin) -> Result<Option<Vec<ChildTail>>, EngineError> {
+        let MergeJoin {
+            thread: id,
+            kids,
+            fork,
+            results,
+            text,
+            append,
+            fork_tokens: p,
+        } = *m;
         let parent = &self.threads[id];
         if append.is_empty()
             || kids.len() != results.len()
