@@ -10,8 +10,12 @@
 //!   table.
 //! - The request's protocol (`weft_protocol::Protocol`) watches each
 //!   thread's new text. A fork copies the parent's block table (ref-counted,
-//!   copy-on-write of the partial last block); a join re-prefills only the
-//!   text after the common token prefix.
+//!   copy-on-write of the partial last block). A join either re-prefills
+//!   only the text after the common token prefix, or, for protocols whose
+//!   layout is a KV merge (Multiverse, NPR), keeps every child's KV where
+//!   it was written: the parent continues at the fork position plus the
+//!   longest child, over its prefix and all children's KV
+//!   (`SeqStep::shared`), computing only the text the join appends.
 //! - [`EngineConfig`] holds the limits. A limit changes what runs (refused
 //!   fork, queued thread, preempted KV, token-limited thread); it never
 //!   aborts.
