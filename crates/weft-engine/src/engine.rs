@@ -547,6 +547,7 @@ impl<'m> Engine<'m> {
                     generated_tokens: t.generated,
                     start_ms: t.started,
                     end_ms: t.ended,
+                    tokens: t.tokens.clone(),
                 }
             })
             .collect();

@@ -14,6 +14,13 @@ pub struct ThreadRecord {
     pub generated_tokens: usize,
     pub start_ms: f64,
     pub end_ms: f64,
+    /// The token ids in the thread's own KV, in slot order: prompt then
+    /// generated tokens (the last one sampled may have no KV yet). After a
+    /// KV-merge join only what the thread wrote after the merge (its
+    /// earlier KV lives on as the merged segments); a child of a merged
+    /// join includes its closing tokens. Not in the trace JSON.
+    #[serde(skip)]
+    pub tokens: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
