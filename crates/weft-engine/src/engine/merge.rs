@@ -34,7 +34,7 @@ pub(super) struct KvSegment {
 
 impl KvSegment {
     pub fn len(&self) -> usize {
-        self.end - self.start
+        self.end.saturating_sub(self.start)
     }
 }
 
@@ -190,7 +190,8 @@ impl Engine<'_> {
         for &k in kids {
             let kid = &mut self.threads[k];
             kid.n_cached = kid.tokens.len();
-            longest = longest.max(kid.pos_base + kid.n_cached - fork_pos);
+            // Positions the child's part spans past the fork point.
+            longest = longest.max((kid.pos_base + kid.n_cached).saturating_sub(fork_pos));
             let mut own = kid.segments.split_off(inherited);
             own.push(KvSegment {
                 table: std::mem::take(&mut kid.table),
