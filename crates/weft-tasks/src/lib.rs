@@ -19,6 +19,7 @@
 //! builds it for both the data and the engine.
 
 pub mod countdown;
+pub mod drills;
 pub mod error;
 pub mod export;
 pub mod generator;

@@ -23,6 +23,14 @@ enum Command {
     Countdown(cmd::countdown::CountdownArgs),
     /// Generate training data (reasoning traces) as JSONL.
     Data(cmd::data::DataArgs),
+    /// Evaluate trained Countdown models (accuracy, tokens, latency) and plot them.
+    Eval(cmd::eval::EvalArgs),
+    /// Solve a Countdown problem with the shipped APR model: "9 3 4 7 -> 24".
+    Solve(cmd::solve::SolveArgs),
+    /// Watch the shipped APR model solve a Countdown problem, forking live.
+    Demo(cmd::solve::DemoArgs),
+    /// Train a small Llama decoder from scratch (checkpointed; rerun to resume).
+    Train(cmd::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +47,10 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Countdown(args) => cmd::countdown::run(args),
         Command::Data(args) => cmd::data::run(args),
+        Command::Train(args) => cmd::train::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
+        Command::Solve(args) => cmd::solve::solve(args),
+        Command::Demo(args) => cmd::solve::demo(args),
     };
     match result {
         Ok(code) => code,

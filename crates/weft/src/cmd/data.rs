@@ -89,6 +89,14 @@ struct CountdownDataArgs {
     /// Tokenizer used for the statistics and written to DIR/tokenizer.json.
     #[arg(long, default_value = "whole")]
     numbers: NumberMode,
+    /// Also write DIR/drills.jsonl: this many documents of arithmetic facts
+    /// (`a op b=c` lines, legal under the rules), which `weft train` mixes
+    /// into the training data.
+    #[arg(long, default_value_t = 0)]
+    drills: usize,
+    /// Facts per drill document.
+    #[arg(long, default_value_t = 32)]
+    drill_lines: usize,
 }
 
 pub fn run(args: DataArgs) -> anyhow::Result<ExitCode> {
@@ -151,6 +159,10 @@ fn countdown(args: CountdownDataArgs) -> anyhow::Result<ExitCode> {
         &splits.validation,
         &generator,
     )?;
+
+    if args.drills > 0 {
+        write_drills(&args, &generator)?;
+    }
 
     let total = (splits.train.len() + splits.validation.len()) as u64;
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -219,6 +231,37 @@ fn countdown(args: CountdownDataArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_string_pretty(&record)?,
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Arithmetic drill documents, one JSON object (`text`) per line.
+fn write_drills(args: &CountdownDataArgs, generator: &GeneratorConfig) -> anyhow::Result<()> {
+    let path = args.out.join("drills.jsonl");
+    let cfg = weft_tasks::drills::DrillConfig {
+        num_min: args.num_min,
+        num_max: args.num_max,
+        cap: generator
+            .rules
+            .max_intermediate
+            .unwrap_or(args.num_max.max(args.target_max)),
+        lines: args.drill_lines,
+    };
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    let mut rng = weft_tasks::PyRandom::new(weft_tasks::generator::derive_seed(args.seed, 7, 0));
+    for i in 0..args.drills {
+        let text = weft_tasks::drills::drill_text(&cfg, &generator.rules, &mut rng);
+        let line =
+            serde_json::json!({"id": format!("drill-{i:06}"), "kind": "drill", "text": text});
+        writeln!(out, "{line}")?;
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "wrote {} drill documents to {}",
+        args.drills,
+        path.display()
+    );
+    Ok(())
 }
 
 /// Validation problems with one reference solution each, for evaluation.

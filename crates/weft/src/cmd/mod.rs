@@ -3,7 +3,11 @@
 pub mod bench;
 pub mod bench_threads;
 pub mod countdown;
+pub mod countdown_run;
 pub mod data;
+pub mod eval;
 pub mod model_args;
 pub mod run;
+pub mod solve;
 pub mod threads;
+pub mod train;

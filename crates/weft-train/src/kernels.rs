@@ -1,0 +1,855 @@
+//! Fused CPU ops with hand-written backward passes, plugged into candle's
+//! autograd as custom ops.
+//!
+//! Built from candle's elementwise ops, one training step of a small model
+//! spent most of its time in allocation, page faults and thread hand-offs of
+//! dozens of tiny ops per layer, and attention over packed rows computed (then
+//! masked away) every cross-document score. These ops do each job in one
+//! pass:
+//! - [`DocAttention`]: RoPE + causal attention restricted to each token's own
+//!   document (work grows with the sum of squared document lengths, not with
+//!   the squared row length), with GQA;
+//! - [`RmsNorm`], [`SwiGlu`]: norm and gated MLP activation;
+//! - [`CrossEntropy`]: weighted mean next-token loss straight from logits.
+//!
+//! Matmuls stay with candle (gemm). Each op is checked against the same
+//! computation written with candle's own differentiable ops (`tests` below).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(d) => d.as_slice(),
+        _ => candle_core::bail!("{what}: expected f32"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent partial sums vectorize well.
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Per-token layout of packed rows, shared by the attention op.
+#[derive(Debug, Clone)]
+pub struct RowLayout {
+    pub rows: usize,
+    pub len: usize,
+    /// For each token, the index (within its row) where its document starts.
+    pub doc_start: Arc<Vec<u32>>,
+    /// RoPE tables per token: `[rows * len, head_dim / 2]`.
+    pub cos: Arc<Vec<f32>>,
+    pub sin: Arc<Vec<f32>>,
+}
+
+/// RoPE + document-masked causal attention. Inputs `q [rows*len, heads*hd]`,
+/// `k`, `v [rows*len, kv_heads*hd]` (pre-RoPE), output `[rows*len, heads*hd]`.
+#[derive(Debug, Clone)]
+pub struct DocAttention {
+    pub layout: RowLayout,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+}
+
+impl DocAttention {
+    fn rope_into(&self, token: usize, x: &[f32], out: &mut [f32]) {
+        let half = self.head_dim / 2;
+        let cos = &self.layout.cos[token * half..(token + 1) * half];
+        let sin = &self.layout.sin[token * half..(token + 1) * half];
+        for i in 0..half {
+            let (a, b) = (x[i], x[i + half]);
+            out[i] = a * cos[i] - b * sin[i];
+            out[i + half] = b * cos[i] + a * sin[i];
+        }
+    }
+
+    /// Transpose of the rotation: gradient w.r.t. the pre-RoPE input.
+    fn rope_back(&self, token: usize, g: &[f32], out: &mut [f32]) {
+        let half = self.head_dim / 2;
+        let cos = &self.layout.cos[token * half..(token + 1) * half];
+        let sin = &self.layout.sin[token * half..(token + 1) * half];
+        for i in 0..half {
+            let (a, b) = (g[i], g[i + half]);
+            out[i] = a * cos[i] + b * sin[i];
+            out[i + half] = b * cos[i] - a * sin[i];
+        }
+    }
+
+    /// The documents of row `r`: `(start, end)` token ranges.
+    fn documents(&self, r: usize) -> Vec<(usize, usize)> {
+        let t = self.layout.len;
+        let starts = &self.layout.doc_start[r * t..(r + 1) * t];
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < t {
+            let s = starts[i] as usize;
+            let mut e = i + 1;
+            while e < t && starts[e] as usize == s {
+                e += 1;
+            }
+            out.push((i, e));
+            i = e;
+        }
+        out
+    }
+
+    /// Rows `[s, e)` of head `h` (stride `width`) of row `r`, RoPE applied
+    /// when `rotate`: `[e - s, hd]`.
+    fn block(
+        &self,
+        x: &[f32],
+        width: usize,
+        r: usize,
+        h: usize,
+        (s, e): (usize, usize),
+        rotate: bool,
+    ) -> Vec<f32> {
+        let (t, hd) = (self.layout.len, self.head_dim);
+        let mut out = vec![0f32; (e - s) * hd];
+        for i in s..e {
+            let tok = r * t + i;
+            let src = &x[tok * width + h * hd..tok * width + (h + 1) * hd];
+            let dst = &mut out[(i - s) * hd..(i - s + 1) * hd];
+            if rotate {
+                self.rope_into(tok, src, dst);
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+        out
+    }
+
+    /// Causal softmax probabilities `[n, n]` of a document block.
+    fn probs(&self, q: &[f32], k: &[f32], n: usize) -> Vec<f32> {
+        let hd = self.head_dim;
+        let mut p = vec![0f32; n * n];
+        // S = scale * Q K^T
+        mm(n, n, hd, q, hd, 1, k, 1, hd, &mut p, self.scale);
+        for i in 0..n {
+            let row = &mut p[i * n..(i + 1) * n];
+            let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for x in row[..=i].iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            row[..=i].iter_mut().for_each(|x| *x *= inv);
+            row[i + 1..].iter_mut().for_each(|x| *x = 0.0);
+        }
+        p
+    }
+
+    /// Output of head `h` for document `doc` of row `r`: `[n, hd]`.
+    fn forward_block(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        r: usize,
+        h: usize,
+        doc: (usize, usize),
+    ) -> Vec<f32> {
+        let hd = self.head_dim;
+        let (qw, kw) = (self.heads * hd, self.kv_heads * hd);
+        let kh = h / (self.heads / self.kv_heads);
+        let n = doc.1 - doc.0;
+        let qb = self.block(q, qw, r, h, doc, true);
+        let kb = self.block(k, kw, r, kh, doc, true);
+        let vb = self.block(v, kw, r, kh, doc, false);
+        let p = self.probs(&qb, &kb, n);
+        let mut out = vec![0f32; n * hd];
+        mm(n, hd, n, &p, n, 1, &vb, hd, 1, &mut out, 1.0);
+        out
+    }
+
+    /// Gradients for one (row, kv head, document): Q gradients of the heads
+    /// sharing the kv head, and its K and V gradients (pre-RoPE).
+    #[allow(clippy::too_many_arguments)]
+    fn backward_block(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        g: &[f32],
+        r: usize,
+        kh: usize,
+        doc: (usize, usize),
+    ) -> BackPart {
+        let hd = self.head_dim;
+        let (qw, kw) = (self.heads * hd, self.kv_heads * hd);
+        let group = self.heads / self.kv_heads;
+        let n = doc.1 - doc.0;
+        let kb = self.block(k, kw, r, kh, doc, true);
+        let vb = self.block(v, kw, r, kh, doc, false);
+        let mut dkr = vec![0f32; n * hd];
+        let mut dv = vec![0f32; n * hd];
+        let mut dqs = Vec::with_capacity(group);
+        let mut dp = vec![0f32; n * n];
+        for h in kh * group..(kh + 1) * group {
+            let qb = self.block(q, qw, r, h, doc, true);
+            let gb = self.block(g, qw, r, h, doc, false);
+            let p = self.probs(&qb, &kb, n);
+            // dP = dO V^T
+            mm(n, n, hd, &gb, hd, 1, &vb, 1, hd, &mut dp, 1.0);
+            // dS = P * (dP - rowsum(P * dP)) * scale, written over dP.
+            for i in 0..n {
+                let (pr, dr) = (&p[i * n..i * n + i + 1], &mut dp[i * n..(i + 1) * n]);
+                let di: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                for (d, pj) in dr.iter_mut().zip(pr) {
+                    *d = pj * (*d - di) * self.scale;
+                }
+                dr[i + 1..].iter_mut().for_each(|x| *x = 0.0);
+            }
+            // dQ = dS K ; dK += dS^T Q ; dV += P^T dO
+            let mut dqr = vec![0f32; n * hd];
+            mm(n, hd, n, &dp, n, 1, &kb, hd, 1, &mut dqr, 1.0);
+            mm_acc(n, hd, n, &dp, 1, n, &qb, hd, 1, &mut dkr);
+            mm_acc(n, hd, n, &p, 1, n, &gb, hd, 1, &mut dv);
+            let mut dq = vec![0f32; n * hd];
+            for i in 0..n {
+                let tok = r * self.layout.len + doc.0 + i;
+                self.rope_back(
+                    tok,
+                    &dqr[i * hd..(i + 1) * hd],
+                    &mut dq[i * hd..(i + 1) * hd],
+                );
+            }
+            dqs.push(dq);
+        }
+        let mut dk = vec![0f32; n * hd];
+        for i in 0..n {
+            let tok = r * self.layout.len + doc.0 + i;
+            self.rope_back(
+                tok,
+                &dkr[i * hd..(i + 1) * hd],
+                &mut dk[i * hd..(i + 1) * hd],
+            );
+        }
+        (dqs, dk, dv)
+    }
+}
+
+/// `out[m, n] = alpha * a[m, k] b[k, n]`, row-major `out`, `a` and `b` given
+/// by (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    out: &mut [f32],
+    alpha: f32,
+) {
+    gemm_call(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, out, alpha, false);
+}
+
+/// `out[m, n] += a[m, k] b[k, n]`.
+#[allow(clippy::too_many_arguments)]
+fn mm_acc(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    out: &mut [f32],
+) {
+    gemm_call(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, out, 1.0, true);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_call(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    out: &mut [f32],
+    alpha: f32,
+    accumulate: bool,
+) {
+    assert!(out.len() >= m * n);
+    assert!(m == 0 || k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
+    assert!(k == 0 || n == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    // SAFETY: the asserts above keep every index gemm touches inside the
+    // slices; `out` is exclusively borrowed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+type BackPart = (Vec<Vec<f32>>, Vec<f32>, Vec<f32>);
+
+impl CustomOp3 for DocAttention {
+    fn name(&self) -> &'static str {
+        "weft-doc-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            slice(s1, l1, "q")?,
+            slice(s2, l2, "k")?,
+            slice(s3, l3, "v")?,
+        );
+        let (b, t, hd) = (self.layout.rows, self.layout.len, self.head_dim);
+        let qw = self.heads * hd;
+        let tasks: Vec<(usize, usize, (usize, usize))> = (0..b)
+            .flat_map(|r| {
+                let docs = self.documents(r);
+                (0..self.heads).flat_map(move |h| docs.clone().into_iter().map(move |d| (r, h, d)))
+            })
+            .collect();
+        let parts: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|&(r, h, doc)| self.forward_block(q, k, v, r, h, doc))
+            .collect();
+        let mut out = vec![0f32; b * t * qw];
+        for (&(r, h, (s, e)), part) in tasks.iter().zip(parts) {
+            for i in s..e {
+                let tok = r * t + i;
+                out[tok * qw + h * hd..tok * qw + (h + 1) * hd]
+                    .copy_from_slice(&part[(i - s) * hd..(i - s + 1) * hd]);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b * t, qw))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v, g) = (to_vec(q)?, to_vec(k)?, to_vec(v)?, to_vec(grad)?);
+        let (b, t, hd) = (self.layout.rows, self.layout.len, self.head_dim);
+        let (qw, kw) = (self.heads * hd, self.kv_heads * hd);
+        let group = self.heads / self.kv_heads;
+        let tasks: Vec<(usize, usize, (usize, usize))> = (0..b)
+            .flat_map(|r| {
+                let docs = self.documents(r);
+                (0..self.kv_heads)
+                    .flat_map(move |h| docs.clone().into_iter().map(move |d| (r, h, d)))
+            })
+            .collect();
+        let parts: Vec<BackPart> = tasks
+            .par_iter()
+            .map(|&(r, kh, doc)| self.backward_block(&q, &k, &v, &g, r, kh, doc))
+            .collect();
+        let mut dq = vec![0f32; b * t * qw];
+        let mut dk = vec![0f32; b * t * kw];
+        let mut dv = vec![0f32; b * t * kw];
+        for (&(r, kh, (s, e)), (dqs, dkp, dvp)) in tasks.iter().zip(parts) {
+            for i in s..e {
+                let tok = r * t + i;
+                let l = i - s;
+                dk[tok * kw + kh * hd..tok * kw + (kh + 1) * hd]
+                    .copy_from_slice(&dkp[l * hd..(l + 1) * hd]);
+                dv[tok * kw + kh * hd..tok * kw + (kh + 1) * hd]
+                    .copy_from_slice(&dvp[l * hd..(l + 1) * hd]);
+                for (gi, part) in dqs.iter().enumerate() {
+                    let h = kh * group + gi;
+                    dq[tok * qw + h * hd..tok * qw + (h + 1) * hd]
+                        .copy_from_slice(&part[l * hd..(l + 1) * hd]);
+                }
+            }
+        }
+        let dev = grad.device();
+        Ok((
+            Some(Tensor::from_vec(dq, (b * t, qw), dev)?),
+            Some(Tensor::from_vec(dk, (b * t, kw), dev)?),
+            Some(Tensor::from_vec(dv, (b * t, kw), dev)?),
+        ))
+    }
+}
+
+const ROWS_PER_TASK: usize = 64;
+
+/// RMSNorm over the last dimension with a learned scale: `x [n, d]`, `w [d]`.
+#[derive(Debug, Clone, Copy)]
+pub struct RmsNorm {
+    pub eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "weft-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1, "x")?, slice(s2, l2, "w")?);
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(x.par_chunks(d * ROWS_PER_TASK))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+                    let r = 1.0 / (dot(x, x) / d as f32 + self.eps).sqrt();
+                    for i in 0..d {
+                        o[i] = x[i] * r * w[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (xv, wv, g) = (to_vec(x)?, to_vec(w)?, to_vec(grad)?);
+        let d = wv.len();
+        let mut dx = vec![0f32; xv.len()];
+        let dws: Vec<Vec<f32>> = dx
+            .par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(
+                xv.par_chunks(d * ROWS_PER_TASK)
+                    .zip(g.par_chunks(d * ROWS_PER_TASK)),
+            )
+            .map(|(dx, (x, g))| {
+                let mut dw = vec![0f32; d];
+                for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                    let r = 1.0 / (dot(x, x) / d as f32 + self.eps).sqrt();
+                    let mut s = 0f32;
+                    for i in 0..d {
+                        dw[i] += g[i] * x[i] * r;
+                        s += g[i] * wv[i] * x[i];
+                    }
+                    let c = r * r * r * s / d as f32;
+                    for i in 0..d {
+                        dx[i] = r * g[i] * wv[i] - x[i] * c;
+                    }
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; d];
+        for part in dws {
+            axpy(&mut dw, 1.0, &part);
+        }
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, d, w.device())?),
+        ))
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `silu(gate) * up`, elementwise.
+#[derive(Debug, Clone, Copy)]
+pub struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "weft-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (slice(s1, l1, "gate")?, slice(s2, l2, "up")?);
+        if a.len() != b.len() {
+            candle_core::bail!("swiglu: gate and up differ in size");
+        }
+        let mut out = vec![0f32; a.len()];
+        out.par_chunks_mut(4096)
+            .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
+            .for_each(|(o, (a, b))| {
+                for i in 0..o.len() {
+                    o[i] = a[i] * sigmoid(a[i]) * b[i];
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (a, b, g) = (to_vec(gate)?, to_vec(up)?, to_vec(grad)?);
+        let mut da = vec![0f32; a.len()];
+        let mut db = vec![0f32; a.len()];
+        da.par_chunks_mut(4096)
+            .zip(db.par_chunks_mut(4096))
+            .zip(
+                a.par_chunks(4096)
+                    .zip(b.par_chunks(4096))
+                    .zip(g.par_chunks(4096)),
+            )
+            .for_each(|((da, db), ((a, b), g))| {
+                for i in 0..da.len() {
+                    let s = sigmoid(a[i]);
+                    db[i] = g[i] * a[i] * s;
+                    da[i] = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
+                }
+            });
+        Ok((
+            Some(Tensor::from_vec(da, gate.shape(), gate.device())?),
+            Some(Tensor::from_vec(db, up.shape(), up.device())?),
+        ))
+    }
+}
+
+/// Weighted mean cross-entropy of `logits [n, vocab]` against `target`:
+/// `-sum_i w_i log softmax(logits_i)[target_i] / sum_i w_i`, a scalar.
+#[derive(Debug, Clone)]
+pub struct CrossEntropy {
+    pub target: Arc<Vec<u32>>,
+    pub weight: Arc<Vec<f32>>,
+}
+
+impl CrossEntropy {
+    fn total_weight(&self) -> f32 {
+        self.weight.iter().sum::<f32>().max(f32::MIN_POSITIVE)
+    }
+}
+
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln()
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "weft-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "logits")?;
+        let n = self.target.len();
+        if n == 0 || x.len() % n != 0 {
+            candle_core::bail!("cross-entropy: {} logits for {n} targets", x.len());
+        }
+        let v = x.len() / n;
+        let sum: f64 = x
+            .par_chunks(v)
+            .enumerate()
+            .map(|(i, row)| {
+                let w = self.weight[i];
+                if w == 0.0 {
+                    return 0.0;
+                }
+                let t = self.target[i] as usize;
+                (w * (log_sum_exp(row) - row[t.min(v - 1)])) as f64
+            })
+            .sum();
+        let loss = (sum / self.total_weight() as f64) as f32;
+        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+    }
+
+    fn bwd(&self, logits: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let x = to_vec(logits)?;
+        let g = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let n = self.target.len();
+        let v = x.len() / n;
+        let scale = g / self.total_weight();
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(v)
+            .zip(x.par_chunks(v))
+            .enumerate()
+            .for_each(|(i, (d, row))| {
+                let w = self.weight[i];
+                if w == 0.0 {
+                    return;
+                }
+                let lse = log_sum_exp(row);
+                for j in 0..v {
+                    d[j] = (row[j] - lse).exp() * w * scale;
+                }
+                d[(self.target[i] as usize).min(v - 1)] -= w * scale;
+            });
+        Ok(Some(Tensor::from_vec(dx, logits.shape(), logits.device())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn rand_var(rng: &mut StdRng, dims: &[usize]) -> Var {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        Var::from_tensor(&Tensor::from_vec(v, dims, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Attention, RoPE and GQA written with candle's differentiable ops on a
+    /// full masked score matrix.
+    #[test]
+    fn doc_attention_matches_reference_with_gradients() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (b, t, h, kvh, hd) = (2usize, 7usize, 4usize, 2usize, 8usize);
+        let half = hd / 2;
+        // Row 0: documents [0,3) and [3,7); row 1: one document.
+        let starts: Vec<u32> = vec![0, 0, 0, 3, 3, 3, 3, 0, 0, 0, 0, 0, 0, 0];
+        let pos: Vec<usize> = (0..b * t).map(|i| i % t - starts[i] as usize).collect();
+        let mut cos = Vec::new();
+        let mut sin = Vec::new();
+        for &p in &pos {
+            for i in 0..half {
+                let a = p as f32 / 10000f32.powf(2.0 * i as f32 / hd as f32);
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let q = rand_var(&mut rng, &[b * t, h * hd]);
+        let k = rand_var(&mut rng, &[b * t, kvh * hd]);
+        let v = rand_var(&mut rng, &[b * t, kvh * hd]);
+        let op = DocAttention {
+            layout: RowLayout {
+                rows: b,
+                len: t,
+                doc_start: Arc::new(starts.clone()),
+                cos: Arc::new(cos.clone()),
+                sin: Arc::new(sin.clone()),
+            },
+            heads: h,
+            kv_heads: kvh,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        let dev = Device::Cpu;
+        let out = q
+            .as_tensor()
+            .apply_op3(k.as_tensor(), v.as_tensor(), op)
+            .unwrap();
+        let w = Tensor::from_vec(
+            (0..out.elem_count())
+                .map(|i| (i % 13) as f32 * 0.1)
+                .collect::<Vec<f32>>(),
+            out.shape(),
+            &dev,
+        )
+        .unwrap();
+        let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+
+        // Reference.
+        let cos_t = Tensor::from_vec(cos, (b, 1, t, half), &dev).unwrap();
+        let sin_t = Tensor::from_vec(sin, (b, 1, t, half), &dev).unwrap();
+        let rope = |x: &Tensor| {
+            let x1 = x.narrow(D::Minus1, 0, half).unwrap();
+            let x2 = x.narrow(D::Minus1, half, half).unwrap();
+            let a =
+                (x1.broadcast_mul(&cos_t).unwrap() - x2.broadcast_mul(&sin_t).unwrap()).unwrap();
+            let c =
+                (x2.broadcast_mul(&cos_t).unwrap() + x1.broadcast_mul(&sin_t).unwrap()).unwrap();
+            Tensor::cat(&[a, c], D::Minus1).unwrap()
+        };
+        let split = |x: &Tensor, n: usize| {
+            x.reshape((b, t, n, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let qr = rope(&split(q.as_tensor(), h));
+        let kr = rope(&split(k.as_tensor(), kvh));
+        let vr = split(v.as_tensor(), kvh);
+        let rep = |x: Tensor| {
+            x.unsqueeze(2)
+                .unwrap()
+                .broadcast_as((b, kvh, h / kvh, t, hd))
+                .unwrap()
+                .reshape((b, h, t, hd))
+                .unwrap()
+        };
+        let (kr, vr) = (rep(kr), rep(vr));
+        let mut mask = vec![f32::NEG_INFINITY; b * t * t];
+        for r in 0..b {
+            for i in 0..t {
+                for j in 0..=i {
+                    if starts[r * t + j] == starts[r * t + i] {
+                        mask[(r * t + i) * t + j] = 0.0;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (b, 1, t, t), &dev).unwrap();
+        let s = (qr.matmul(&kr.t().unwrap()).unwrap() * (1.0 / (hd as f64).sqrt()))
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+        let reference = p
+            .matmul(&vr)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b * t, h * hd))
+            .unwrap();
+        assert!(
+            max_diff(&out, &reference) < 1e-5,
+            "forward {}",
+            max_diff(&out, &reference)
+        );
+        let rgrads = (&reference * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for var in [&q, &k, &v] {
+            let a = grads.get(var.as_tensor()).unwrap();
+            let r = rgrads.get(var.as_tensor()).unwrap();
+            assert!(max_diff(a, r) < 1e-4, "grad diff {}", max_diff(a, r));
+        }
+    }
+
+    #[test]
+    fn rms_norm_swiglu_cross_entropy_match_reference() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let dev = Device::Cpu;
+        let x = rand_var(&mut rng, &[70, 16]);
+        let w = rand_var(&mut rng, &[16]);
+        let u = rand_var(&mut rng, &[70, 16]);
+        let target: Vec<u32> = (0..70).map(|i| (i * 7 % 16) as u32).collect();
+        let weight: Vec<f32> = (0..70)
+            .map(|i| if i % 5 == 0 { 0.0 } else { 1.0 })
+            .collect();
+
+        let fused = {
+            let n = x
+                .as_tensor()
+                .apply_op2(w.as_tensor(), RmsNorm { eps: 1e-5 })
+                .unwrap();
+            let a = n.apply_op2(u.as_tensor(), SwiGlu).unwrap();
+            a.apply_op1(CrossEntropy {
+                target: Arc::new(target.clone()),
+                weight: Arc::new(weight.clone()),
+            })
+            .unwrap()
+        };
+        let reference = {
+            let xs = x.as_tensor();
+            let ms = xs.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let n = xs
+                .broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
+                .unwrap()
+                .broadcast_mul(w.as_tensor())
+                .unwrap();
+            let a = (n.silu().unwrap() * u.as_tensor()).unwrap();
+            let lp = candle_nn::ops::log_softmax(&a, D::Minus1).unwrap();
+            let t = Tensor::from_vec(target, (70, 1), &dev).unwrap();
+            let wt = Tensor::from_vec(weight.clone(), (70, 1), &dev).unwrap();
+            let total: f32 = weight.iter().sum();
+            ((lp.gather(&t, 1).unwrap() * wt).unwrap().sum_all().unwrap() * (-1.0 / total as f64))
+                .unwrap()
+        };
+        assert!(max_diff(&fused, &reference) < 1e-5);
+        let g1 = fused.backward().unwrap();
+        let g2 = reference.backward().unwrap();
+        for var in [&x, &w, &u] {
+            let d = max_diff(
+                g1.get(var.as_tensor()).unwrap(),
+                g2.get(var.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-5, "grad diff {d}");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Running Countdown problems through the engine with a trained model: the
+//! shared core of `weft eval countdown`, `weft solve` and `weft demo`.
+
+use anyhow::Context;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use weft_engine::{Engine, EngineConfig, Event, Request, Response};
+use weft_model::{LoadOptions, Model, Tokenizer};
+use weft_protocol::apr::{root_prompt, sosp_prompt, Apr};
+use weft_tasks::{arithmetic_stats, verify_with, Problem, Rules, Verdict};
+
+/// How the model reasons: `apr` forks sub-searches (the engine runs them as
+/// child threads), `sequential` is the SoS+ baseline in one thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Apr,
+    Sequential,
+}
+
+/// A loaded model with what it needs to solve problems.
+pub struct Solver {
+    pub model: Model,
+    pub tok: Tokenizer,
+    pub rules: Rules,
+}
+
+/// One solved (or failed) problem.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub problem: String,
+    pub nums: Vec<u64>,
+    pub target: u64,
+    pub correct: bool,
+    pub verdict: Verdict,
+    pub total_tokens: usize,
+    pub critical_path_tokens: usize,
+    pub children: usize,
+    pub latency_ms: f64,
+    pub arithmetic_lines: usize,
+    pub arithmetic_correct: usize,
+    /// Threads cut by the token budget or refused forks.
+    pub notes: Vec<String>,
+}
+
+/// The task rules a model folder was trained under (`task.json`), if any.
+pub fn task_rules(dir: &Path) -> Rules {
+    let Ok(text) = std::fs::read_to_string(dir.join("task.json")) else {
+        return Rules::default();
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    Rules {
+        max_intermediate: v["max_intermediate"].as_u64(),
+    }
+}
+
+impl Solver {
+    pub fn load(dir: &Path) -> anyhow::Result<Solver> {
+        let model = Model::load(dir, &LoadOptions::default())
+            .with_context(|| format!("loading model {}", dir.display()))?;
+        let tok =
+            Tokenizer::load(dir).with_context(|| format!("loading tokenizer {}", dir.display()))?;
+        Ok(Solver {
+            model,
+            tok,
+            rules: task_rules(dir),
+        })
+    }
+
+    /// Engine settings for a per-thread token budget.
+    pub fn engine_config(&self, budget: usize) -> EngineConfig {
+        EngineConfig {
+            max_tokens_per_thread: budget,
+            max_tokens_per_request: budget * 64,
+            max_children_per_fork: 64,
+            kv_budget_mib: 256,
+            ..EngineConfig::default()
+        }
+    }
+
+    /// Solves `problems` `concurrency` at a time (greedy decoding). Each
+    /// problem's latency is its request's wall time in the engine.
+    pub fn solve(
+        &self,
+        problems: &[Problem],
+        mode: Mode,
+        budget: usize,
+        concurrency: usize,
+        observe: &mut dyn FnMut(Event),
+        progress: &mut dyn FnMut(usize),
+    ) -> anyhow::Result<Vec<Outcome>> {
+        let mut engine = Engine::new(&self.model, &self.tok, self.engine_config(budget))?;
+        let protocol: Arc<dyn weft_protocol::Protocol> = match mode {
+            Mode::Apr => Arc::new(Apr::default()),
+            // The sequential model never writes a fork; should it, the fork
+            // is refused and the text decodes on as ordinary text.
+            Mode::Sequential => Arc::new(Apr {
+                max_depth: 0,
+                max_fork_rounds: None,
+            }),
+        };
+        let mut out = Vec::with_capacity(problems.len());
+        for chunk in problems.chunks(concurrency.max(1)) {
+            let prompts: Vec<String> = chunk.iter().map(|p| prompt(p, mode)).collect();
+            let requests = prompts
+                .iter()
+                .map(|prompt| Request {
+                    prompt: prompt.clone(),
+                    protocol: protocol.clone(),
+                })
+                .collect();
+            let responses = engine.run(requests, observe)?;
+            for ((p, prompt), r) in chunk.iter().zip(&prompts).zip(responses) {
+                out.push(self.outcome(p, prompt, r));
+            }
+            progress(out.len());
+        }
+        Ok(out)
+    }
+
+    fn outcome(&self, p: &Problem, prompt: &str, r: Response) -> Outcome {
+        // The verifier reads the path from the last `Current State` line
+        // before the goal claim, which may be the prompt's own.
+        let verdict = verify_with(p, &format!("{prompt}{}", r.text), &self.rules);
+        let mut arith = weft_tasks::ArithmeticStats::default();
+        for t in &r.threads {
+            let s = arithmetic_stats(&t.text);
+            arith.lines += s.lines;
+            arith.correct += s.correct;
+        }
+        Outcome {
+            problem: p.to_string(),
+            nums: p.nums.clone(),
+            target: p.target,
+            correct: verdict.correct,
+            verdict,
+            total_tokens: r.stats.total_tokens,
+            critical_path_tokens: r.stats.critical_path_tokens,
+            children: r.threads.len().saturating_sub(1),
+            latency_ms: r.stats.wall_ms,
+            arithmetic_lines: arith.lines,
+            arithmetic_correct: arith.correct,
+            notes: r.stats.refused_forks,
+        }
+    }
+}
+
+/// The root prompt of `p`, as the training data starts it.
+pub fn prompt(p: &Problem, mode: Mode) -> String {
+    match mode {
+        Mode::Apr => root_prompt(p.target, &p.nums, None),
+        Mode::Sequential => sosp_prompt(p.target, &p.nums, None),
+    }
+}
+
+/// Parses `17 62 25 7 -> 63` (also `17,62,25,7 -> 63`).
+pub fn parse_problem(s: &str) -> anyhow::Result<Problem> {
+    let (lhs, rhs) = s.split_once("->").ok_or_else(|| {
+        anyhow::anyhow!("expected `NUMS -> TARGET`, e.g. `17 62 25 7 -> 63`; got {s:?}")
+    })?;
+    let nums: Vec<u64> = lhs
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<u64>()
+                .with_context(|| format!("{x:?} is not a number"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let target: u64 = rhs
+        .trim()
+        .parse()
+        .with_context(|| format!("target {:?} is not a number", rhs.trim()))?;
+    anyhow::ensure!(
+        (2..=6).contains(&nums.len()),
+        "a problem has 2 to 6 numbers, not {}",
+        nums.len()
+    );
+    anyhow::ensure!(
+        nums.iter().chain([&target]).all(|&n| n <= 1_000_000),
+        "numbers and target must be at most 1000000"
+    );
+    Ok(Problem { nums, target })
+}
+
+/// Reads `{"nums": [..], "target": N}` lines.
+pub fn read_problems(path: &Path) -> anyhow::Result<Vec<Problem>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        let nums: Vec<u64> = serde_json::from_value(v["nums"].clone()).with_context(|| {
+            format!(
+                "{}:{}: `nums` must be a list of numbers",
+                path.display(),
+                i + 1
+            )
+        })?;
+        let target = v["target"]
+            .as_u64()
+            .with_context(|| format!("{}:{}: `target` must be a number", path.display(), i + 1))?;
+        anyhow::ensure!(
+            (2..=6).contains(&nums.len()),
+            "{}:{}: a problem has 2 to 6 numbers",
+            path.display(),
+            i + 1
+        );
+        out.push(Problem { nums, target });
+    }
+    anyhow::ensure!(!out.is_empty(), "{} holds no problems", path.display());
+    Ok(out)
+}
+
+/// Where the committed models live: `./models`, else the source tree's.
+pub fn models_dir() -> PathBuf {
+    let local = PathBuf::from("models");
+    if local.join("countdown-apr").exists() {
+        return local;
+    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))
+}

@@ -1,0 +1,318 @@
+//! `weft eval`: accuracy, tokens and latency of trained Countdown models,
+//! run through the engine with real forks; JSON reports and plots.
+
+use super::countdown_run::{read_problems, Mode, Outcome, Solver};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    command: EvalCommand,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Solve held-out Countdown problems with a trained model and report
+    /// accuracy (by the verifier), tokens, latency and children per problem.
+    Countdown(CountdownEval),
+    /// Plot accuracy against latency and against the context budget from
+    /// one or more `eval countdown` reports (SVG).
+    Plot {
+        /// Reports written by `weft eval countdown --json`.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct CountdownEval {
+    /// Model folder (config.json, model.safetensors, tokenizer.json, task.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// JSONL problems: {"nums": [..], "target": N} per line.
+    #[arg(long)]
+    problems: PathBuf,
+    /// apr: the model forks sub-searches, run as child threads;
+    /// sequential: one thread (SoS+).
+    #[arg(long, value_enum, default_value = "apr")]
+    protocol: Mode,
+    /// Context budgets to evaluate at: most tokens each thread may generate.
+    #[arg(long, value_delimiter = ',', default_value = "2048")]
+    budgets: Vec<usize>,
+    /// Only the first N problems.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Problems run at once (1 gives each problem the machine to itself,
+    /// so latency is that problem's alone).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Write the report (with every problem's outcome) here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// A short name for plots (default: the model folder's name).
+    #[arg(long)]
+    label: Option<String>,
+}
+
+/// Mean and percentiles of one quantity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dist {
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+}
+
+impl Dist {
+    fn of(mut v: Vec<f64>) -> Dist {
+        if v.is_empty() {
+            return Dist {
+                mean: 0.0,
+                p50: 0.0,
+                p90: 0.0,
+            };
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Dist {
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+            p50: at(0.5),
+            p90: at(0.9),
+        }
+    }
+}
+
+/// Results at one budget.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BudgetReport {
+    pub budget: usize,
+    pub problems: usize,
+    pub accuracy: f64,
+    pub total_tokens: Dist,
+    pub critical_path_tokens: Dist,
+    pub latency_ms: Dist,
+    pub children: Dist,
+    pub arithmetic_lines: usize,
+    pub arithmetic_correct: usize,
+    pub arithmetic_share: Option<f64>,
+    pub wall_s: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcomes: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub label: String,
+    pub model: String,
+    pub protocol: String,
+    pub problems_file: String,
+    pub concurrency: usize,
+    pub budgets: Vec<BudgetReport>,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        EvalCommand::Countdown(a) => countdown(a),
+        EvalCommand::Plot { reports, out } => {
+            let reports = reports
+                .iter()
+                .map(|p| -> anyhow::Result<Report> {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not an eval report", p.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            plot(&reports, &out)?;
+            println!("wrote {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn summarize(budget: usize, outcomes: &[Outcome], wall_s: f64) -> BudgetReport {
+    let n = outcomes.len().max(1) as f64;
+    let f = |g: &dyn Fn(&Outcome) -> f64| Dist::of(outcomes.iter().map(g).collect());
+    let lines: usize = outcomes.iter().map(|o| o.arithmetic_lines).sum();
+    let correct: usize = outcomes.iter().map(|o| o.arithmetic_correct).sum();
+    BudgetReport {
+        budget,
+        problems: outcomes.len(),
+        accuracy: outcomes.iter().filter(|o| o.correct).count() as f64 / n,
+        total_tokens: f(&|o| o.total_tokens as f64),
+        critical_path_tokens: f(&|o| o.critical_path_tokens as f64),
+        latency_ms: f(&|o| o.latency_ms),
+        children: f(&|o| o.children as f64),
+        arithmetic_lines: lines,
+        arithmetic_correct: correct,
+        arithmetic_share: (lines > 0).then(|| correct as f64 / lines as f64),
+        wall_s,
+        outcomes: outcomes
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap_or_default())
+            .collect(),
+    }
+}
+
+fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
+    let mut problems = read_problems(&a.problems)?;
+    if let Some(n) = a.limit {
+        problems.truncate(n);
+    }
+    anyhow::ensure!(!a.budgets.is_empty(), "--budgets needs at least one value");
+    let solver = Solver::load(&a.model)?;
+    let label = a.label.clone().unwrap_or_else(|| {
+        a.model
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
+    let mut report = Report {
+        label: label.clone(),
+        model: a.model.display().to_string(),
+        protocol: format!("{:?}", a.protocol).to_lowercase(),
+        problems_file: a.problems.display().to_string(),
+        concurrency: a.concurrency,
+        budgets: Vec::new(),
+    };
+    println!(
+        "{:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "model", "budget", "acc", "tok mean", "crit p50", "lat p50", "lat p90", "children", "arith"
+    );
+    for &budget in &a.budgets {
+        let bar = ProgressBar::with_draw_target(
+            Some(problems.len() as u64),
+            ProgressDrawTarget::stderr(),
+        );
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} {wide_bar} {pos}/{len} problems [{elapsed_precise} < {eta_precise}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("{label} budget {budget}"));
+        let started = std::time::Instant::now();
+        let outcomes = solver.solve(
+            &problems,
+            a.protocol,
+            budget,
+            a.concurrency,
+            &mut |_| {},
+            &mut |done| bar.set_position(done as u64),
+        )?;
+        bar.finish_and_clear();
+        let r = summarize(budget, &outcomes, started.elapsed().as_secs_f64());
+        println!(
+            "{:<10} {:>6} {:>6.1}% {:>9.0} {:>9.0} {:>7.0}ms {:>7.0}ms {:>8.1} {:>6.1}%",
+            label,
+            budget,
+            100.0 * r.accuracy,
+            r.total_tokens.mean,
+            r.critical_path_tokens.p50,
+            r.latency_ms.p50,
+            r.latency_ms.p90,
+            r.children.mean,
+            100.0 * r.arithmetic_share.unwrap_or(0.0)
+        );
+        report.budgets.push(r);
+    }
+    if let Some(path) = &a.json {
+        write_json(path, &report)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Two panels: accuracy vs median latency, and accuracy vs budget; one line
+/// per report (one point per budget).
+pub fn plot(reports: &[Report], out: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(out, (1100, 460)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(550);
+    let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    let max_lat = reports
+        .iter()
+        .flat_map(|r| r.budgets.iter().map(|b| b.latency_ms.p50 / 1000.0))
+        .fold(0.1, f64::max);
+    let max_budget = reports
+        .iter()
+        .flat_map(|r| r.budgets.iter().map(|b| b.budget as f64))
+        .fold(1.0, f64::max);
+    let panels: [(
+        &DrawingArea<SVGBackend, plotters::coord::Shift>,
+        &str,
+        f64,
+        bool,
+    ); 2] = [
+        (&left, "median latency per problem (s)", max_lat * 1.1, true),
+        (
+            &right,
+            "context budget (tokens per thread)",
+            max_budget * 1.1,
+            false,
+        ),
+    ];
+    for (area, xlabel, xmax, latency) in panels {
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                if latency {
+                    "accuracy vs latency"
+                } else {
+                    "accuracy vs context budget"
+                },
+                ("sans-serif", 20),
+            )
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..xmax, 0f64..100f64)?;
+        chart
+            .configure_mesh()
+            .x_desc(xlabel)
+            .y_desc("accuracy (%)")
+            .draw()?;
+        for (i, r) in reports.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            let pts: Vec<(f64, f64)> = r
+                .budgets
+                .iter()
+                .map(|b| {
+                    let x = if latency {
+                        b.latency_ms.p50 / 1000.0
+                    } else {
+                        b.budget as f64
+                    };
+                    (x, 100.0 * b.accuracy)
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(format!("{} ({})", r.label, r.protocol))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! `weft solve` and `weft demo`: a Countdown problem solved by the shipped
+//! APR model, its thread tree streamed live, then the answer, the verifier's
+//! verdict and the latency beside the sequential (SoS+) model's.
+
+use super::countdown_run::{models_dir, parse_problem, Mode, Outcome, Solver};
+use super::threads::TreePrinter;
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use weft_tasks::Problem;
+
+#[derive(Args)]
+pub struct SolveArgs {
+    /// The problem: numbers, `->`, target. E.g. "9 3 4 7 -> 24".
+    problem: String,
+    #[command(flatten)]
+    opts: SolveOpts,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Which built-in problem to show (0-based; they cycle).
+    #[arg(long, default_value_t = 0)]
+    pick: usize,
+    #[command(flatten)]
+    opts: SolveOpts,
+}
+
+#[derive(Args, Clone)]
+pub struct SolveOpts {
+    /// The APR model folder (default: the committed models/countdown-apr).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The sequential SoS+ model to compare with (default:
+    /// models/countdown-sosp; skipped if absent).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Do not run the sequential model.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Most tokens each thread may generate.
+    #[arg(long, default_value_t = 2048)]
+    budget: usize,
+    /// Do not stream the thread tree.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Problems from the held-out split of the shipped models' task (none is in
+/// their training data).
+const DEMO_PROBLEMS: &[&str] = &[
+    "7 11 2 14 -> 63",
+    "3 12 9 5 -> 42",
+    "13 4 8 2 -> 97",
+    "6 15 1 10 -> 36",
+];
+
+pub fn solve(args: SolveArgs) -> anyhow::Result<ExitCode> {
+    let problem = parse_problem(&args.problem)?;
+    run(&problem, &args.opts)
+}
+
+pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let text = DEMO_PROBLEMS[args.pick % DEMO_PROBLEMS.len()];
+    let problem = parse_problem(text)?;
+    eprintln!("weft demo: Countdown {text}: reach the target with + - * / (each number once)");
+    run(&problem, &args.opts)
+}
+
+fn describe(o: &Outcome) -> String {
+    if o.correct {
+        format!("{}  (verified)", o.verdict.steps.join(", "))
+    } else {
+        let why = o
+            .verdict
+            .failure
+            .as_ref()
+            .map(|f| serde_json::to_string(f).unwrap_or_default())
+            .unwrap_or_default();
+        format!("no verified answer: {why}")
+    }
+}
+
+fn run(problem: &Problem, opts: &SolveOpts) -> anyhow::Result<ExitCode> {
+    let dir = opts
+        .model
+        .clone()
+        .unwrap_or_else(|| models_dir().join("countdown-apr"));
+    anyhow::ensure!(
+        dir.join("config.json").exists(),
+        "no model at {} (pass --model DIR, or run from the repository root)",
+        dir.display()
+    );
+    let apr = Solver::load(&dir)?;
+    let mut printer = TreePrinter::default();
+    let quiet = opts.quiet;
+    let outcome = apr
+        .solve(
+            std::slice::from_ref(problem),
+            Mode::Apr,
+            opts.budget,
+            1,
+            &mut |e| {
+                if !quiet {
+                    printer.event(e)
+                }
+            },
+            &mut |_| {},
+        )?
+        .remove(0);
+    println!("problem:  {problem}");
+    println!("answer:   {}", describe(&outcome));
+    println!(
+        "APR:      {:.0} ms, {} threads, {} tokens ({} on the critical path)",
+        outcome.latency_ms,
+        outcome.children + 1,
+        outcome.total_tokens,
+        outcome.critical_path_tokens
+    );
+    let baseline = opts
+        .baseline
+        .clone()
+        .unwrap_or_else(|| models_dir().join("countdown-sosp"));
+    if !opts.no_baseline && baseline.join("config.json").exists() {
+        let seq = Solver::load(&baseline)?;
+        let s = seq
+            .solve(
+                std::slice::from_ref(problem),
+                Mode::Sequential,
+                opts.budget,
+                1,
+                &mut |_| {},
+                &mut |_| {},
+            )?
+            .remove(0);
+        println!(
+            "SoS+:     {:.0} ms, 1 thread, {} tokens: {}",
+            s.latency_ms,
+            s.total_tokens,
+            if s.correct { "verified" } else { "not solved" }
+        );
+    }
+    Ok(if outcome.correct {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
