@@ -12,7 +12,14 @@ fn model() -> (Model, Tokenizer) {
     let path =
         std::path::PathBuf::from(home).join(".cache/weft/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     (
-        Model::load(&path, &LoadOptions::default()).unwrap(),
+        Model::load(
+            &path,
+            &LoadOptions {
+                batch_invariant: true,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
         Tokenizer::load(&path).unwrap(),
     )
 }

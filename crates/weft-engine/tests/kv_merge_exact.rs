@@ -42,7 +42,14 @@ fn parent_after_a_kv_merge_join_decodes_as_the_masked_dense_forward() {
     let home = std::env::var_os("HOME").expect("HOME");
     let path =
         std::path::PathBuf::from(home).join(".cache/weft/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let model = Model::load(&path, &LoadOptions::default()).unwrap();
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            batch_invariant: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let tok = Tokenizer::load(&path).unwrap();
     let cfg = EngineConfig {
         max_tokens_per_thread: 10,

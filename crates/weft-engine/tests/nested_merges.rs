@@ -125,7 +125,14 @@ fn merges_nest_and_repeat_without_leaks_and_survive_preemption() {
     let home = std::env::var_os("HOME").expect("HOME");
     let path =
         std::path::PathBuf::from(home).join(".cache/weft/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let model = Model::load(&path, &LoadOptions::default()).unwrap();
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            batch_invariant: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let tok = Tokenizer::load(&path).unwrap();
     let base = EngineConfig {
         max_tokens_per_thread: 12,

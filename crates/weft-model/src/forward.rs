@@ -21,6 +21,7 @@ use crate::error::{ModelError, Result};
 use crate::kernels::{axpy_f16, dot_f16, SyncPtr};
 use crate::kv_cache::{KvCache, LayerKv};
 use crate::model::{Model, Projection};
+use crate::prefix_attention::{attend_runs, shared_runs, Dims, Partial};
 use crate::weights::Scratch;
 
 /// One sequence's part of a forward step.
@@ -210,6 +211,18 @@ impl Model {
             .iter()
             .map(|s| s.shared.iter().map(|span| span.end - span.start).sum())
             .collect();
+        // Runs of context that several sequences share (forked threads):
+        // attended once for all of them per layer.
+        let visible: Vec<usize> = seqs
+            .iter()
+            .zip(&n_shared)
+            .map(|(s, n)| n + s.kv_start)
+            .collect();
+        let (runs, run_len) = if !self.shared_prefix_attention {
+            (Vec::new(), vec![0; seqs.len()])
+        } else {
+            shared_runs(&slots, &visible)
+        };
         let mut tok_offset = Vec::with_capacity(seqs.len());
         let mut owner = Vec::with_capacity(n_tok);
         for (i, s) in seqs.iter().enumerate() {
@@ -296,6 +309,22 @@ impl Model {
                 }
             }
             resize(&mut ws.attn, n_tok * qd);
+            let partial = (!runs.is_empty()).then(|| {
+                let rows: Vec<std::ops::Range<usize>> = seqs
+                    .iter()
+                    .zip(&tok_offset)
+                    .map(|(s, &o)| o..o + s.tokens.len())
+                    .collect();
+                let dims = Dims {
+                    n_heads: cfg.n_heads,
+                    n_kv_heads: cfg.n_kv_heads,
+                    head_dim: hd,
+                    qkv_width: qkv_w,
+                    kv_dim: kvd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                };
+                attend_runs(kv.layer(l), &ws.qkv, &runs, &slots, &rows, n_tok, &dims)
+            });
             self.attention(
                 kv.layer(l),
                 &ws.qkv,
@@ -303,6 +332,7 @@ impl Model {
                 &slots,
                 &n_shared,
                 &tok_offset,
+                (&run_len, partial.as_ref()),
                 &mut ws.attn,
             );
 
@@ -384,6 +414,7 @@ impl Model {
         slots: &[Vec<usize>],
         n_shared: &[usize],
         tok_offset: &[usize],
+        (run_len, partial): (&[usize], Option<&Partial>),
         out: &mut [f32],
     ) {
         let cfg = &self.config;
@@ -409,6 +440,26 @@ impl Model {
                 let ctx = &slots[i][..n_shared[i] + s.kv_start + j + 1];
                 for h in g * group..(g + 1) * group {
                     let q = &qkv[t * qkv_w + h * hd..t * qkv_w + (h + 1) * hd];
+                    if let (Some(p), true) = (partial, run_len[i] > 0) {
+                        // The shared run is done; finish over the rest.
+                        let id = t * cfg.n_heads + h;
+                        // SAFETY: (token t, head h) belongs to this task alone.
+                        let o = unsafe {
+                            std::slice::from_raw_parts_mut(ptr.get().add(t * qd + h * hd), hd)
+                        };
+                        finish_query(
+                            q,
+                            kv,
+                            &ctx[run_len[i]..],
+                            g * hd,
+                            kvd,
+                            scale,
+                            (p.max[id], p.sum[id], &p.out[id * hd..(id + 1) * hd]),
+                            &mut scores,
+                            o,
+                        );
+                        continue;
+                    }
                     scores.clear();
                     let mut max = f32::NEG_INFINITY;
                     for &slot in ctx {
@@ -444,6 +495,42 @@ impl Model {
             tasks.par_iter().for_each(run);
         }
     }
+}
+
+/// Completes one query's softmax over `ctx` starting from the partial state
+/// `(max, sum, out)` of a shared run, writing the normalised output.
+#[allow(clippy::too_many_arguments)]
+fn finish_query(
+    q: &[f32],
+    kv: &LayerKv,
+    ctx: &[usize],
+    col: usize,
+    kvd: usize,
+    scale: f32,
+    (m1, l1, o1): (f32, f32, &[f32]),
+    scores: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    let hd = q.len();
+    scores.clear();
+    let mut max = m1;
+    for &slot in ctx {
+        let sc = dot_f16(q, &kv.k[slot * kvd + col..slot * kvd + col + hd]) * scale;
+        max = max.max(sc);
+        scores.push(sc);
+    }
+    let alpha = (m1 - max).exp();
+    let mut sum = l1 * alpha;
+    for (o, x) in o.iter_mut().zip(o1) {
+        *o = x * alpha;
+    }
+    for (&slot, sc) in ctx.iter().zip(scores.iter()) {
+        let p = (sc - max).exp();
+        sum += p;
+        axpy_f16(o, p, &kv.v[slot * kvd + col..slot * kvd + col + hd]);
+    }
+    let inv = 1.0 / sum;
+    o.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// Computes several projections of `x` into one row per token, laid out as

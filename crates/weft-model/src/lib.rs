@@ -29,6 +29,7 @@ pub mod gguf;
 pub mod kernels;
 pub mod kv_cache;
 pub mod model;
+mod prefix_attention;
 mod reference;
 pub mod sampling;
 pub mod tokenizer;

@@ -58,6 +58,9 @@ pub struct Model {
     pub(crate) output: Weight,
     pub(crate) inv_freqs: Vec<f32>,
     pub(crate) pool: Arc<rayon::ThreadPool>,
+    /// Attend a KV prefix shared by several sequences of a batch once for
+    /// all of them (see `LoadOptions::batch_invariant`).
+    pub(crate) shared_prefix_attention: bool,
     /// Where the model came from, for messages.
     pub source: PathBuf,
     /// Storage type of most weights (e.g. `Q4_1`), for stats.
@@ -69,6 +72,13 @@ pub struct Model {
 pub struct LoadOptions {
     /// Worker threads for the forward pass (default: all cores).
     pub threads: Option<usize>,
+    /// Make every sequence's logits independent of what else is in the
+    /// batch, to the bit. By default a KV prefix that several sequences
+    /// share (forked threads) is attended once for all of them, which sums
+    /// in another order than attending each alone: logits then differ at
+    /// float rounding level with the batch's make-up (as in llama.cpp and
+    /// vLLM), and greedy decoding may break near-ties differently.
+    pub batch_invariant: bool,
 }
 
 /// Where to find tensors by their role; the two naming schemes.
@@ -417,6 +427,7 @@ impl Model {
             norm,
             output,
             pool: build_pool(opts)?,
+            shared_prefix_attention: !opts.batch_invariant,
             source,
             weight_kind,
         })

@@ -9,7 +9,13 @@ use candle_core::quantized::gguf_file::Value;
 use weft_model::{LoadOptions, Model, ModelError, Tokenizer};
 
 fn load_err(path: &Path) -> String {
-    match Model::load(path, &LoadOptions { threads: Some(1) }) {
+    match Model::load(
+        path,
+        &LoadOptions {
+            threads: Some(1),
+            ..Default::default()
+        },
+    ) {
         Ok(_) => panic!("{} loaded but is broken", path.display()),
         Err(e) => e.to_string(),
     }
@@ -144,7 +150,14 @@ fn hf_folder_problems() {
 #[test]
 fn bad_requests_are_errors_not_panics() {
     let (_dir, path) = tiny_gguf("req", &[]);
-    let model = Model::load(&path, &LoadOptions { threads: Some(1) }).unwrap();
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            threads: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut s = weft_model::generate::Session::new(&model, 16);
     assert!(s.feed(&[], false).is_err());
     assert!(s

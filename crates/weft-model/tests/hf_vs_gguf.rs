@@ -24,7 +24,10 @@ fn check(arch: &'static str, tied: bool) {
     tiny.write_hf(&hf, 11);
     let gguf = dir.join("model.gguf");
     tiny.write_gguf(&gguf, 11, &[]);
-    let opts = LoadOptions { threads: Some(2) };
+    let opts = LoadOptions {
+        threads: Some(2),
+        ..Default::default()
+    };
     let a = Model::load(&hf, &opts).unwrap();
     let b = Model::load(&gguf, &opts).unwrap();
     let tokens: Vec<u32> = (0..20).map(|i| (i * 37 % 96) as u32).collect();
@@ -99,7 +102,10 @@ fn sharded_safetensors_load() {
         index.to_string(),
     )
     .unwrap();
-    let opts = LoadOptions { threads: Some(1) };
+    let opts = LoadOptions {
+        threads: Some(1),
+        ..Default::default()
+    };
     let a = logits(&Model::load(&single, &opts).unwrap(), &[1, 2, 3]);
     let b = logits(&Model::load(&sharded, &opts).unwrap(), &[1, 2, 3]);
     assert_eq!(a, b);

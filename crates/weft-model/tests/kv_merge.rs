@@ -61,7 +61,14 @@ impl Layout {
 #[test]
 fn merged_kv_matches_a_dense_forward_with_the_merge_mask() {
     let path = model_path();
-    let model = Model::load(&path, &LoadOptions::default()).unwrap();
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            batch_invariant: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let tok = Tokenizer::load(&path).unwrap();
     let vocab = model.config.vocab_size;
 
@@ -265,7 +272,14 @@ fn merged_kv_matches_a_dense_forward_with_the_merge_mask() {
 #[test]
 fn bad_shared_spans_are_errors() {
     let path = model_path();
-    let model = Model::load(&path, &LoadOptions::default()).unwrap();
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            batch_invariant: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut kv = KvCache::new(&model.config, 4, 4);
     let mut ws = Workspace::default();
     let table = [0u32, 1];
@@ -311,7 +325,14 @@ fn bad_shared_spans_are_errors() {
 #[test]
 fn dense_reference_matches_the_paged_forward_on_a_causal_sequence() {
     let path = model_path();
-    let model = Model::load(&path, &LoadOptions::default()).unwrap();
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            batch_invariant: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let tok = Tokenizer::load(&path).unwrap();
     let tokens = tok
         .encode("Water boils at 100 degrees Celsius at sea level, and", true)

@@ -53,6 +53,7 @@ impl ModelArgs {
         }
         let opts = weft_model::LoadOptions {
             threads: self.threads,
+            ..Default::default()
         };
         let model = weft_model::Model::load(&path, &opts)?;
         let tokenizer = weft_model::Tokenizer::load(&path)?;

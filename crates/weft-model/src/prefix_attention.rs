@@ -1,0 +1,256 @@
+//! Attention over a KV prefix that several sequences of a batch share.
+//!
+//! Threads forked from one parent read the same physical KV blocks for the
+//! parent's context. Attending thread by thread converts every shared f16
+//! key and value once per thread and head; here the shared run is converted
+//! once per step and kv head, and the scores of every query of every member
+//! (all their tokens, all heads of the kv group) come out of one small GEMM
+//! against it, as do the weighted values. Each query keeps the partial
+//! softmax state (running max, sum, unnormalised output), and the per-token
+//! pass over the rest of its context (its own tokens) finishes it.
+
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use crate::kv_cache::LayerKv;
+
+/// Shared runs shorter than this are attended the ordinary way.
+pub(crate) const MIN_SHARED: usize = 32;
+
+/// Sequences reading the same first `len` context slots.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedRun {
+    pub members: Vec<usize>,
+    pub len: usize,
+}
+
+/// Groups sequences by a common slot prefix. `visible[i]` is how many
+/// context slots every new token of sequence `i` sees at least. Returns the
+/// runs and, per sequence, the length of the run it belongs to (0: none).
+pub(crate) fn shared_runs(slots: &[Vec<usize>], visible: &[usize]) -> (Vec<SharedRun>, Vec<usize>) {
+    let mut by_first: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, s) in slots.iter().enumerate() {
+        if visible[i] >= MIN_SHARED {
+            by_first.entry(s[0]).or_default().push(i);
+        }
+    }
+    let mut runs = Vec::new();
+    let mut run_len = vec![0; slots.len()];
+    for (_, members) in by_first {
+        if members.len() < 2 {
+            continue;
+        }
+        let lead = &slots[members[0]];
+        let len = members
+            .iter()
+            .map(|&m| {
+                let common = lead
+                    .iter()
+                    .zip(&slots[m])
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                common.min(visible[m])
+            })
+            .min()
+            .unwrap_or(0);
+        if len < MIN_SHARED {
+            continue;
+        }
+        for &m in &members {
+            run_len[m] = len;
+        }
+        runs.push(SharedRun { members, len });
+    }
+    (runs, run_len)
+}
+
+/// Partial softmax state of every (token, head) query: running max, sum of
+/// exponentials, and the unnormalised weighted value sum.
+pub(crate) struct Partial {
+    pub max: Vec<f32>,
+    pub sum: Vec<f32>,
+    pub out: Vec<f32>,
+}
+
+/// Shapes the prefix pass needs.
+pub(crate) struct Dims {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub qkv_width: usize,
+    pub kv_dim: usize,
+    pub scale: f32,
+}
+
+/// Attends every query of every run's members over the run. `queries[i]`
+/// lists the token rows of sequence `i` (indices into `qkv`).
+pub(crate) fn attend_runs(
+    kv: &LayerKv,
+    qkv: &[f32],
+    runs: &[SharedRun],
+    slots: &[Vec<usize>],
+    token_rows: &[std::ops::Range<usize>],
+    n_tok: usize,
+    dims: &Dims,
+) -> Partial {
+    let hd = dims.head_dim;
+    let group = dims.n_heads / dims.n_kv_heads;
+    // Tasks split a run's slots (not its members), so every shared key and
+    // value is converted once; partial states of the slices merge below.
+    const SLICE: usize = 192;
+    let mut tasks = Vec::new();
+    for (r, run) in runs.iter().enumerate() {
+        let slices = run.len.div_ceil(SLICE);
+        let step = run.len.div_ceil(slices);
+        for g in 0..dims.n_kv_heads {
+            for a in (0..run.len).step_by(step) {
+                tasks.push((r, g, a, (a + step).min(run.len)));
+            }
+        }
+    }
+    // Each task returns (query ids, max, sum, out) for its queries.
+    let results: Vec<(Vec<usize>, Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(r, g, a, b)| {
+            let run = &runs[r];
+            let n = b - a;
+            let lead = &slots[run.members[0]][a..b];
+            let mut kf = vec![0f32; n * hd];
+            let mut vf = vec![0f32; n * hd];
+            for (j, &slot) in lead.iter().enumerate() {
+                let src = slot * dims.kv_dim + g * hd;
+                kv.k[src..src + hd].convert_to_f32_slice(&mut kf[j * hd..(j + 1) * hd]);
+                kv.v[src..src + hd].convert_to_f32_slice(&mut vf[j * hd..(j + 1) * hd]);
+            }
+            let mut ids = Vec::new();
+            let mut q = Vec::new();
+            for &m in &run.members {
+                for t in token_rows[m].clone() {
+                    for h in g * group..(g + 1) * group {
+                        ids.push(t * dims.n_heads + h);
+                        let at = t * dims.qkv_width + h * hd;
+                        q.extend_from_slice(&qkv[at..at + hd]);
+                    }
+                }
+            }
+            let nq = ids.len();
+            let mut s = vec![0f32; nq * n];
+            // S = scale * Q K^T
+            matmul(nq, n, hd, &q, hd, 1, &kf, 1, hd, &mut s, dims.scale);
+            let mut max = vec![0f32; nq];
+            let mut sum = vec![0f32; nq];
+            for (row, (m, l)) in s
+                .chunks_exact_mut(n)
+                .zip(max.iter_mut().zip(sum.iter_mut()))
+            {
+                *m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut acc = 0f32;
+                for x in row.iter_mut() {
+                    *x = (*x - *m).exp();
+                    acc += *x;
+                }
+                *l = acc;
+            }
+            let mut o = vec![0f32; nq * hd];
+            matmul(nq, hd, n, &s, n, 1, &vf, hd, 1, &mut o, 1.0);
+            (ids, max, sum, o)
+        })
+        .collect();
+    let nq_all = n_tok * dims.n_heads;
+    let mut p = Partial {
+        max: vec![f32::NEG_INFINITY; nq_all],
+        sum: vec![0.0; nq_all],
+        out: vec![0.0; nq_all * hd],
+    };
+    for (ids, max, sum, out) in results {
+        for (k, &id) in ids.iter().enumerate() {
+            // Merge this slice's state into the query's (online softmax).
+            let m = p.max[id].max(max[k]);
+            let (wa, wb) = ((p.max[id] - m).exp(), (max[k] - m).exp());
+            p.max[id] = m;
+            p.sum[id] = p.sum[id] * wa + sum[k] * wb;
+            for (o, x) in p.out[id * hd..(id + 1) * hd]
+                .iter_mut()
+                .zip(&out[k * hd..(k + 1) * hd])
+            {
+                *o = *o * wa + x * wb;
+            }
+        }
+    }
+    p
+}
+
+/// `out[m, n] = alpha * a[m, k] b[k, n]` (row-major `out`; `a`, `b` given by
+/// row and column strides).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    out: &mut [f32],
+    alpha: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(out.len() >= m * n);
+    assert!(k == 0 || a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
+    assert!(k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    // SAFETY: the asserts keep every element gemm reads or writes inside the
+    // slices, and `out` is borrowed exclusively.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_need_two_members_and_a_long_common_prefix() {
+        let a: Vec<usize> = (0..100).collect();
+        let mut b: Vec<usize> = (0..80).collect();
+        b.extend(500..510);
+        let c: Vec<usize> = (1000..1100).collect();
+        let slots = vec![a, b, c];
+        let (runs, len) = shared_runs(&slots, &[99, 89, 99]);
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].members, vec![0, 1]);
+        assert_eq!(runs[0].len, 80);
+        assert_eq!(len, vec![80, 80, 0]);
+        // A member that sees fewer slots than the common prefix caps it.
+        let (runs, _) = shared_runs(&slots, &[99, 40, 99]);
+        assert_eq!(runs[0].len, 40);
+        // Too short to bother.
+        let (runs, len) = shared_runs(&slots, &[99, 20, 99]);
+        assert!(runs.is_empty());
+        assert_eq!(len, vec![0, 0, 0]);
+    }
+}
