@@ -64,6 +64,9 @@ pub(crate) fn shared_runs(slots: &[Vec<usize>], visible: &[usize]) -> (Vec<Share
     (runs, run_len)
 }
 
+/// One slice's queries: ids, running max, sum, unnormalised output.
+type SliceState = (Vec<usize>, Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// Partial softmax state of every (token, head) query: running max, sum of
 /// exponentials, and the unnormalised weighted value sum.
 pub(crate) struct Partial {
@@ -109,7 +112,7 @@ pub(crate) fn attend_runs(
         }
     }
     // Each task returns (query ids, max, sum, out) for its queries.
-    let results: Vec<(Vec<usize>, Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
+    let results: Vec<SliceState> = tasks
         .par_iter()
         .map(|&(r, g, a, b)| {
             let run = &runs[r];

@@ -265,6 +265,53 @@ impl RowBuilder {
     }
 }
 
+/// Documents saved in a compact binary form, so a resumed run does not
+/// tokenize its data again. The file starts with a key (data size and
+/// tokenizer size); a different key means the cache is stale and ignored.
+pub fn save_cache(path: &Path, key: u64, docs: &[Document]) -> Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    buf.extend_from_slice(b"WEFTDOC1");
+    buf.extend_from_slice(&key.to_le_bytes());
+    buf.extend_from_slice(&(docs.len() as u64).to_le_bytes());
+    for d in docs {
+        buf.extend_from_slice(&(d.tokens.len() as u32).to_le_bytes());
+        for (&t, &c) in d.tokens.iter().zip(&d.counts) {
+            // The top bit carries whether the token counts towards the loss.
+            buf.extend_from_slice(&(t | if c { 0 } else { 1 << 31 }).to_le_bytes());
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &buf).map_err(|e| TrainError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+/// Reads a cache written by [`save_cache`] with the same key, if any.
+pub fn load_cache(path: &Path, key: u64) -> Option<Vec<Document>> {
+    let bytes = std::fs::read(path).ok()?;
+    let u64_at = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    if bytes.get(..8)? != b"WEFTDOC1" || u64_at(8)? != key {
+        return None;
+    }
+    let n = u64_at(16)? as usize;
+    let mut at = 24;
+    let mut docs = Vec::with_capacity(n.min(1 << 24));
+    for _ in 0..n {
+        let len = u32_at(at)? as usize;
+        at += 4;
+        let mut tokens = Vec::with_capacity(len);
+        let mut counts = Vec::with_capacity(len);
+        for _ in 0..len {
+            let v = u32_at(at)?;
+            at += 4;
+            tokens.push(v & !(1 << 31));
+            counts.push(v & (1 << 31) == 0);
+        }
+        docs.push(Document { tokens, counts });
+    }
+    (at == bytes.len()).then_some(docs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +343,21 @@ mod tests {
         assert_eq!(p.cut, 0);
         let total: f32 = p.weight.iter().flatten().sum();
         assert_eq!(total, 3.0 + 1.0 + 5.0);
+    }
+
+    #[test]
+    fn cache_round_trips_and_rejects_a_stale_key() {
+        let docs = vec![doc(&[1, 5, 6, 2], 1), doc(&[1, 7, 2], 2)];
+        let path = std::env::temp_dir().join(format!("weft-doc-cache-{}", std::process::id()));
+        save_cache(&path, 42, &docs).unwrap();
+        let back = load_cache(&path, 42).unwrap();
+        assert_eq!(back.len(), 2);
+        for (a, b) in docs.iter().zip(&back) {
+            assert_eq!(a.tokens, b.tokens);
+            assert_eq!(a.counts, b.counts);
+        }
+        assert!(load_cache(&path, 43).is_none());
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! - `train_log.jsonl`: one line per logged step and per validation.
 
 use crate::config::{ModelShape, TrainConfig};
-use crate::data::{load_documents, load_tokenizer, pack, Document, Packed, Specials};
+use crate::data::{
+    load_cache, load_documents, load_tokenizer, pack, save_cache, Document, Packed, Specials,
+};
 use crate::error::{Result, TrainError};
 use crate::model::{Batch, LlamaParams};
 use crate::optim::AdamW;
@@ -222,10 +224,22 @@ pub fn train(
         None
     };
 
-    let mut docs = load_documents(&data.train, &tok, specials)?;
-    for extra in &data.extra {
-        docs.extend(load_documents(extra, &tok, specials)?);
-    }
+    let tok_bytes = std::fs::metadata(&data.tokenizer)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let cache_key = train_bytes ^ tok_bytes.rotate_left(40);
+    let cache = out.join("tokens.cache");
+    let docs = match load_cache(&cache, cache_key) {
+        Some(docs) => docs,
+        None => {
+            let mut docs = load_documents(&data.train, &tok, specials)?;
+            for extra in &data.extra {
+                docs.extend(load_documents(extra, &tok, specials)?);
+            }
+            save_cache(&cache, cache_key, &docs)?;
+            docs
+        }
+    };
     let val_docs = match &data.val {
         Some(p) => Some(load_documents(p, &tok, specials)?),
         None => None,
