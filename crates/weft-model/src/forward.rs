@@ -221,7 +221,8 @@ impl Model {
         let (runs, run_len) = if !self.shared_prefix_attention {
             (Vec::new(), vec![0; seqs.len()])
         } else {
-            shared_runs(&slots, &visible)
+            let tokens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+            shared_runs(&slots, &visible, &tokens)
         };
         let mut tok_offset = Vec::with_capacity(seqs.len());
         let mut owner = Vec::with_capacity(n_tok);

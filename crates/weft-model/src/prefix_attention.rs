@@ -8,6 +8,9 @@
 //! against it, as do the weighted values. Each query keeps the partial
 //! softmax state (running max, sum, unnormalised output), and the per-token
 //! pass over the rest of its context (its own tokens) finishes it.
+//!
+//! A prefill chunk of one sequence is handled the same way: every token of
+//! the chunk sees all the context before it, so that part is one GEMM too.
 
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
@@ -24,10 +27,19 @@ pub(crate) struct SharedRun {
     pub len: usize,
 }
 
+/// Sequences with at least this many new tokens (a prefill chunk) form a
+/// run on their own: all their tokens see the context before the chunk.
+pub(crate) const MIN_CHUNK: usize = 4;
+
 /// Groups sequences by a common slot prefix. `visible[i]` is how many
-/// context slots every new token of sequence `i` sees at least. Returns the
-/// runs and, per sequence, the length of the run it belongs to (0: none).
-pub(crate) fn shared_runs(slots: &[Vec<usize>], visible: &[usize]) -> (Vec<SharedRun>, Vec<usize>) {
+/// context slots every new token of sequence `i` sees at least, `tokens[i]`
+/// how many new tokens it has. Returns the runs and, per sequence, the
+/// length of the run it belongs to (0: none).
+pub(crate) fn shared_runs(
+    slots: &[Vec<usize>],
+    visible: &[usize],
+    tokens: &[usize],
+) -> (Vec<SharedRun>, Vec<usize>) {
     let mut by_first: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
     for (i, s) in slots.iter().enumerate() {
         if visible[i] >= MIN_SHARED {
@@ -37,7 +49,8 @@ pub(crate) fn shared_runs(slots: &[Vec<usize>], visible: &[usize]) -> (Vec<Share
     let mut runs = Vec::new();
     let mut run_len = vec![0; slots.len()];
     for (_, members) in by_first {
-        if members.len() < 2 {
+        let queries: usize = members.iter().map(|&m| tokens[m]).sum();
+        if members.len() < 2 && queries < MIN_CHUNK {
             continue;
         }
         let lead = &slots[members[0]];
@@ -243,17 +256,23 @@ mod tests {
         b.extend(500..510);
         let c: Vec<usize> = (1000..1100).collect();
         let slots = vec![a, b, c];
-        let (runs, len) = shared_runs(&slots, &[99, 89, 99]);
+        let one = [1, 1, 1];
+        let (runs, len) = shared_runs(&slots, &[99, 89, 99], &one);
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].members, vec![0, 1]);
         assert_eq!(runs[0].len, 80);
         assert_eq!(len, vec![80, 80, 0]);
         // A member that sees fewer slots than the common prefix caps it.
-        let (runs, _) = shared_runs(&slots, &[99, 40, 99]);
+        let (runs, _) = shared_runs(&slots, &[99, 40, 99], &one);
         assert_eq!(runs[0].len, 40);
         // Too short to bother.
-        let (runs, len) = shared_runs(&slots, &[99, 20, 99]);
+        let (runs, len) = shared_runs(&slots, &[99, 20, 99], &one);
         assert!(runs.is_empty());
         assert_eq!(len, vec![0, 0, 0]);
+        // A prefill chunk is a run by itself.
+        let (runs, len) = shared_runs(&slots, &[99, 20, 99], &[1, 1, 16]);
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].members, vec![2]);
+        assert_eq!(len, vec![0, 0, 99]);
     }
 }
