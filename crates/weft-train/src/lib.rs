@@ -14,6 +14,7 @@
 //!   export (`config.json` + `model.safetensors` + `tokenizer.json`) that
 //!   `weft-model` and `transformers` load.
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -24,6 +24,9 @@ pub enum BenchWhat {
     /// B threads forked from a shared prefix, decoded in one batch (like
     /// `llama-batched-bench -pps`), fork latency and KV bytes.
     Threads(super::bench_threads::ThreadsArgs),
+    /// Training tokens/s of `weft train` against PyTorch on the same model
+    /// shape and batch (random tokens).
+    Train(super::bench_train::TrainBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -142,6 +145,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what {
         BenchWhat::Decode(a) => decode(a),
         BenchWhat::Threads(a) => super::bench_threads::run(a).map(|()| ExitCode::SUCCESS),
+        BenchWhat::Train(a) => super::bench_train::run(a).map(|()| ExitCode::SUCCESS),
     }
 }
 

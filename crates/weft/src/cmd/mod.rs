@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_threads;
+pub mod bench_train;
 pub mod countdown;
 pub mod countdown_run;
 pub mod data;
