@@ -65,9 +65,9 @@ case "${1:-}" in
     # cap): far outside what these models were trained on; reported as is.
     "$WEFT" data countdown --kind apr --n 10 --val 200 --seed 2 --out "$RUNS/apr-original" > /dev/null
     "$WEFT" eval countdown --model "$RUNS/apr" --protocol apr --problems "$RUNS/apr-original/val_problems.jsonl" \
-      --budgets 2048 --label APR --json "$RUNS/eval-apr-original.json"
+      --budgets 2048 --no-cap --label APR --json "$RUNS/eval-apr-original.json"
     "$WEFT" eval countdown --model "$RUNS/sosp" --protocol sequential --problems "$RUNS/apr-original/val_problems.jsonl" \
-      --budgets 2048 --label SoS+ --json "$RUNS/eval-sosp-original.json"
+      --budgets 2048 --no-cap --label SoS+ --json "$RUNS/eval-sosp-original.json"
     ;;
   install)
     for kind in sosp apr; do

@@ -59,6 +59,11 @@ struct CountdownEval {
     /// A short name for plots (default: the model folder's name).
     #[arg(long)]
     label: Option<String>,
+    /// Verify under APR's rules (no cap on intermediate results) instead of
+    /// the rules in the model's task.json (for problems from another
+    /// distribution).
+    #[arg(long)]
+    no_cap: bool,
 }
 
 /// Mean and percentiles of one quantity.
@@ -166,7 +171,10 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         problems.truncate(n);
     }
     anyhow::ensure!(!a.budgets.is_empty(), "--budgets needs at least one value");
-    let solver = Solver::load(&a.model)?;
+    let mut solver = Solver::load(&a.model)?;
+    if a.no_cap {
+        solver.rules = weft_tasks::Rules::default();
+    }
     let label = a.label.clone().unwrap_or_else(|| {
         a.model
             .file_name()
