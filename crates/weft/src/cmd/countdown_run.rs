@@ -57,8 +57,18 @@ pub fn task_rules(dir: &Path) -> Rules {
 
 impl Solver {
     pub fn load(dir: &Path) -> anyhow::Result<Solver> {
-        let model = Model::load(dir, &LoadOptions::default())
-            .with_context(|| format!("loading model {}", dir.display()))?;
+        Self::load_with(dir, None)
+    }
+
+    /// As [`Solver::load`], with `threads` forward-pass workers (default:
+    /// all cores).
+    pub fn load_with(dir: &Path, threads: Option<usize>) -> anyhow::Result<Solver> {
+        let opts = LoadOptions {
+            threads,
+            ..Default::default()
+        };
+        let model =
+            Model::load(dir, &opts).with_context(|| format!("loading model {}", dir.display()))?;
         let tok =
             Tokenizer::load(dir).with_context(|| format!("loading tokenizer {}", dir.display()))?;
         Ok(Solver {

@@ -59,6 +59,10 @@ struct CountdownEval {
     /// A short name for plots (default: the model folder's name).
     #[arg(long)]
     label: Option<String>,
+    /// Forward-pass worker threads (default: all cores). Small models
+    /// decode faster on one: their steps are too small to split.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Verify under APR's rules (no cap on intermediate results) instead of
     /// the rules in the model's task.json (for problems from another
     /// distribution).
@@ -171,7 +175,7 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         problems.truncate(n);
     }
     anyhow::ensure!(!a.budgets.is_empty(), "--budgets needs at least one value");
-    let mut solver = Solver::load(&a.model)?;
+    let mut solver = Solver::load_with(&a.model, a.threads)?;
     if a.no_cap {
         solver.rules = weft_tasks::Rules::default();
     }
