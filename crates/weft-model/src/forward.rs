@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::config::RopeStyle;
 use crate::error::{ModelError, Result};
-use crate::kernels::{axpy_f16, dot_f16, SyncPtr};
+use crate::kernels::{axpy_f16, dot_f16, scores_f16, weighted_sum_f16, SyncPtr};
 use crate::kv_cache::{KvCache, LayerKv};
 use crate::model::{Model, Projection};
 use crate::prefix_attention::{attend_runs, shared_runs, Dims, Partial};
@@ -462,13 +462,9 @@ impl Model {
                         continue;
                     }
                     scores.clear();
-                    let mut max = f32::NEG_INFINITY;
-                    for &slot in ctx {
-                        let k = &kv.k[slot * kvd + g * hd..slot * kvd + (g + 1) * hd];
-                        let sc = dot_f16(q, k) * scale;
-                        max = max.max(sc);
-                        scores.push(sc);
-                    }
+                    scores.resize(ctx.len(), 0.0);
+                    scores_f16(q, &kv.k, ctx, kvd, g * hd, scale, &mut scores);
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0f32;
                     for sc in scores.iter_mut() {
                         *sc = (*sc - max).exp();
@@ -480,13 +476,8 @@ impl Model {
                     };
                     o.fill(0.0);
                     let inv = 1.0 / sum;
-                    for (&slot, p) in ctx.iter().zip(&scores) {
-                        axpy_f16(
-                            o,
-                            p * inv,
-                            &kv.v[slot * kvd + g * hd..slot * kvd + (g + 1) * hd],
-                        );
-                    }
+                    scores.iter_mut().for_each(|p| *p *= inv);
+                    weighted_sum_f16(o, &scores, &kv.v, ctx, kvd, g * hd);
                 }
             }
         };

@@ -31,6 +31,56 @@ pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
     }
 }
 
+/// One query's scores over the f16 key rows at `slots` (row `s` starts at
+/// `s * stride + col`): `out[j] = scale * q . k_j`.
+pub fn scores_f16(
+    q: &[f32],
+    k: &[f16],
+    slots: &[usize],
+    stride: usize,
+    col: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx2 {
+        // SAFETY: the CPU supports AVX2, FMA and F16C (checked by `Isa::detect`).
+        unsafe { super::avx2::scores_f16(q, k, slots, stride, col, scale, out) };
+        return;
+    }
+    let hd = q.len();
+    for (o, &s) in out.iter_mut().zip(slots) {
+        let row = &k[s * stride + col..s * stride + col + hd];
+        *o = q.iter().zip(row).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+    }
+}
+
+/// `out += sum_j p[j] * v_j` over the f16 value rows at `slots`.
+pub fn weighted_sum_f16(
+    out: &mut [f32],
+    p: &[f32],
+    v: &[f16],
+    slots: &[usize],
+    stride: usize,
+    col: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx2 {
+        // SAFETY: as above.
+        unsafe { super::avx2::weighted_sum_f16(out, p, v, slots, stride, col) };
+        return;
+    }
+    let hd = out.len();
+    for (&pj, &s) in p.iter().zip(slots) {
+        for (o, x) in out
+            .iter_mut()
+            .zip(&v[s * stride + col..s * stride + col + hd])
+        {
+            *o += pj * x.to_f32();
+        }
+    }
+}
+
 /// Converts f16 values to f32.
 pub fn f16_to_f32_slice(src: &[f16], dst: &mut [f32]) {
     for (d, s) in dst.iter_mut().zip(src) {
@@ -41,6 +91,33 @@ pub fn f16_to_f32_slice(src: &[f16], dst: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batched_rows_match_one_at_a_time() {
+        let hd = 32;
+        let stride = 3 * hd;
+        let k: Vec<f16> = (0..stride * 10)
+            .map(|i| f16::from_f32(((i * 7 % 13) as f32 - 6.0) * 0.1))
+            .collect();
+        let q: Vec<f32> = (0..hd).map(|i| (i as f32 - 10.0) * 0.05).collect();
+        let slots = [3usize, 0, 9, 4];
+        let col = hd;
+        let mut s = vec![0f32; 4];
+        scores_f16(&q, &k, &slots, stride, col, 0.5, &mut s);
+        for (j, &sl) in slots.iter().enumerate() {
+            let want = dot_f16(&q, &k[sl * stride + col..sl * stride + col + hd]) * 0.5;
+            assert!((s[j] - want).abs() < 1e-6);
+        }
+        let mut out = vec![0f32; hd];
+        weighted_sum_f16(&mut out, &[0.1, 0.2, 0.3, 0.4], &k, &slots, stride, col);
+        let mut want = vec![0f32; hd];
+        for (&p, &sl) in [0.1f32, 0.2, 0.3, 0.4].iter().zip(&slots) {
+            axpy_f16(&mut want, p, &k[sl * stride + col..sl * stride + col + hd]);
+        }
+        for (a, b) in out.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-6);
+        }
+    }
 
     #[test]
     fn simd_matches_scalar() {

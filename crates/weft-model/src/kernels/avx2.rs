@@ -452,3 +452,45 @@ pub(crate) unsafe fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
         i += 1;
     }
 }
+
+/// `out[j] = scale * q . k[slots[j] * stride + col ..][..q.len()]`: one
+/// query's scores over many f16 key rows in one call.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn scores_f16(
+    q: &[f32],
+    k: &[f16],
+    slots: &[usize],
+    stride: usize,
+    col: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    for (o, &s) in out.iter_mut().zip(slots) {
+        let at = s * stride + col;
+        *o = dot_f16(q, &k[at..at + hd]) * scale;
+    }
+}
+
+/// `out += sum_j p[j] * v[slots[j] * stride + col ..][..out.len()]`.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn weighted_sum_f16(
+    out: &mut [f32],
+    p: &[f32],
+    v: &[f16],
+    slots: &[usize],
+    stride: usize,
+    col: usize,
+) {
+    let hd = out.len();
+    for (&pj, &s) in p.iter().zip(slots) {
+        let at = s * stride + col;
+        axpy_f16(out, pj, &v[at..at + hd]);
+    }
+}
