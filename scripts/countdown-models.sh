@@ -4,8 +4,8 @@
 # on held-out problems, plots, and installing the models into models/.
 #
 #   bash scripts/countdown-models.sh data          # ~1 min
-#   bash scripts/countdown-models.sh train sosp    # resumable; ~1.7 CPU-hours
-#   bash scripts/countdown-models.sh train apr     # resumable; ~1.3 CPU-hours
+#   bash scripts/countdown-models.sh train sosp    # resumable; ~2.6 CPU-hours
+#   bash scripts/countdown-models.sh train apr     # resumable; ~1.9 CPU-hours
 #   bash scripts/countdown-models.sh eval          # 500 held-out problems, both models
 #   bash scripts/countdown-models.sh install       # copy into models/countdown-{apr,sosp}
 #
@@ -27,7 +27,7 @@ DATA_ARGS=(--n 15000 --val 1000 --seed 1 --count 4 --num-min 1 --num-max 15 --ta
   --target-max 100 --max-intermediate 100 --min-beam 5 --max-beam 10 --max-sub-beam 10
   --drills 30000 --drill-lines 32)
 MODEL='{"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 4096}'
-TRAIN_ARGS=(--steps 1600 --batch-rows 4 --seq-len 2048 --lr 3e-3 --min-lr 3e-4 --warmup 100
+TRAIN_ARGS=(--steps 2600 --batch-rows 4 --seq-len 2048 --lr 3e-3 --min-lr 3e-4 --warmup 100
   --eval-every 200 --eval-rows 16 --checkpoint-every 50 --log-every 10)
 
 build() { cargo build --release --locked -p weft; }
