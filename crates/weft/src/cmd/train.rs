@@ -15,8 +15,8 @@ pub struct TrainArgs {
     /// max_position_embeddings, ...). vocab_size defaults to the tokenizer's.
     #[arg(long)]
     config: PathBuf,
-    /// Data folder: train.jsonl, optional val.jsonl, tokenizer.json (as
-    /// `weft data countdown` writes). Lines need `text`; `prompt_chars`
+    /// Data folder: train.jsonl, optional drills.jsonl (mixed into training)
+    /// and val.jsonl, tokenizer.json (as `weft data countdown` writes). Lines need `text`; `prompt_chars`
     /// leading characters are left out of the loss.
     #[arg(long)]
     data: PathBuf,
