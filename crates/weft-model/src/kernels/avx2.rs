@@ -494,3 +494,41 @@ pub(crate) unsafe fn weighted_sum_f16(
         axpy_f16(out, pj, &v[at..at + hd]);
     }
 }
+
+/// Four weight rows against four token columns, `k` a multiple of 8:
+/// `out[t][r] = w[r] . x[t]`. Each step loads 4 + 4 vectors for 16 FMAs, so
+/// a batch of tokens reads each weight vector once instead of once per
+/// token.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `w` holds 4 rows and `x` 4 columns of
+/// `k` values each (row stride `k`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_f32_4x4(w: &[f32], x: &[f32], k: usize) -> [[f32; 4]; 4] {
+    debug_assert!(k.is_multiple_of(8) && w.len() >= 4 * k && x.len() >= 4 * k);
+    let (pw, px) = (w.as_ptr(), x.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+    let mut i = 0;
+    while i < k {
+        let wv = [
+            _mm256_loadu_ps(pw.add(i)),
+            _mm256_loadu_ps(pw.add(k + i)),
+            _mm256_loadu_ps(pw.add(2 * k + i)),
+            _mm256_loadu_ps(pw.add(3 * k + i)),
+        ];
+        for (t, row) in acc.iter_mut().enumerate() {
+            let xv = _mm256_loadu_ps(px.add(t * k + i));
+            for (r, a) in row.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(wv[r], xv, *a);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [[0f32; 4]; 4];
+    for t in 0..4 {
+        for r in 0..4 {
+            out[t][r] = hsum(acc[t][r]);
+        }
+    }
+    out
+}

@@ -372,9 +372,41 @@ pub fn matmul_f32(w: &[f32], n_rows: usize, k: usize, x: &[f32], cols: usize, ou
     let isa = Isa::detect();
     let ptr = SyncPtr(out.as_mut_ptr());
     let step = rows_per_task(n_rows, k * 4, cols);
+    let tiled = isa == Isa::Avx2 && cols >= 4 && k.is_multiple_of(8);
     let run = |start: usize| {
         let end = (start + step).min(n_rows);
-        for r in start..end {
+        let mut r0 = start;
+        #[cfg(target_arch = "x86_64")]
+        if tiled {
+            // 4 rows x 4 tokens at a time; leftovers below.
+            while r0 + 4 <= end {
+                let wr = &w[r0 * k..(r0 + 4) * k];
+                let mut c = 0;
+                while c + 4 <= cols {
+                    // SAFETY: AVX2/FMA present; 4 rows and 4 columns of k values.
+                    let tile = unsafe { super::avx2::dot_f32_4x4(wr, &x[c * k..(c + 4) * k], k) };
+                    for (t, vals) in tile.iter().enumerate() {
+                        for (i, v) in vals.iter().enumerate() {
+                            // SAFETY: (c + t, r0 + i) belongs to this task.
+                            unsafe { *ptr.get().add((c + t) * n_rows + r0 + i) = *v };
+                        }
+                    }
+                    c += 4;
+                }
+                for c in c..cols {
+                    for r in r0..r0 + 4 {
+                        // SAFETY: AVX2/FMA present.
+                        let v = unsafe {
+                            super::avx2::dot_f32(&w[r * k..(r + 1) * k], &x[c * k..(c + 1) * k])
+                        };
+                        // SAFETY: (c, r) belongs to this task.
+                        unsafe { *ptr.get().add(c * n_rows + r) = v };
+                    }
+                }
+                r0 += 4;
+            }
+        }
+        for r in r0..end {
             let wr = &w[r * k..(r + 1) * k];
             for c in 0..cols {
                 let xc = &x[c * k..(c + 1) * k];
@@ -560,7 +592,15 @@ mod tests {
     #[test]
     fn f32_matmul_matches_naive() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        for (n, k, cols) in [(1, 1, 1), (5, 13, 3), (33, 100, 4)] {
+        // The last two take the 4x4 AVX2 tiles (k a multiple of 8, 4+ tokens),
+        // with leftover rows and tokens.
+        for (n, k, cols) in [
+            (1, 1, 1),
+            (5, 13, 3),
+            (33, 100, 4),
+            (37, 128, 7),
+            (64, 64, 8),
+        ] {
             let w: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let x: Vec<f32> = (0..cols * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let mut out = vec![0.0; n * cols];
