@@ -59,8 +59,8 @@ case "${1:-}" in
     "$WEFT" eval countdown --model "$RUNS/apr" --protocol apr --problems "$RUNS/heldout500.jsonl" \
       --budgets 512,1024,2048 --label APR --json "$RUNS/eval-apr.json"
     "$WEFT" eval countdown --model "$RUNS/sosp" --protocol sequential --problems "$RUNS/heldout500.jsonl" \
-      --budgets 512,1024,2048 --label SoS+ --json "$RUNS/eval-sosp.json"
-    "$WEFT" eval plot "$RUNS/eval-apr.json" "$RUNS/eval-sosp.json" --out "$RUNS/accuracy.svg"
+      --budgets 512,1024,2048 --label SoS+ --json "$RUNS/eval-sosp.json" \
+      --plot "$RUNS/accuracy.svg" --with "$RUNS/eval-apr.json"
     # APR's original distribution (4 numbers in 1..99, targets 10..100, no
     # cap): far outside what these models were trained on; reported as is.
     "$WEFT" data countdown --kind apr --n 10 --val 200 --seed 2 --out "$RUNS/apr-original" > /dev/null

@@ -125,7 +125,12 @@ fn data_train_resume_eval_plot_solve() {
         .arg("--problems")
         .arg(&problems)
         .args(["--budgets", "32,64", "--json"])
-        .arg(&report));
+        .arg(&report)
+        .arg("--plot")
+        .arg(dir.join("own.svg")));
+    assert!(std::fs::read_to_string(dir.join("own.svg"))
+        .unwrap()
+        .contains("<svg"));
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let budgets = r["budgets"].as_array().unwrap();

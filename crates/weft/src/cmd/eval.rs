@@ -59,6 +59,12 @@ struct CountdownEval {
     /// A short name for plots (default: the model folder's name).
     #[arg(long)]
     label: Option<String>,
+    /// Also draw accuracy against latency and against the budget (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Earlier reports (e.g. the other model's) to draw beside this one.
+    #[arg(long = "with", requires = "plot")]
+    with_reports: Vec<PathBuf>,
     /// Forward-pass worker threads (default: all cores). Small models
     /// decode faster on one: their steps are too small to split.
     #[arg(long)]
@@ -238,7 +244,25 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         write_json(path, &report)?;
         eprintln!("wrote {}", path.display());
     }
+    if let Some(path) = &a.plot {
+        let mut all = vec![report];
+        all.extend(read_reports(&a.with_reports)?);
+        plot(&all, path)?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn read_reports(paths: &[PathBuf]) -> anyhow::Result<Vec<Report>> {
+    paths
+        .iter()
+        .map(|p| -> anyhow::Result<Report> {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not an eval report", p.display()))
+        })
+        .collect()
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
