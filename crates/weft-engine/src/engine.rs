@@ -280,12 +280,20 @@ impl<'m> Engine<'m> {
         id
     }
 
-    /// Runs `requests` to completion; `observe` sees the trees grow.
+    /// Runs `requests` to completion; `observe` sees the trees grow. The
+    /// responses are this call's, in request order: an engine can be reused
+    /// for batch after batch (what an earlier call left behind, even after an
+    /// error, is given back first; the prefix cache stays warm).
     pub fn run(
         &mut self,
         requests: Vec<Request>,
         observe: &mut dyn FnMut(Event),
     ) -> Result<Vec<Response>, EngineError> {
+        for id in 0..self.threads.len() {
+            self.release_kv(id)?;
+        }
+        self.threads.clear();
+        self.requests.clear();
         self.clock = Instant::now();
         for req in requests {
             let tokens = self.tok.encode(&req.prompt, true)?;

@@ -291,3 +291,49 @@ fn preemption_under_kv_merge_gives_the_same_greedy_result() {
     // preempted, recomputed, and still merge into the same text.
     preemption_gives_the_same_result("multiverse", MV_PROMPT, 16, 9);
 }
+
+#[test]
+fn a_reused_engine_answers_each_batch_with_its_own_responses() {
+    // `weft eval` runs problem after problem on one engine: every call must
+    // return that call's responses (not an earlier call's), the same as a
+    // fresh engine gives, and give every block back.
+    let (model, tok) = model();
+    let cfg = EngineConfig {
+        max_tokens_per_thread: 12,
+        ..Default::default()
+    };
+    let prompts = [
+        TW_PROMPT.to_string(),
+        "The capital of France is".to_string(),
+    ];
+    let fresh: Vec<Response> = prompts
+        .iter()
+        .map(|p| {
+            run(
+                &model,
+                &tok,
+                "threadweaver",
+                std::slice::from_ref(p),
+                cfg.clone(),
+            )
+            .0
+        })
+        .map(|mut r| r.remove(0))
+        .collect();
+    assert_ne!(fresh[0].text, fresh[1].text);
+    let mut engine = Engine::new(&model, &tok, cfg).unwrap();
+    let before = engine.kv_blocks_available();
+    for (p, want) in prompts.iter().zip(&fresh) {
+        let request = Request {
+            prompt: p.clone(),
+            protocol: Arc::from(weft_protocol::by_name("threadweaver").unwrap()),
+        };
+        let mut out = engine.run(vec![request], &mut |_| {}).unwrap();
+        assert_eq!(out.len(), 1, "responses of earlier calls came back too");
+        let got = out.remove(0);
+        assert_eq!(got.text, want.text);
+        assert_eq!(got.threads.len(), want.threads.len());
+        assert_eq!(got.stats.total_tokens, want.stats.total_tokens);
+        assert_eq!(engine.kv_blocks_available(), before, "blocks leaked");
+    }
+}
