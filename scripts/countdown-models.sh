@@ -4,8 +4,8 @@
 # on held-out problems, plots, and installing the models into models/.
 #
 #   bash scripts/countdown-models.sh data          # ~1 min
-#   bash scripts/countdown-models.sh train sosp    # resumable; ~2.6 CPU-hours
-#   bash scripts/countdown-models.sh train apr     # resumable; ~1.9 CPU-hours
+#   bash scripts/countdown-models.sh train sosp    # resumable; at most 3 CPU-hours
+#   bash scripts/countdown-models.sh train apr     # resumable; under 3 CPU-hours
 #   bash scripts/countdown-models.sh eval          # 500 held-out problems, both models
 #   bash scripts/countdown-models.sh install       # copy into models/countdown-{apr,sosp}
 #
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}"
-RUNS="${WEFT_RUNS:-$HOME/.cache/weft/runs}"
+RUNS="${WEFT_RUNS:-$HOME/.cache/weft/runs2}"
 DATA="$HOME/.cache/weft/data"
 WEFT="$CARGO_TARGET_DIR/release/weft"
 mkdir -p "$RUNS" "$DATA"
@@ -25,9 +25,9 @@ mkdir -p "$RUNS" "$DATA"
 TASK='{"count": 4, "num_min": 1, "num_max": 15, "target_min": 10, "target_max": 100, "max_intermediate": 100, "min_beam": 5, "max_beam": 10, "max_sub_beam": 10, "heuristic": "mult", "seed": 1}'
 DATA_ARGS=(--n 15000 --val 1000 --seed 1 --count 4 --num-min 1 --num-max 15 --target-min 10
   --target-max 100 --max-intermediate 100 --min-beam 5 --max-beam 10 --max-sub-beam 10
-  --drills 30000 --drill-lines 32)
-MODEL='{"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 4096}'
-TRAIN_ARGS=(--steps 2600 --batch-rows 4 --seq-len 2048 --lr 3e-3 --min-lr 3e-4 --warmup 100
+  --drills 30000 --drill-lines 32 --state-drills 20000 --state-drill-nodes 6)
+MODEL='{"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 6, "num_attention_heads": 4, "max_position_embeddings": 4096}'
+TRAIN_ARGS=(--steps 2400 --batch-rows 4 --seq-len 2048 --lr 3e-3 --min-lr 3e-4 --warmup 100
   --eval-every 200 --eval-rows 16 --checkpoint-every 50 --log-every 10)
 
 build() { cargo build --release --locked -p weft; }
@@ -36,11 +36,11 @@ case "${1:-}" in
   data)
     build
     for kind in sosp apr; do
-      "$WEFT" data countdown --kind "$kind" "${DATA_ARGS[@]}" --out "$DATA/cd4-$kind"
-      echo "$TASK" > "$DATA/cd4-$kind/task.json"
+      "$WEFT" data countdown --kind "$kind" "${DATA_ARGS[@]}" --out "$DATA/cd4s-$kind"
+      echo "$TASK" > "$DATA/cd4s-$kind/task.json"
     done
     # Same seed and counts: both kinds hold-out the same validation problems.
-    cmp "$DATA/cd4-sosp/val_problems.jsonl" "$DATA/cd4-apr/val_problems.jsonl"
+    cmp "$DATA/cd4s-sosp/val_problems.jsonl" "$DATA/cd4s-apr/val_problems.jsonl"
     ;;
   train)
     kind="${2:?train sosp|apr}"
@@ -49,12 +49,12 @@ case "${1:-}" in
     # A copy of the binary, so rebuilding weft does not touch a running job.
     cp "$WEFT" "$RUNS/weft-bin"
     RAYON_NUM_THREADS="${THREADS:-1}" "$RUNS/weft-bin" train --config "$RUNS/model.json" \
-      --data "$DATA/cd4-$kind" --out "$RUNS/$kind" "${TRAIN_ARGS[@]}" ${QUIET:+--quiet}
+      --data "$DATA/cd4s-$kind" --out "$RUNS/$kind" "${TRAIN_ARGS[@]}" ${QUIET:+--quiet}
     echo "$TASK" > "$RUNS/$kind/task.json"
     ;;
   eval)
     build
-    head -500 "$DATA/cd4-sosp/val_problems.jsonl" > "$RUNS/heldout500.jsonl"
+    head -500 "$DATA/cd4s-sosp/val_problems.jsonl" > "$RUNS/heldout500.jsonl"
     for kind in sosp apr; do echo "$TASK" > "$RUNS/$kind/task.json"; done
     "$WEFT" eval countdown --model "$RUNS/apr" --protocol apr --problems "$RUNS/heldout500.jsonl" \
       --budgets 512,1024,2048 --label APR --json "$RUNS/eval-apr.json"

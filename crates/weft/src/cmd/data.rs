@@ -97,6 +97,14 @@ struct CountdownDataArgs {
     /// Facts per drill document.
     #[arg(long, default_value_t = 32)]
     drill_lines: usize,
+    /// Also write this many state drill documents into DIR/drills.jsonl:
+    /// random states and some of their successors, written as the traces
+    /// write them (the numbers left after a step, and the node line).
+    #[arg(long, default_value_t = 0)]
+    state_drills: usize,
+    /// Nodes per state drill document.
+    #[arg(long, default_value_t = 6)]
+    state_drill_nodes: usize,
 }
 
 pub fn run(args: DataArgs) -> anyhow::Result<ExitCode> {
@@ -160,7 +168,7 @@ fn countdown(args: CountdownDataArgs) -> anyhow::Result<ExitCode> {
         &generator,
     )?;
 
-    if args.drills > 0 {
+    if args.drills > 0 || args.state_drills > 0 {
         write_drills(&args, &generator)?;
     }
 
@@ -233,7 +241,7 @@ fn countdown(args: CountdownDataArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Arithmetic drill documents, one JSON object (`text`) per line.
+/// Arithmetic then state drill documents, one JSON object (`text`) per line.
 fn write_drills(args: &CountdownDataArgs, generator: &GeneratorConfig) -> anyhow::Result<()> {
     let path = args.out.join("drills.jsonl");
     let cfg = weft_tasks::drills::DrillConfig {
@@ -244,6 +252,8 @@ fn write_drills(args: &CountdownDataArgs, generator: &GeneratorConfig) -> anyhow
             .max_intermediate
             .unwrap_or(args.num_max.max(args.target_max)),
         lines: args.drill_lines,
+        target_min: args.target_min,
+        target_max: args.target_max,
     };
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = BufWriter::new(file);
@@ -254,11 +264,21 @@ fn write_drills(args: &CountdownDataArgs, generator: &GeneratorConfig) -> anyhow
             serde_json::json!({"id": format!("drill-{i:06}"), "kind": "drill", "text": text});
         writeln!(out, "{line}")?;
     }
+    let state_cfg = weft_tasks::drills::DrillConfig {
+        lines: args.state_drill_nodes,
+        ..cfg
+    };
+    for i in 0..args.state_drills {
+        let text = weft_tasks::drills::state_drill_text(&state_cfg, &generator.rules, &mut rng);
+        let line = serde_json::json!({"id": format!("state-drill-{i:06}"), "kind": "state-drill", "text": text});
+        writeln!(out, "{line}")?;
+    }
     out.flush()
         .with_context(|| format!("writing {}", path.display()))?;
     eprintln!(
-        "wrote {} drill documents to {}",
+        "wrote {} arithmetic and {} state drill documents to {}",
         args.drills,
+        args.state_drills,
         path.display()
     );
     Ok(())
