@@ -158,12 +158,11 @@ fn merges_nest_and_repeat_without_leaks_and_survive_preemption() {
         assert!(twice, "no thread forked twice");
     }
 
-    // 7 MiB: 40 blocks of 8 tokens; the two requests' pinned children do
+    // 6 MiB: 68 blocks of 4 tokens; the two requests' pinned children do
     // not all fit, so newer threads are preempted and recomputed over their
     // segments, yet nothing is cut short.
     let tight = EngineConfig {
-        kv_budget_mib: 7,
-        block_size: 8,
+        kv_budget_mib: 6,
         ..base.clone()
     };
     let (constrained, before, after) = run(&model, &tok, tight);

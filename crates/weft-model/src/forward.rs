@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::config::RopeStyle;
 use crate::error::{ModelError, Result};
-use crate::kernels::{exp_sub_sum, scores_f16, weighted_sum_f16, SyncPtr};
+use crate::kernels::{axpy_f16, dot_f16, scores_f16, weighted_sum_f16, SyncPtr};
 use crate::kv_cache::{KvCache, LayerKv};
 use crate::model::{Model, Projection};
 use crate::prefix_attention::{attend_runs, shared_runs, Dims, Partial};
@@ -465,15 +465,19 @@ impl Model {
                     scores.resize(ctx.len(), 0.0);
                     scores_f16(q, &kv.k, ctx, kvd, g * hd, scale, &mut scores);
                     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let sum = exp_sub_sum(&mut scores, max);
+                    let mut sum = 0.0f32;
+                    for sc in scores.iter_mut() {
+                        *sc = (*sc - max).exp();
+                        sum += *sc;
+                    }
                     // SAFETY: (token t, head h) belongs to this task alone.
                     let o = unsafe {
                         std::slice::from_raw_parts_mut(ptr.get().add(t * qd + h * hd), hd)
                     };
                     o.fill(0.0);
-                    weighted_sum_f16(o, &scores, &kv.v, ctx, kvd, g * hd);
                     let inv = 1.0 / sum;
-                    o.iter_mut().for_each(|x| *x *= inv);
+                    scores.iter_mut().for_each(|p| *p *= inv);
+                    weighted_sum_f16(o, &scores, &kv.v, ctx, kvd, g * hd);
                 }
             }
         };
@@ -499,16 +503,24 @@ fn finish_query(
     scores: &mut Vec<f32>,
     o: &mut [f32],
 ) {
+    let hd = q.len();
     scores.clear();
-    scores.resize(ctx.len(), 0.0);
-    scores_f16(q, &kv.k, ctx, kvd, col, scale, scores);
-    let max = scores.iter().copied().fold(m1, f32::max);
+    let mut max = m1;
+    for &slot in ctx {
+        let sc = dot_f16(q, &kv.k[slot * kvd + col..slot * kvd + col + hd]) * scale;
+        max = max.max(sc);
+        scores.push(sc);
+    }
     let alpha = (m1 - max).exp();
-    let sum = l1 * alpha + exp_sub_sum(scores, max);
+    let mut sum = l1 * alpha;
     for (o, x) in o.iter_mut().zip(o1) {
         *o = x * alpha;
     }
-    weighted_sum_f16(o, scores, &kv.v, ctx, kvd, col);
+    for (&slot, sc) in ctx.iter().zip(scores.iter()) {
+        let p = (sc - max).exp();
+        sum += p;
+        axpy_f16(o, p, &kv.v[slot * kvd + col..slot * kvd + col + hd]);
+    }
     let inv = 1.0 / sum;
     o.iter_mut().for_each(|x| *x *= inv);
 }

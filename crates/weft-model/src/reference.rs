@@ -14,7 +14,7 @@ use half::f16;
 
 use crate::error::{ModelError, Result};
 use crate::forward::{project, resize, rms_norm, rms_norm_in_place, rope};
-use crate::kernels::{exp_sub_sum, scores_f16, weighted_sum_f16};
+use crate::kernels::{axpy_f16, dot_f16};
 use crate::model::Model;
 use crate::weights::Scratch;
 
@@ -142,16 +142,17 @@ impl Model {
                 for head in 0..cfg.n_heads {
                     let g = head / group;
                     let q = &qkv[i * qkv_w + head * hd..][..hd];
-                    // The paged forward's own primitives, keys in the same
-                    // order, so a correct layout matches it to the bit.
-                    let mut scores = vec![0.0f32; visible[i].len()];
-                    scores_f16(q, &k16, &visible[i], kvd, g * hd, scale, &mut scores);
+                    let scores: Vec<f32> = visible[i]
+                        .iter()
+                        .map(|&j| dot_f16(q, &k16[j * kvd + g * hd..][..hd]) * scale)
+                        .collect();
                     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let sum = exp_sub_sum(&mut scores, max);
+                    let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let inv = 1.0 / weights.iter().sum::<f32>();
                     let out = &mut attn[i * qd + head * hd..][..hd];
-                    weighted_sum_f16(out, &scores, &v16, &visible[i], kvd, g * hd);
-                    let inv = 1.0 / sum;
-                    out.iter_mut().for_each(|x| *x *= inv);
+                    for (&j, w) in visible[i].iter().zip(&weights) {
+                        axpy_f16(out, w * inv, &v16[j * kvd + g * hd..][..hd]);
+                    }
                 }
             }
             let tb = resize(&mut tmp, n * d);

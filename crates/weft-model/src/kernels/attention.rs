@@ -81,22 +81,6 @@ pub fn weighted_sum_f16(
     }
 }
 
-/// `x[i] = e^(x[i] - max)` in place (a softmax's numerators); returns
-/// their sum. Relative error about 2e-7 against `f32::exp`.
-pub fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx2 {
-        // SAFETY: as above.
-        return unsafe { super::avx2::exp_sub_sum(x, max) };
-    }
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    sum
-}
-
 /// Converts f16 values to f32.
 pub fn f16_to_f32_slice(src: &[f16], dst: &mut [f32]) {
     for (d, s) in dst.iter_mut().zip(src) {
@@ -122,7 +106,7 @@ mod tests {
         scores_f16(&q, &k, &slots, stride, col, 0.5, &mut s);
         for (j, &sl) in slots.iter().enumerate() {
             let want = dot_f16(&q, &k[sl * stride + col..sl * stride + col + hd]) * 0.5;
-            assert!((s[j] - want).abs() < 1e-5);
+            assert!((s[j] - want).abs() < 1e-6);
         }
         let mut out = vec![0f32; hd];
         weighted_sum_f16(&mut out, &[0.1, 0.2, 0.3, 0.4], &k, &slots, stride, col);
@@ -131,58 +115,7 @@ mod tests {
             axpy_f16(&mut want, p, &k[sl * stride + col..sl * stride + col + hd]);
         }
         for (a, b) in out.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-5);
-        }
-    }
-
-    #[test]
-    fn head_sizes_and_leftover_rows_match_the_scalar_sums() {
-        // Every path: 16/32/64 in registers, 40 through axpy, 12 (not a
-        // multiple of 8) through single dots; 1..9 rows covers groups of
-        // four with every leftover.
-        for hd in [12usize, 16, 32, 40, 64] {
-            let stride = 2 * hd + 8;
-            let k: Vec<f16> = (0..stride * 12)
-                .map(|i| f16::from_f32(((i * 7 % 17) as f32 - 8.0) * 0.07))
-                .collect();
-            let q: Vec<f32> = (0..hd).map(|i| ((i * 5 % 9) as f32 - 4.0) * 0.11).collect();
-            let col = hd;
-            for n in 1..=9 {
-                let slots: Vec<usize> = (0..n).map(|j| (j * 5 + 3) % 12).collect();
-                let mut s = vec![0f32; n];
-                scores_f16(&q, &k, &slots, stride, col, 0.25, &mut s);
-                let p: Vec<f32> = (0..n).map(|j| 0.05 * (j + 1) as f32).collect();
-                let mut out: Vec<f32> = (0..hd).map(|i| i as f32 * 0.01).collect();
-                let mut want_out = out.clone();
-                weighted_sum_f16(&mut out, &p, &k, &slots, stride, col);
-                for (j, &sl) in slots.iter().enumerate() {
-                    let row = &k[sl * stride + col..sl * stride + col + hd];
-                    let want: f32 = q.iter().zip(row).map(|(a, b)| a * b.to_f32()).sum();
-                    assert!((s[j] - 0.25 * want).abs() < 1e-5, "hd {hd} n {n} row {j}");
-                    for (o, x) in want_out.iter_mut().zip(row) {
-                        *o += p[j] * x.to_f32();
-                    }
-                }
-                for (a, b) in out.iter().zip(&want_out) {
-                    assert!((a - b).abs() < 1e-5, "hd {hd} n {n}: {a} vs {b}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn exp_sub_sum_matches_libm() {
-        for n in [1usize, 7, 8, 9, 33] {
-            let mut x: Vec<f32> = (0..n).map(|i| (i as f32 * 1.7) % 23.0 - 15.0).collect();
-            x[0] = f32::NEG_INFINITY;
-            let max = 8.0;
-            let want: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
-            let sum = exp_sub_sum(&mut x, max);
-            for (a, b) in x.iter().zip(&want) {
-                assert!((a - b).abs() <= 1e-6 * b.max(1e-30), "{a} vs {b}");
-            }
-            let ws: f32 = want.iter().sum();
-            assert!((sum - ws).abs() <= 1e-6 * ws);
+            assert!((a - b).abs() < 1e-6);
         }
     }
 

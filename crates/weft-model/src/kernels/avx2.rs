@@ -454,11 +454,7 @@ pub(crate) unsafe fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
 }
 
 /// `out[j] = scale * q . k[slots[j] * stride + col ..][..q.len()]`: one
-/// query's scores over many f16 key rows in one call. When the head size is
-/// a multiple of 8, four rows go at a time (the query chunk is loaded once
-/// for four keys, and one horizontal reduction serves all four); a leftover
-/// row is computed as part of a padded group of four, so every score comes
-/// out of the same arithmetic whatever its place in `slots`.
+/// query's scores over many f16 key rows in one call.
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available.
@@ -473,55 +469,13 @@ pub(crate) unsafe fn scores_f16(
     out: &mut [f32],
 ) {
     let hd = q.len();
-    let n = out.len().min(slots.len());
-    if !hd.is_multiple_of(8) || hd == 0 {
-        for (o, &s) in out.iter_mut().zip(slots) {
-            let at = s * stride + col;
-            *o = dot_f16(q, &k[at..at + hd]) * scale;
-        }
-        return;
-    }
-    // Bounds once, so the loop below reads raw pointers.
-    for &s in &slots[..n] {
-        assert!(s * stride + col + hd <= k.len(), "key slot out of range");
-    }
-    let (pq, pk) = (q.as_ptr(), k.as_ptr() as *const u16);
-    let sc = _mm_set1_ps(scale);
-    let mut j = 0;
-    while j < n {
-        let take = (n - j).min(4);
-        let mut rows = [pk; 4];
-        for (r, row) in rows.iter_mut().enumerate() {
-            // A short group repeats its last row.
-            *row = pk.add(slots[j + r.min(take - 1)] * stride + col);
-        }
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i < hd {
-            let qv = _mm256_loadu_ps(pq.add(i));
-            for (a, row) in acc.iter_mut().zip(rows) {
-                let kv = _mm256_cvtph_ps(_mm_loadu_si128(row.add(i) as *const __m128i));
-                *a = _mm256_fmadd_ps(qv, kv, *a);
-            }
-            i += 8;
-        }
-        let t = _mm256_hadd_ps(
-            _mm256_hadd_ps(acc[0], acc[1]),
-            _mm256_hadd_ps(acc[2], acc[3]),
-        );
-        let sums = _mm_mul_ps(
-            _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)),
-            sc,
-        );
-        let mut four = [0f32; 4];
-        _mm_storeu_ps(four.as_mut_ptr(), sums);
-        out[j..j + take].copy_from_slice(&four[..take]);
-        j += take;
+    for (o, &s) in out.iter_mut().zip(slots) {
+        let at = s * stride + col;
+        *o = dot_f16(q, &k[at..at + hd]) * scale;
     }
 }
 
-/// `out += sum_j p[j] * v[slots[j] * stride + col ..][..out.len()]`. Head
-/// sizes of 16, 32 and 64 keep `out` in registers across all rows.
+/// `out += sum_j p[j] * v[slots[j] * stride + col ..][..out.len()]`.
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available.
@@ -534,136 +488,11 @@ pub(crate) unsafe fn weighted_sum_f16(
     stride: usize,
     col: usize,
 ) {
-    match out.len() {
-        16 => wsum_regs::<2, 2>(out, p, v, slots, stride, col),
-        32 => wsum_regs::<4, 2>(out, p, v, slots, stride, col),
-        64 => wsum_regs::<8, 1>(out, p, v, slots, stride, col),
-        hd => {
-            for (&pj, &s) in p.iter().zip(slots) {
-                let at = s * stride + col;
-                axpy_f16(out, pj, &v[at..at + hd]);
-            }
-        }
+    let hd = out.len();
+    for (&pj, &s) in p.iter().zip(slots) {
+        let at = s * stride + col;
+        axpy_f16(out, pj, &v[at..at + hd]);
     }
-}
-
-/// [`weighted_sum_f16`] with `N` vectors of 8 outputs held in registers, in
-/// `S` interleaved sets (so consecutive rows do not wait on each other's
-/// FMA).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn wsum_regs<const N: usize, const S: usize>(
-    out: &mut [f32],
-    p: &[f32],
-    v: &[f16],
-    slots: &[usize],
-    stride: usize,
-    col: usize,
-) {
-    let hd = N * 8;
-    assert_eq!(out.len(), hd);
-    let n = p.len().min(slots.len());
-    for &s in &slots[..n] {
-        assert!(s * stride + col + hd <= v.len(), "value slot out of range");
-    }
-    let pv = v.as_ptr() as *const u16;
-    let mut acc = [[_mm256_setzero_ps(); N]; S];
-    for (c, a) in acc[0].iter_mut().enumerate() {
-        *a = _mm256_loadu_ps(out.as_ptr().add(c * 8));
-    }
-    let mut j = 0;
-    while j + S <= n {
-        for (set, a) in acc.iter_mut().enumerate() {
-            let w = _mm256_set1_ps(p[j + set]);
-            let row = pv.add(slots[j + set] * stride + col);
-            for (c, x) in a.iter_mut().enumerate() {
-                let vv = _mm256_cvtph_ps(_mm_loadu_si128(row.add(c * 8) as *const __m128i));
-                *x = _mm256_fmadd_ps(w, vv, *x);
-            }
-        }
-        j += S;
-    }
-    while j < n {
-        let w = _mm256_set1_ps(p[j]);
-        let row = pv.add(slots[j] * stride + col);
-        for (c, x) in acc[0].iter_mut().enumerate() {
-            let vv = _mm256_cvtph_ps(_mm_loadu_si128(row.add(c * 8) as *const __m128i));
-            *x = _mm256_fmadd_ps(w, vv, *x);
-        }
-        j += 1;
-    }
-    for c in 0..N {
-        let mut x = acc[0][c];
-        for a in &acc[1..] {
-            x = _mm256_add_ps(x, a[c]);
-        }
-        _mm256_storeu_ps(out.as_mut_ptr().add(c * 8), x);
-    }
-}
-
-/// `x[i] = e^(x[i] - max)` in place; returns the sum. The exponential is
-/// Cephes' `expf` (range reduction and a degree-6 polynomial, relative error
-/// about 2e-7), eight lanes at a time.
-///
-/// # Safety
-/// AVX2 and FMA must be available.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
-    let n = x.len();
-    let px = x.as_mut_ptr();
-    let m = _mm256_set1_ps(max);
-    let mut sum = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 8 <= n {
-        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(px.add(i)), m));
-        _mm256_storeu_ps(px.add(i), e);
-        sum = _mm256_add_ps(sum, e);
-        i += 8;
-    }
-    if i < n {
-        let mut tail = [f32::NEG_INFINITY; 8];
-        tail[..n - i].copy_from_slice(&x[i..]);
-        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), m));
-        _mm256_storeu_ps(tail.as_mut_ptr(), e);
-        x[i..].copy_from_slice(&tail[..n - i]);
-        sum = _mm256_add_ps(sum, e);
-    }
-    hsum(sum)
-}
-
-/// Eight lanes of Cephes' `expf`; inputs below -87 give 0 (so -inf does).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn exp8(x: __m256) -> __m256 {
-    let tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0), _CMP_LT_OQ);
-    let x = _mm256_min_ps(
-        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
-        _mm256_set1_ps(88.0),
-    );
-    let fx = _mm256_floor_ps(_mm256_fmadd_ps(
-        x,
-        _mm256_set1_ps(std::f32::consts::LOG2_E),
-        _mm256_set1_ps(0.5),
-    ));
-    let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
-    let r = _mm256_fmadd_ps(fx, _mm256_set1_ps(2.121_944_4e-4), r);
-    let mut y = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_2e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5.0e-1,
-    ] {
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
-    }
-    let r2 = _mm256_mul_ps(r, r);
-    y = _mm256_add_ps(_mm256_fmadd_ps(y, r2, r), _mm256_set1_ps(1.0));
-    let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)),
-        23,
-    ));
-    _mm256_andnot_ps(tiny, _mm256_mul_ps(pow2, y))
 }
 
 /// Four weight rows against four token columns, `k` a multiple of 8:

@@ -15,9 +15,7 @@ mod attention;
 mod avx2;
 mod quant;
 
-pub use attention::{
-    axpy_f16, dot_f16, exp_sub_sum, f16_to_f32_slice, scores_f16, weighted_sum_f16,
-};
+pub use attention::{axpy_f16, dot_f16, f16_to_f32_slice, scores_f16, weighted_sum_f16};
 pub(crate) use quant::decode_block;
 pub use quant::{
     matmul_f32, matmul_packed, matmul_quant, pack_rows, packed_block, quantize_acts, unpack_rows,
