@@ -27,7 +27,7 @@ DATA_ARGS=(--n 15000 --val 1000 --seed 1 --count 4 --num-min 1 --num-max 15 --ta
   --target-max 100 --max-intermediate 100 --min-beam 5 --max-beam 10 --max-sub-beam 10
   --drills 30000 --drill-lines 32 --state-drills 20000 --state-drill-nodes 6)
 MODEL='{"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 6, "num_attention_heads": 4, "max_position_embeddings": 4096}'
-TRAIN_ARGS=(--steps 2400 --batch-rows 4 --seq-len 2048 --lr 3e-3 --min-lr 3e-4 --warmup 100
+TRAIN_ARGS=(--steps 2200 --batch-rows 4 --seq-len 2048 --lr 3e-3 --min-lr 3e-4 --warmup 100
   --eval-every 200 --eval-rows 16 --checkpoint-every 50 --log-every 10)
 
 build() { cargo build --release --locked -p weft; }
