@@ -46,9 +46,10 @@ case "${1:-}" in
     kind="${2:?train sosp|apr}"
     build
     echo "$MODEL" > "$RUNS/model.json"
-    # A copy of the binary, so rebuilding weft does not touch a running job.
-    cp "$WEFT" "$RUNS/weft-bin"
-    RAYON_NUM_THREADS="${THREADS:-1}" "$RUNS/weft-bin" train --config "$RUNS/model.json" \
+    # A copy of the binary per run, so rebuilding weft (or starting the
+    # other run) does not touch a running job.
+    cp "$WEFT" "$RUNS/weft-bin-$kind"
+    RAYON_NUM_THREADS="${THREADS:-1}" "$RUNS/weft-bin-$kind" train --config "$RUNS/model.json" \
       --data "$DATA/cd4s-$kind" --out "$RUNS/$kind" "${TRAIN_ARGS[@]}" ${QUIET:+--quiet}
     echo "$TASK" > "$RUNS/$kind/task.json"
     ;;
