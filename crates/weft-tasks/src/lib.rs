@@ -37,4 +37,4 @@ pub use search::apr::{AprParams, AprTrace};
 pub use search::sosp::{SospParams, SospTrace};
 pub use search::Heuristic;
 pub use solver::Solver;
-pub use verifier::{arithmetic_stats, verify, verify_with, ArithmeticStats, Verdict};
+pub use verifier::{arithmetic_stats, state_stats, verify, verify_with, ArithmeticStats, Verdict};

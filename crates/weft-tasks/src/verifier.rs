@@ -314,5 +314,60 @@ pub fn arithmetic_stats(text: &str) -> ArithmeticStats {
     stats
 }
 
+/// How many search steps a text writes after a state, and how many keep
+/// the state's books: `Exploring Operation: a op b=c, Resulting Numbers: L`
+/// under the latest `Current State: T:[..]` line counts as right when `a`
+/// and `b` are numbers of that state and `L` is the state without them, in
+/// order, with `c` last (the arithmetic itself is [`arithmetic_stats`]'s
+/// business).
+pub fn state_stats(text: &str) -> ArithmeticStats {
+    let list = |s: &str| -> Option<Vec<u64>> {
+        let inner = s.trim().strip_prefix('[')?.strip_suffix(']')?;
+        inner
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse().ok())
+            .collect()
+    };
+    let mut stats = ArithmeticStats::default();
+    let mut state: Option<Vec<u64>> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("Current State: ") {
+            state = rest
+                .split_once(':')
+                .and_then(|(_, after)| after.split_once(", Operations"))
+                .and_then(|(nums, _)| list(nums));
+            continue;
+        }
+        let Some(rest) = line.strip_prefix("Exploring Operation: ") else {
+            continue;
+        };
+        let Some(nums) = &state else { continue };
+        stats.lines += 1;
+        let Some((op, after)) = rest.split_once(", Resulting Numbers: ") else {
+            continue;
+        };
+        let (Some(step), Some(got)) = (parse_step(op), list(after)) else {
+            continue;
+        };
+        // With repeated numbers, any choice of the operands' positions is
+        // a step the search can take (it expands every pair of positions).
+        let n = nums.len();
+        let right = (0..n).any(|i| {
+            (0..n).any(|j| {
+                i != j
+                    && nums[i] == step.a
+                    && nums[j] == step.b
+                    && crate::countdown::successor(nums, i.min(j), i.max(j), step.result) == got
+            })
+        });
+        if right {
+            stats.correct += 1;
+        }
+    }
+    stats
+}
+
 #[cfg(test)]
 mod tests;

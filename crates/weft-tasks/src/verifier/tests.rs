@@ -194,3 +194,35 @@ fn steps_parse() {
         assert_eq!(parse_step(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn state_stats_check_the_numbers_left_after_each_step() {
+    let text = "Current State: 27:[6, 4, 7, 3], Operations: []\n\
+        Exploring Operation: 4+3=7, Resulting Numbers: [6, 7, 7]\n\
+        Exploring Operation: 4+3=7, Resulting Numbers: [7, 4, 7]\n\
+        Exploring Operation: 6-2=4, Resulting Numbers: [4, 7, 3, 4]\n\
+        Exploring Operation: 7-4=3, Resulting Numbers: [6, 3, 3]\n\
+        Current State: 27:[6, 3, 6], Operations: ['7-4=3']\n\
+        Exploring Operation: 6+3=9, Resulting Numbers: [3, 6, 9]\n\
+        Exploring Operation: 3+6=9, Resulting Numbers: [6, 9]\n";
+    // Right: the first, the fourth and the last. Wrong: a misordered
+    // list, an operand not in the state, and an operand left in.
+    let s = state_stats(text);
+    assert_eq!((s.lines, s.correct), (6, 3));
+    // With a repeated number, either position may be the operand.
+    let either = "Current State: 27:[6, 4, 6, 3], Operations: []\n\
+        Exploring Operation: 6+3=9, Resulting Numbers: [4, 6, 9]\n\
+        Exploring Operation: 6+3=9, Resulting Numbers: [6, 4, 9]\n\
+        Exploring Operation: 6+3=9, Resulting Numbers: [4, 9, 6]\n";
+    let s = state_stats(either);
+    assert_eq!((s.lines, s.correct), (3, 2));
+    // A step before any state line is not counted.
+    assert_eq!(
+        state_stats("Exploring Operation: 1+1=2, Resulting Numbers: [2]").lines,
+        0
+    );
+    // The real APR example keeps its books.
+    let s = state_stats(APR_FINAL);
+    assert!(s.lines > 0);
+    assert_eq!(s.lines, s.correct);
+}

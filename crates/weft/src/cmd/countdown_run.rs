@@ -8,7 +8,7 @@ use std::sync::Arc;
 use weft_engine::{Engine, EngineConfig, Event, Request, Response};
 use weft_model::{LoadOptions, Model, Tokenizer};
 use weft_protocol::apr::{root_prompt, sosp_prompt, Apr};
-use weft_tasks::{arithmetic_stats, verify_with, Problem, Rules, Verdict};
+use weft_tasks::{arithmetic_stats, state_stats, verify_with, Problem, Rules, Verdict};
 
 /// How the model reasons: `apr` forks sub-searches (the engine runs them as
 /// child threads), `sequential` is the SoS+ baseline in one thread.
@@ -40,6 +40,11 @@ pub struct Outcome {
     pub latency_ms: f64,
     pub arithmetic_lines: usize,
     pub arithmetic_correct: usize,
+    /// Search steps written under a state, and those whose numbers left
+    /// are right (`weft_tasks::state_stats`, over each thread's prompt and
+    /// text).
+    pub state_lines: usize,
+    pub state_correct: usize,
     /// Threads cut by the token budget or refused forks.
     pub notes: Vec<String>,
 }
@@ -134,10 +139,19 @@ impl Solver {
         // before the goal claim, which may be the prompt's own.
         let verdict = verify_with(p, &format!("{prompt}{}", r.text), &self.rules);
         let mut arith = weft_tasks::ArithmeticStats::default();
+        let mut state = weft_tasks::ArithmeticStats::default();
         for t in &r.threads {
             let s = arithmetic_stats(&t.text);
             arith.lines += s.lines;
             arith.correct += s.correct;
+            // A child's state line is in its prompt, which the engine wrote.
+            let head = self
+                .tok
+                .decode(&t.tokens[..t.prompt_tokens.min(t.tokens.len())])
+                .unwrap_or_default();
+            let s = state_stats(&format!("{head}{}", t.text));
+            state.lines += s.lines;
+            state.correct += s.correct;
         }
         Outcome {
             problem: p.to_string(),
@@ -151,6 +165,8 @@ impl Solver {
             latency_ms: r.stats.wall_ms,
             arithmetic_lines: arith.lines,
             arithmetic_correct: arith.correct,
+            state_lines: state.lines,
+            state_correct: state.correct,
             notes: r.stats.refused_forks,
         }
     }

@@ -116,6 +116,10 @@ pub struct BudgetReport {
     pub arithmetic_lines: usize,
     pub arithmetic_correct: usize,
     pub arithmetic_share: Option<f64>,
+    /// Share of search steps whose numbers left are right (see
+    /// `weft_tasks::state_stats`).
+    #[serde(default)]
+    pub state_share: Option<f64>,
     pub wall_s: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outcomes: Vec<serde_json::Value>,
@@ -156,6 +160,8 @@ pub fn summarize(budget: usize, outcomes: &[Outcome], wall_s: f64) -> BudgetRepo
     let f = |g: &dyn Fn(&Outcome) -> f64| Dist::of(outcomes.iter().map(g).collect());
     let lines: usize = outcomes.iter().map(|o| o.arithmetic_lines).sum();
     let correct: usize = outcomes.iter().map(|o| o.arithmetic_correct).sum();
+    let state_lines: usize = outcomes.iter().map(|o| o.state_lines).sum();
+    let state_correct: usize = outcomes.iter().map(|o| o.state_correct).sum();
     BudgetReport {
         budget,
         problems: outcomes.len(),
@@ -167,6 +173,7 @@ pub fn summarize(budget: usize, outcomes: &[Outcome], wall_s: f64) -> BudgetRepo
         arithmetic_lines: lines,
         arithmetic_correct: correct,
         arithmetic_share: (lines > 0).then(|| correct as f64 / lines as f64),
+        state_share: (state_lines > 0).then(|| state_correct as f64 / state_lines as f64),
         wall_s,
         outcomes: outcomes
             .iter()
@@ -200,8 +207,17 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         budgets: Vec::new(),
     };
     println!(
-        "{:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
-        "model", "budget", "acc", "tok mean", "crit p50", "lat p50", "lat p90", "children", "arith"
+        "{:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}",
+        "model",
+        "budget",
+        "acc",
+        "tok mean",
+        "crit p50",
+        "lat p50",
+        "lat p90",
+        "children",
+        "arith",
+        "states"
     );
     for &budget in &a.budgets {
         let bar = ProgressBar::with_draw_target(
@@ -227,7 +243,7 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
         let r = summarize(budget, &outcomes, started.elapsed().as_secs_f64());
         println!(
-            "{:<10} {:>6} {:>6.1}% {:>9.0} {:>9.0} {:>7.0}ms {:>7.0}ms {:>8.1} {:>6.1}%",
+            "{:<10} {:>6} {:>6.1}% {:>9.0} {:>9.0} {:>7.0}ms {:>7.0}ms {:>8.1} {:>6.1}% {:>6.1}%",
             label,
             budget,
             100.0 * r.accuracy,
@@ -236,7 +252,8 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
             r.latency_ms.p50,
             r.latency_ms.p90,
             r.children.mean,
-            100.0 * r.arithmetic_share.unwrap_or(0.0)
+            100.0 * r.arithmetic_share.unwrap_or(0.0),
+            100.0 * r.state_share.unwrap_or(0.0)
         );
         report.budgets.push(r);
     }
