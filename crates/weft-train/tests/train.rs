@@ -111,9 +111,10 @@ fn micro_run_learns_counting() {
     let val = o.state.last_val_loss.unwrap();
     // ln(104) = 4.64 at chance; a model that learned to count is near 0.
     assert!(val < 0.5, "validation loss {val} did not fall below 0.5");
-    assert!(
-        started.elapsed().as_secs() < 120,
-        "micro run took {:?}",
+    // Sized to take well under 2 minutes on 2 free cores; the time is
+    // printed, not asserted (timings never gate a test).
+    eprintln!(
+        "micro run: validation loss {val:.3} in {:?}",
         started.elapsed()
     );
     for f in [
