@@ -9,26 +9,38 @@
 #   bash scripts/countdown-models.sh eval          # 500 held-out problems, both models
 #   bash scripts/countdown-models.sh install       # copy into models/countdown-{apr,sosp}
 #
-# Everything lives under $WEFT_RUNS (default ~/.cache/weft/runs); the data
-# under ~/.cache/weft/data. THREADS (default 1) sets each run's threads, so
+# Everything lives under $WEFT_RUNS (default ~/.cache/weft/runs3, or runs4
+# with NUMBERS=digits); the data under ~/.cache/weft/data. THREADS (default 1) sets each run's threads, so
 # the two runs can train side by side on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}"
-RUNS="${WEFT_RUNS:-$HOME/.cache/weft/runs2}"
+# NUMBERS=whole (default: each number up to 999 is one token) or digits (one
+# token per digit); each has its own data and runs folders.
+NUMBERS="${NUMBERS:-whole}"
+case "$NUMBERS" in
+  whole) SET=cd3; RUNS="${WEFT_RUNS:-$HOME/.cache/weft/runs3}" ;;
+  digits) SET=cd3d; RUNS="${WEFT_RUNS:-$HOME/.cache/weft/runs4}" ;;
+  *) echo "NUMBERS must be whole or digits" >&2; exit 2 ;;
+esac
 DATA="$HOME/.cache/weft/data"
 WEFT="$CARGO_TARGET_DIR/release/weft"
 mkdir -p "$RUNS" "$DATA"
 
-# The task: 4 numbers in 1..15, targets 10..100, no intermediate result
-# above 100; search beams 5..10 (APR sub-call beam up to 10).
-TASK='{"count": 4, "num_min": 1, "num_max": 15, "target_min": 10, "target_max": 100, "max_intermediate": 100, "min_beam": 5, "max_beam": 10, "max_sub_beam": 10, "heuristic": "mult", "seed": 1}'
-DATA_ARGS=(--n 15000 --val 1000 --seed 1 --count 4 --num-min 1 --num-max 15 --target-min 10
-  --target-max 100 --max-intermediate 100 --min-beam 5 --max-beam 10 --max-sub-beam 10
-  --drills 30000 --drill-lines 32 --state-drills 20000 --state-drill-nodes 6)
-MODEL='{"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 6, "num_attention_heads": 4, "max_position_embeddings": 4096}'
-TRAIN_ARGS=(--steps 2200 --batch-rows 4 --seq-len 2048 --lr 3e-3 --min-lr 3e-4 --warmup 100
+# The task: 3 numbers in 1..50, targets 10..100, no intermediate result
+# above 100; wide search beams 8..10 (APR sub-call beam up to 10), so the
+# traces solve almost every problem and the sequential trace is long
+# (SoS+ mean ~480 tokens) while APR's critical path stays short.
+TASK='{"count": 3, "num_min": 1, "num_max": 50, "target_min": 10, "target_max": 100, "max_intermediate": 100, "min_beam": 8, "max_beam": 10, "max_sub_beam": 10, "heuristic": "mult", "seed": 1}'
+DATA_ARGS=(--n 20000 --val 2000 --seed 1 --count 3 --num-min 1 --num-max 50 --target-min 10
+  --target-max 100 --max-intermediate 100 --min-beam 8 --max-beam 10 --max-sub-beam 10
+  --drills 40000 --drill-lines 32 --numbers "$NUMBERS")
+MODEL='{"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 4096}'
+TRAIN_ARGS=(--steps 2400 --batch-rows 8 --seq-len 1024 --lr 3e-3 --min-lr 3e-4 --warmup 60
   --eval-every 200 --eval-rows 16 --checkpoint-every 50 --log-every 10)
+
+# Context budgets of the evaluation (most tokens a thread may generate).
+BUDGETS=256,384,512,768,1024
 
 build() { cargo build --release --locked -p weft; }
 
@@ -36,11 +48,22 @@ case "${1:-}" in
   data)
     build
     for kind in sosp apr; do
-      "$WEFT" data countdown --kind "$kind" "${DATA_ARGS[@]}" --out "$DATA/cd4s-$kind"
-      echo "$TASK" > "$DATA/cd4s-$kind/task.json"
+      "$WEFT" data countdown --kind "$kind" "${DATA_ARGS[@]}" --out "$DATA/$SET-$kind"
+      echo "$TASK" > "$DATA/$SET-$kind/task.json"
     done
     # Same seed and counts: both kinds hold-out the same validation problems.
-    cmp "$DATA/cd4s-sosp/val_problems.jsonl" "$DATA/cd4s-apr/val_problems.jsonl"
+    cmp "$DATA/$SET-sosp/val_problems.jsonl" "$DATA/$SET-apr/val_problems.jsonl"
+    # Held out: validation problems whose numbers (as a multiset) never occur
+    # in training with any target; the first 500 are the evaluation set.
+    python3 - "$DATA/$SET-sosp" <<'PY'
+import json, sys
+d = sys.argv[1]
+seen = {tuple(sorted(json.loads(l)["nums"])) for l in open(f"{d}/train.jsonl")}
+val = [l for l in open(f"{d}/val_problems.jsonl") if tuple(sorted(json.loads(l)["nums"])) not in seen]
+assert len(val) >= 500, f"only {len(val)} held-out problems with unseen numbers"
+open(f"{d}/heldout.jsonl", "w").writelines(val[:500])
+print(f"{len(val)} validation problems with unseen numbers; first 500 -> {d}/heldout.jsonl")
+PY
     ;;
   train)
     kind="${2:?train sosp|apr}"
@@ -50,25 +73,28 @@ case "${1:-}" in
     # other run) does not touch a running job.
     cp "$WEFT" "$RUNS/weft-bin-$kind"
     RAYON_NUM_THREADS="${THREADS:-1}" "$RUNS/weft-bin-$kind" train --config "$RUNS/model.json" \
-      --data "$DATA/cd4s-$kind" --out "$RUNS/$kind" "${TRAIN_ARGS[@]}" ${QUIET:+--quiet}
+      --data "$DATA/$SET-$kind" --out "$RUNS/$kind" "${TRAIN_ARGS[@]}" ${QUIET:+--quiet}
     echo "$TASK" > "$RUNS/$kind/task.json"
     ;;
   eval)
     build
-    head -500 "$DATA/cd4s-sosp/val_problems.jsonl" > "$RUNS/heldout500.jsonl"
+    cp "$DATA/$SET-sosp/heldout.jsonl" "$RUNS/heldout500.jsonl"
     for kind in sosp apr; do echo "$TASK" > "$RUNS/$kind/task.json"; done
+    # One problem at a time, so each latency is that problem's alone; the
+    # forward-pass threads per model are EVAL_THREADS (default 1).
     "$WEFT" eval countdown --model "$RUNS/apr" --protocol apr --problems "$RUNS/heldout500.jsonl" \
-      --budgets 512,1024,2048 --label APR --json "$RUNS/eval-apr.json"
+      --budgets "$BUDGETS" --threads "${EVAL_THREADS:-1}" --label APR --json "$RUNS/eval-apr.json"
     "$WEFT" eval countdown --model "$RUNS/sosp" --protocol sequential --problems "$RUNS/heldout500.jsonl" \
-      --budgets 512,1024,2048 --label SoS+ --json "$RUNS/eval-sosp.json" \
+      --budgets "$BUDGETS" --threads "${EVAL_THREADS:-1}" --label SoS+ --json "$RUNS/eval-sosp.json" \
       --plot "$RUNS/accuracy.svg" --with "$RUNS/eval-apr.json"
     # APR's original distribution (4 numbers in 1..99, targets 10..100, no
-    # cap): far outside what these models were trained on; reported as is.
+    # cap): far outside what these 3-number models were trained on; reported
+    # as is.
     "$WEFT" data countdown --kind apr --n 10 --val 200 --seed 2 --out "$RUNS/apr-original" > /dev/null
     "$WEFT" eval countdown --model "$RUNS/apr" --protocol apr --problems "$RUNS/apr-original/val_problems.jsonl" \
-      --budgets 2048 --no-cap --label APR --json "$RUNS/eval-apr-original.json"
+      --budgets 2048 --no-cap --threads "${EVAL_THREADS:-1}" --label APR --json "$RUNS/eval-apr-original.json"
     "$WEFT" eval countdown --model "$RUNS/sosp" --protocol sequential --problems "$RUNS/apr-original/val_problems.jsonl" \
-      --budgets 2048 --no-cap --label SoS+ --json "$RUNS/eval-sosp-original.json"
+      --budgets 2048 --no-cap --threads "${EVAL_THREADS:-1}" --label SoS+ --json "$RUNS/eval-sosp-original.json"
     ;;
   install)
     for kind in sosp apr; do

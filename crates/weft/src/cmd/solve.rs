@@ -50,10 +50,10 @@ pub struct SolveOpts {
 /// data nor the validation split (checked as multisets of numbers with the
 /// target against `scripts/countdown-models.sh data`'s output).
 const DEMO_PROBLEMS: &[&str] = &[
-    "7 11 2 14 -> 63",
-    "3 12 9 5 -> 42",
-    "13 4 8 2 -> 97",
-    "6 15 1 10 -> 36",
+    "29 27 45 -> 90",
+    "21 28 13 -> 91",
+    "16 43 31 -> 28",
+    "46 11 50 -> 85",
 ];
 
 pub fn solve(args: SolveArgs) -> anyhow::Result<ExitCode> {
