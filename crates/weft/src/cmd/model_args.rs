@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 /// The model every command uses when `--model` is not given: SmolLM2-135M
-/// Instruct (Q4_1), which the README's setup command downloads.
+/// Instruct (Q4_1), which `scripts/fetch-model.sh` downloads (the README's
+/// test command runs it).
 pub fn default_model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("WEFT_MODEL") {
         return PathBuf::from(p);
