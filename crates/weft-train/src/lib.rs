@@ -10,7 +10,8 @@
 //! - [`kernels`]: fused attention/norm/activation/loss ops with hand-written
 //!   backward passes, plugged into candle's autograd.
 //! - [`optim`]: AdamW with saveable moments and gradient clipping.
-//! - [`trainer`]: the loop, validation, checkpoint/resume and the HF-style
+//! - [`trainer`]: the loop, validation, checkpoint/resume, starting from a
+//!   trained model (`init_from`), a CPU-time budget, and the HF-style
 //!   export (`config.json` + `model.safetensors` + `tokenizer.json`) that
 //!   `weft-model` and `transformers` load.
 
@@ -25,4 +26,4 @@ pub mod trainer;
 
 pub use config::{ModelShape, TrainConfig};
 pub use error::{Result, TrainError};
-pub use trainer::{train, DataPaths, Outcome, RunOptions, State};
+pub use trainer::{train, DataPaths, InitFrom, Outcome, RunOptions, State, CPU_RESERVE_SECONDS};

@@ -67,6 +67,23 @@ pub struct State {
     pub train_bytes: u64,
     pub last_loss: Option<f32>,
     pub last_val_loss: Option<f32>,
+    /// The trained model this run started from (`--init-from`), if any. The
+    /// counters above (`tokens`, `cpu_seconds`, `wall_seconds`) include that
+    /// model's own training, so they give the total cost of the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitFrom>,
+}
+
+/// Where an `--init-from` run's starting weights came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitFrom {
+    /// The model folder the weights were read from.
+    pub path: String,
+    /// That model's optimizer steps, tokens and cost, from its checkpoint.
+    pub steps: usize,
+    pub tokens: u64,
+    pub cpu_seconds: f64,
+    pub wall_seconds: f64,
 }
 
 /// How a `train` call ended.
@@ -77,6 +94,8 @@ pub struct Outcome {
     pub resumed_from: Option<usize>,
     /// Training tokens per second in this call (non-padding tokens).
     pub tokens_per_second: f64,
+    /// Training stopped early because the CPU budget was spent.
+    pub budget_spent: bool,
 }
 
 /// Options for one call of [`train`].
@@ -93,7 +112,20 @@ pub struct RunOptions {
     /// Stop (with a checkpoint) once this step is done, as an interrupted
     /// run would; a later call resumes.
     pub stop_at_step: Option<usize>,
+    /// Start a new run (fresh optimizer and schedule) from the weights of
+    /// this trained model folder instead of random ones. Ignored when `out`
+    /// already holds a checkpoint (the run resumes).
+    pub init_from: Option<PathBuf>,
+    /// A compute budget: the run's total CPU seconds (earlier calls and the
+    /// `init_from` model's training included). Training ends, with a final
+    /// validation and checkpoint, before the next step would take the total
+    /// past `max_cpu_seconds - CPU_RESERVE_SECONDS`; a rerun stops at once.
+    pub max_cpu_seconds: Option<f64>,
 }
+
+/// CPU seconds kept back under `max_cpu_seconds` for the last validation and
+/// checkpoint.
+pub const CPU_RESERVE_SECONDS: f64 = 30.0;
 
 /// CPU seconds (user + system) this process has used.
 pub fn process_cpu_seconds() -> f64 {
@@ -262,7 +294,13 @@ pub fn train(
             (params, opt, state, Some(s))
         }
         None => {
-            let params = LlamaParams::init(&shape, cfg.seed, &device)?;
+            let (params, init_from) = match &opts.init_from {
+                Some(dir) => {
+                    let (p, from) = load_init(dir, &shape, &data.tokenizer, &device)?;
+                    (p, Some(from))
+                }
+                None => (LlamaParams::init(&shape, cfg.seed, &device)?, None),
+            };
             let opt = AdamW::new(
                 &params.vars,
                 cfg.beta1,
@@ -274,14 +312,15 @@ pub fn train(
                 step: 0,
                 epoch: 0,
                 row: 0,
-                tokens: 0,
-                cpu_seconds: 0.0,
-                wall_seconds: 0.0,
+                tokens: init_from.as_ref().map_or(0, |f| f.tokens),
+                cpu_seconds: init_from.as_ref().map_or(0.0, |f| f.cpu_seconds),
+                wall_seconds: init_from.as_ref().map_or(0.0, |f| f.wall_seconds),
                 shape: shape.clone(),
                 config: cfg.clone(),
                 train_bytes,
                 last_loss: None,
                 last_val_loss: None,
+                init_from,
             };
             (params, opt, state, None)
         }
@@ -326,6 +365,8 @@ pub fn train(
     let mut window_loss = 0f64;
     let mut window_steps = 0usize;
     let mut finished = true;
+    let mut budget_spent = false;
+    let mut last_step_cpu = 0.0f64;
     while state.step < cfg.steps {
         let out_of_time = opts
             .max_wall
@@ -333,6 +374,13 @@ pub fn train(
         if out_of_time || opts.stop_at_step.is_some_and(|s| state.step >= s) {
             finished = false;
             break;
+        }
+        let cpu_before = base_cpu + process_cpu_seconds() - cpu_at_start;
+        if let Some(limit) = opts.max_cpu_seconds {
+            if cpu_before + last_step_cpu > limit - CPU_RESERVE_SECONDS {
+                budget_spent = true;
+                break;
+            }
         }
         let batch = rows.next_batch(cfg.batch_rows);
         let lr = cfg.lr_at(state.step);
@@ -356,6 +404,7 @@ pub fn train(
         };
         opt.step(&params.vars, &grads, lr, scale)?;
         drop(grads);
+        last_step_cpu = base_cpu + process_cpu_seconds() - cpu_at_start - cpu_before;
         state.step += 1;
         state.epoch = rows.epoch;
         state.row = rows.row;
@@ -408,6 +457,19 @@ pub fn train(
             save_checkpoint(out, &params, &opt, &state, &data.tokenizer, specials)?;
         }
     }
+    // A final validation, unless this call trained nothing (a rerun).
+    if budget_spent && state.step > resumed_from.unwrap_or(0) {
+        if let Some(v) = &val {
+            if let Some(v) = validation_loss(&params, v, cfg.batch_rows)? {
+                state.last_val_loss = Some(v);
+                let line = serde_json::json!({"step": state.step, "val_loss": v});
+                writeln!(log, "{line}").map_err(|e| TrainError::io(out, e))?;
+            }
+        }
+        let line = serde_json::json!({"step": state.step, "cpu_budget_spent": true,
+            "cpu_s": base_cpu + process_cpu_seconds() - cpu_at_start});
+        writeln!(log, "{line}").map_err(|e| TrainError::io(out, e))?;
+    }
     state.cpu_seconds = base_cpu + process_cpu_seconds() - cpu_at_start;
     state.wall_seconds = base_wall + started.elapsed().as_secs_f64();
     save_checkpoint(out, &params, &opt, &state, &data.tokenizer, specials)?;
@@ -419,6 +481,7 @@ pub fn train(
         finished,
         resumed_from,
         tokens_per_second,
+        budget_spent,
     })
 }
 
@@ -534,6 +597,56 @@ fn save_checkpoint(
         .ok()
         .and_then(|t| t.token_to_id("<s>"));
     export_model(out, params, tokenizer, specials, bos)
+}
+
+/// The weights of the trained model folder `dir` (`model.safetensors`, the
+/// shape checked against `shape`), and what its checkpoint says it cost.
+fn load_init(
+    dir: &Path,
+    shape: &ModelShape,
+    tokenizer: &Path,
+    device: &Device,
+) -> Result<(LlamaParams, InitFrom)> {
+    let bad = |reason: String| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    // Token ids must mean the same thing in both runs.
+    let ours = std::fs::read(tokenizer).map_err(|e| TrainError::io(tokenizer, e))?;
+    let theirs_path = dir.join("tokenizer.json");
+    let theirs = std::fs::read(&theirs_path).map_err(|e| TrainError::io(&theirs_path, e))?;
+    if ours != theirs {
+        return Err(bad(format!(
+            "its tokenizer.json differs from the data's {}; --init-from needs the same tokenizer",
+            tokenizer.display()
+        )));
+    }
+    let weights = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, device)
+        .map_err(|e| bad(format!("model.safetensors: {e}")))?
+        .into_iter()
+        .collect();
+    let params = LlamaParams::from_tensors(shape, tensors, device)?;
+    let (mut steps, mut tokens, mut cpu_seconds, mut wall_seconds) = (0, 0, 0.0, 0.0);
+    if let Ok(text) = std::fs::read_to_string(dir.join("checkpoint").join("state.json")) {
+        let st: State =
+            serde_json::from_str(&text).map_err(|e| bad(format!("checkpoint/state.json: {e}")))?;
+        (steps, tokens, cpu_seconds, wall_seconds) =
+            (st.step, st.tokens, st.cpu_seconds, st.wall_seconds);
+    } else {
+        tracing::warn!(
+            "{} has no checkpoint/state.json: its training cost is not counted",
+            dir.display()
+        );
+    }
+    let from = InitFrom {
+        path: dir.display().to_string(),
+        steps,
+        tokens,
+        cpu_seconds,
+        wall_seconds,
+    };
+    Ok((params, from))
 }
 
 fn load_checkpoint(

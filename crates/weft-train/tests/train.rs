@@ -179,6 +179,76 @@ fn resume_continues_exactly_and_checkpoints_round_trip() {
     assert!(err.to_string().contains("other settings"), "{err}");
     let _ = std::fs::remove_dir_all(&b);
 
+    // --init-from: a new run starts from `a`'s weights, so its first step's
+    // loss is `a`'s trained loss, far below a random start's; its counters
+    // carry `a`'s cost.
+    let one = |dir: &PathBuf, init: Option<PathBuf>| {
+        train(
+            dir,
+            &paths,
+            &shape(),
+            &cfg(1),
+            &RunOptions {
+                init_from: init,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let c = tmp("init-c");
+    let d = tmp("init-d");
+    let warm = one(&c, Some(a.clone()));
+    let cold = one(&d, None);
+    let a_state: weft_train::State =
+        serde_json::from_str(&std::fs::read_to_string(a.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    let (lw, lc) = (warm.state.last_loss.unwrap(), cold.state.last_loss.unwrap());
+    assert!(lw < 0.5 * lc, "init-from loss {lw} vs random start {lc}");
+    let from = warm.state.init_from.as_ref().unwrap();
+    assert_eq!(from.steps, 40);
+    assert_eq!(from.tokens, a_state.tokens);
+    assert!(warm.state.tokens > a_state.tokens);
+    assert!(warm.state.cpu_seconds >= a_state.cpu_seconds);
+    assert!(cold.state.init_from.is_none());
+    // Another shape is refused with the tensor named.
+    let mut wide = shape();
+    wide.hidden_size = 128;
+    let err = train(
+        &tmp("init-e"),
+        &paths,
+        &wide,
+        &cfg(1),
+        &RunOptions {
+            init_from: Some(a.clone()),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("shape"), "{err}");
+    // A CPU budget ends training early, within budget, and a rerun trains
+    // no further.
+    let f = tmp("budget-f");
+    let limit = weft_train::CPU_RESERVE_SECONDS + 3.0;
+    let opts = RunOptions {
+        max_cpu_seconds: Some(limit),
+        ..Default::default()
+    };
+    let spent = train(&f, &paths, &shape(), &cfg(100_000), &opts).unwrap();
+    assert!(spent.budget_spent);
+    assert!(spent.state.step > 0 && spent.state.step < 100_000);
+    assert!(
+        spent.state.cpu_seconds <= limit,
+        "{}",
+        spent.state.cpu_seconds
+    );
+    let again = train(&f, &paths, &shape(), &cfg(100_000), &opts).unwrap();
+    assert!(again.budget_spent);
+    assert_eq!(again.state.step, spent.state.step);
+    for dir in [&c, &d, &f, &tmp("init-e")] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     // Round trip: the exported model reloads to the same logits.
     let dev = Device::Cpu;
     let m = load_model(&a, &dev).unwrap();

@@ -65,6 +65,19 @@ pub struct TrainArgs {
     /// Fail instead of resuming when OUT already has a checkpoint.
     #[arg(long)]
     fresh: bool,
+    /// Start from the weights of this trained model folder (same shape and
+    /// tokenizer) instead of random ones, with a fresh optimizer and
+    /// schedule: to continue a finished run on a new schedule. Its recorded
+    /// cost (steps, tokens, CPU time) is counted in this run's totals.
+    /// Ignored when OUT already holds a checkpoint (the run resumes).
+    #[arg(long, value_name = "DIR")]
+    init_from: Option<PathBuf>,
+    /// A compute budget in CPU minutes for the whole run (earlier resumed
+    /// calls and the --init-from model's training included). Training ends
+    /// with a final validation and checkpoint before the next step would
+    /// pass it (30 CPU-s are kept for that); the result is final.
+    #[arg(long, value_name = "MIN")]
+    max_cpu_minutes: Option<f64>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -97,6 +110,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         fresh: args.fresh,
         log_every: args.log_every,
         stop_at_step: None,
+        init_from: args.init_from.clone(),
+        max_cpu_seconds: args.max_cpu_minutes.map(|m| m * 60.0),
     };
     let outcome = train(&args.out, &data, &shape, &cfg, &opts)
         .with_context(|| format!("training into {}", args.out.display()))?;
@@ -104,9 +119,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(step) = outcome.resumed_from {
         eprintln!("resumed from step {step}");
     }
+    if let Some(from) = &s.init_from {
+        eprintln!(
+            "started from {} ({} steps, {:.1} CPU-min; counted in the totals below)",
+            from.path,
+            from.steps,
+            from.cpu_seconds / 60.0
+        );
+    }
     println!(
         "{} at step {}/{}: loss {}, val loss {}, {} tokens, {:.0} tok/s this run, {:.1} CPU-min total ({:.1} min wall)",
-        if outcome.finished { "finished" } else { "stopped (rerun the same command to resume)" },
+        if outcome.budget_spent {
+            "CPU budget spent (final)"
+        } else if outcome.finished {
+            "finished"
+        } else {
+            "stopped (rerun the same command to resume)"
+        },
         s.step,
         cfg.steps,
         s.last_loss.map(|l| format!("{l:.4}")).unwrap_or("-".into()),
