@@ -38,9 +38,14 @@ pub struct SolveOpts {
     /// Do not run the sequential model.
     #[arg(long)]
     no_baseline: bool,
-    /// Most tokens each thread may generate.
-    #[arg(long, default_value_t = 2048)]
+    /// Most tokens each APR thread may generate. The default is the
+    /// shipped APR model's best budget in models/MODEL.md's evaluation.
+    #[arg(long, default_value_t = 512)]
     budget: usize,
+    /// Most tokens the sequential model may generate. The default is the
+    /// shipped SoS+ model's best budget in models/MODEL.md's evaluation.
+    #[arg(long, default_value_t = 1024)]
+    baseline_budget: usize,
     /// Do not stream the thread tree.
     #[arg(long)]
     quiet: bool,
@@ -128,7 +133,7 @@ fn run(problem: &Problem, opts: &SolveOpts) -> anyhow::Result<ExitCode> {
             .solve(
                 std::slice::from_ref(problem),
                 Mode::Sequential,
-                opts.budget,
+                opts.baseline_budget,
                 1,
                 &mut |_| {},
                 &mut |_| {},
