@@ -72,6 +72,9 @@ pub struct State {
     /// model's own training, so they give the total cost of the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<InitFrom>,
+    /// CPU seconds the last optimizer step took (for the CPU budget).
+    #[serde(default)]
+    pub last_step_cpu: f64,
 }
 
 /// Where an `--init-from` run's starting weights came from.
@@ -321,6 +324,7 @@ pub fn train(
                 last_loss: None,
                 last_val_loss: None,
                 init_from,
+                last_step_cpu: 0.0,
             };
             (params, opt, state, None)
         }
@@ -366,7 +370,9 @@ pub fn train(
     let mut window_steps = 0usize;
     let mut finished = true;
     let mut budget_spent = false;
-    let mut last_step_cpu = 0.0f64;
+    // The CPU the last step took (saved with checkpoints, so a rerun after a
+    // budget stop stops again at once instead of squeezing in a step).
+    let mut last_step_cpu = state.last_step_cpu;
     while state.step < cfg.steps {
         let out_of_time = opts
             .max_wall
@@ -405,6 +411,7 @@ pub fn train(
         opt.step(&params.vars, &grads, lr, scale)?;
         drop(grads);
         last_step_cpu = base_cpu + process_cpu_seconds() - cpu_at_start - cpu_before;
+        state.last_step_cpu = last_step_cpu;
         state.step += 1;
         state.epoch = rows.epoch;
         state.row = rows.row;
