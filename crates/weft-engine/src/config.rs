@@ -1,7 +1,5 @@
 //! Limits and budgets: policy, never crashes.
 
-use weft_model::sampling::SamplingParams;
-
 /// What the engine may do. A limit that is reached changes what runs (a fork
 /// is refused, a thread waits or ends at its token budget); it never aborts.
 #[derive(Debug, Clone)]
@@ -15,7 +13,8 @@ pub struct EngineConfig {
     pub max_live_threads_per_request: usize,
     /// Threads decoding at once, all requests together (vLLM's `max_num_seqs`).
     pub max_live_threads: usize,
-    /// Generated tokens per thread.
+    /// Generated tokens per thread (a request's `max_tokens` and
+    /// `max_thread_tokens` default to it).
     pub max_tokens_per_thread: usize,
     /// Generated tokens per request, all threads together.
     pub max_tokens_per_request: usize,
@@ -32,7 +31,6 @@ pub struct EngineConfig {
     /// and every child's KV, nothing is recomputed. `false` re-prefills
     /// every join (for a model not trained with the merged layout).
     pub kv_merge: bool,
-    pub sampling: SamplingParams,
 }
 
 impl Default for EngineConfig {
@@ -49,7 +47,6 @@ impl Default for EngineConfig {
             prefill_chunk: 256,
             max_batch_tokens: 512,
             kv_merge: true,
-            sampling: SamplingParams::default(),
         }
     }
 }

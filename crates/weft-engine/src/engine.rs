@@ -1,169 +1,39 @@
-//! The loop: admit threads, batch one step of every runnable thread of every
-//! request into one forward pass, sample, watch the text for the protocol's
-//! fork triggers, fork and join. The scheduler and the forward step are in
+//! The loop: requests join at any time ([`Engine::add`]); every
+//! [`Engine::step`] admits threads, batches one chunk of every runnable
+//! thread of every request into one forward pass, samples, watches the text
+//! for the protocol's fork triggers, forks and joins; [`Engine::abort`]
+//! drops a whole tree. The scheduler and the forward step are in
 //! `schedule`, forks, finishes and re-prefill joins in `fork_join`, KV-merge
-//! joins in `merge`.
+//! joins in `merge`, the per-thread state in `thread`.
 
 mod fork_join;
 mod merge;
 mod schedule;
+mod thread;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use weft_kv::{BlockPool, BlockTable};
 use weft_model::sampling::{Sampler, SamplingParams};
 use weft_model::tokenizer::StreamDecoder;
 use weft_model::{KvCache, Model, Tokenizer, Workspace};
-use weft_protocol::{Action, ChildEnd, Detector, Fork, ForkContext, Protocol, Scan};
+use weft_protocol::{Action, ChildEnd, Detector, ForkContext, Scan};
 
-use merge::KvSegment;
+pub use thread::thread_seed;
+use thread::{RequestState, Status, Thread, ThreadKv};
 
 use crate::config::EngineConfig;
-use crate::tree::{Event, RequestStats, Response, ThreadRecord};
+use crate::request::{FinishReason, RequestId, RequestSpec};
+use crate::slab::Slab;
+use crate::tree::{Event, Response, ThreadRecord};
+use crate::validate::{validate, ValidRequest, ValidationError};
 use crate::EngineError;
 
-/// One request: a prompt and the protocol its model speaks.
-pub struct Request {
-    pub prompt: String,
-    pub protocol: Arc<dyn Protocol>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
-    /// Waiting for a live-thread slot.
-    Queued,
-    Runnable,
-    /// Waiting for its children.
-    Waiting,
-    Finished,
-}
-
-struct Thread {
-    request: usize,
-    /// Index within its request (the trace's id).
-    local_id: usize,
-    parent: Option<usize>,
-    depth: u32,
-    label: String,
-    /// The thread's whole context text: prompt, then generated text (joins
-    /// rewrite it).
-    context: String,
-    /// Bytes of `context` that are prompt (shrinks when a join rewrites
-    /// part of the prompt, as an APR fork written in the prompt does).
-    prompt_len: usize,
-    prompt_tokens: usize,
-    tokens: Vec<u32>,
-    /// Tokens whose KV is in the cache.
-    n_cached: usize,
-    /// The thread's own KV: `tokens[i]` in slot `i`, at RoPE position
-    /// `pos_base + i`.
-    table: BlockTable,
-    /// KV the thread sees in full before its own table (after a KV-merge
-    /// join: the prefix and every child's KV, where they were written).
-    /// Empty for a thread whose context is one sequential run.
-    segments: Vec<KvSegment>,
-    pos_base: usize,
-    /// Where the thread's own, not yet merged, part starts: `tokens` index
-    /// and byte offset in `context` (what a KV-merge join checks and adds).
-    own_tok_start: usize,
-    own_text_start: usize,
-    /// Its KV still follows its parent's layout at the fork (a join that
-    /// re-tokenized its text clears this, and the parent cannot merge it).
-    in_layout: bool,
-    status: Status,
-    generated: usize,
-    decoder: StreamDecoder,
-    detector: Detector,
-    /// Child stop string, or a parent's `FinishAt`.
-    stop: Option<&'static str>,
-    end: ChildEnd,
-    sampler: Sampler,
-    /// Children of each fork, in order.
-    forks: Vec<Vec<usize>>,
-    pending: Option<Fork>,
-    /// Own tokens at the pending fork, when its join may merge KV.
-    merge_at: Option<usize>,
-    started: f64,
-    ended: f64,
-}
-
-impl Thread {
-    fn full_text(&self) -> String {
-        self.context.clone()
-    }
-
-    /// What the thread generated (after joins: everything after the part of
-    /// its prompt that is unchanged).
-    fn generated_text(&self) -> &str {
-        self.context.get(self.prompt_len..).unwrap_or_default()
-    }
-
-    /// Takes a join's new context text; the prompt part shrinks to what the
-    /// join left unchanged.
-    fn set_context(&mut self, full: String) {
-        let same = self
-            .context
-            .bytes()
-            .zip(full.bytes())
-            .take_while(|(a, b)| a == b)
-            .count();
-        let mut keep = self.prompt_len.min(same);
-        if keep < self.prompt_len {
-            // The join rewrote part of the prompt: the generated text starts
-            // at the rewritten line.
-            keep = full.as_bytes()[..keep]
-                .iter()
-                .rposition(|&c| c == b'\n')
-                .map_or(0, |i| i + 1);
-        }
-        self.prompt_len = keep;
-        self.detector.resume_at(full.len());
-        self.context = full;
-        self.decoder = StreamDecoder::default();
-    }
-}
-
-/// Where a new thread's KV comes from and how its positions run.
-struct ThreadKv {
-    table: BlockTable,
-    segments: Vec<KvSegment>,
-    pos_base: usize,
-    own_tok_start: usize,
-    own_text_start: usize,
-    in_layout: bool,
-}
-
-impl ThreadKv {
-    /// One sequential run from position 0 (roots, fresh prompts).
-    fn sequential(table: BlockTable) -> ThreadKv {
-        ThreadKv {
-            table,
-            segments: Vec::new(),
-            pos_base: 0,
-            own_tok_start: 0,
-            own_text_start: 0,
-            in_layout: false,
-        }
-    }
-
-    /// Tokens whose KV the new thread finds computed.
-    fn reused(&self) -> usize {
-        self.table.len() + self.segments.iter().map(KvSegment::len).sum::<usize>()
-    }
-}
-
-struct RequestState {
-    protocol: Arc<dyn Protocol>,
-    root: usize,
-    threads: Vec<usize>,
-    rounds: u32,
-    generated: usize,
-    stats: RequestStats,
-    done: bool,
-}
-
-/// Runs thread trees for a batch of requests on one model.
+/// Runs thread trees for any number of requests on one model, for as long
+/// as it lives. Single-threaded: the caller owns the loop (`weft run`
+/// calls [`Engine::step`] directly; the server runs it on its own OS
+/// thread behind a channel).
 pub struct Engine<'m> {
     model: &'m Model,
     tok: &'m Tokenizer,
@@ -171,12 +41,32 @@ pub struct Engine<'m> {
     kv: KvCache,
     pool: BlockPool,
     ws: Workspace,
-    threads: Vec<Thread>,
-    requests: Vec<RequestState>,
-    clock: Instant,
+    threads: Slab<Thread>,
+    requests: Slab<RequestState>,
+    by_id: HashMap<RequestId, usize>,
+    next_id: u64,
+    next_seq: u64,
+    /// Events not yet returned by `step` (an abort's `Finished`, too).
+    events: Vec<Event>,
+}
+
+/// A new thread: where it hangs in the tree and what it starts from.
+struct NewThread {
+    request: usize,
+    parent: Option<usize>,
+    label: String,
+    prompt_text: String,
+    tokens: Vec<u32>,
+    no_bos: bool,
+    kv: ThreadKv,
+    stop: Option<&'static str>,
+    sampling: SamplingParams,
+    max_generated: usize,
 }
 
 impl<'m> Engine<'m> {
+    /// An engine with the KV memory `cfg.kv_budget_mib` allows. Errors: a
+    /// budget too small for one block.
     pub fn new(
         model: &'m Model,
         tok: &'m Tokenizer,
@@ -191,10 +81,17 @@ impl<'m> Engine<'m> {
             kv,
             pool,
             ws: Workspace::default(),
-            threads: Vec::new(),
-            requests: Vec::new(),
-            clock: Instant::now(),
+            threads: Slab::default(),
+            requests: Slab::default(),
+            by_id: HashMap::new(),
+            next_id: 0,
+            next_seq: 0,
+            events: Vec::new(),
         })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
     }
 
     /// Free KV blocks (plus cached ones that may be evicted).
@@ -202,33 +99,216 @@ impl<'m> Engine<'m> {
         self.pool.n_available()
     }
 
-    fn now_ms(&self) -> f64 {
-        self.clock.elapsed().as_secs_f64() * 1e3
+    /// KV blocks in all.
+    pub fn kv_blocks_total(&self) -> usize {
+        self.pool.n_blocks()
     }
 
-    fn sampler(&self, seed_offset: u64, temperature: Option<f32>) -> Sampler {
-        let mut p: SamplingParams = self.cfg.sampling.clone();
-        p.seed = p.seed.wrapping_add(seed_offset);
-        if let Some(t) = temperature {
-            p.temperature = t;
+    /// Requests in flight.
+    pub fn num_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Threads decoding now (runnable), and threads waiting for a slot.
+    pub fn num_threads(&self) -> (usize, usize) {
+        let count = |s: Status| self.threads.iter().filter(|(_, t)| t.status == s).count();
+        (count(Status::Runnable), count(Status::Queued))
+    }
+
+    /// Checks every KV invariant: each block's reference count equals the
+    /// tables and segments holding it (`weft_kv::BlockPool::audit`).
+    pub fn audit(&self) -> Result<(), EngineError> {
+        let tables = self.threads.iter().flat_map(|(_, t)| {
+            std::iter::once(&t.table).chain(t.segments.iter().map(|s| &s.table))
+        });
+        Ok(self.pool.audit(tables)?)
+    }
+
+    /// Validates `spec` against this engine's model and limits without
+    /// adding it (what a server does at the door).
+    pub fn validate(&self, spec: RequestSpec) -> Result<ValidRequest, ValidationError> {
+        validate(spec, self.tok, self.model.config.max_context, &self.cfg)
+    }
+
+    /// Adds a request; it starts at the next [`Engine::step`]. Works at any
+    /// time, also while other requests run. Errors: the spec breaks a rule
+    /// ([`EngineError::Validation`]), or the KV pool is inconsistent.
+    pub fn add(&mut self, spec: RequestSpec) -> Result<RequestId, EngineError> {
+        let valid = self.validate(spec)?;
+        self.add_valid(valid)
+    }
+
+    /// Adds a request that [`Engine::validate`] accepted.
+    pub fn add_valid(&mut self, v: ValidRequest) -> Result<RequestId, EngineError> {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        let r = self.requests.insert(RequestState {
+            id,
+            protocol: v.protocol,
+            root: usize::MAX,
+            threads: Vec::new(),
+            rounds: 0,
+            generated: 0,
+            stats: Default::default(),
+            done: None,
+            arrived: Instant::now(),
+            sampling: v.sampling.clone(),
+            stop: v.stop,
+            stop_token_ids: v.stop_token_ids,
+            ignore_eos: v.ignore_eos,
+            max_thread_tokens: v.max_thread_tokens,
+            max_children: v.max_children,
+            max_depth: v.max_depth,
+            max_total_tokens: v.max_total_tokens,
+        });
+        self.by_id.insert(id, r);
+        // At least the last prompt token is computed: its logits pick the
+        // first generated token (a prompt cached in full would never run).
+        let cacheable = &v.tokens[..v.tokens.len() - 1];
+        let table = match BlockTable::from_prefix_cache(&mut self.pool, cacheable) {
+            Ok(t) => t,
+            Err(e) => {
+                self.requests.remove(r);
+                self.by_id.remove(&id);
+                return Err(e.into());
+            }
+        };
+        let root = self.spawn(NewThread {
+            request: r,
+            parent: None,
+            label: "root".into(),
+            prompt_text: v.text,
+            tokens: v.tokens,
+            no_bos: v.no_bos,
+            kv: ThreadKv::sequential(table),
+            stop: None,
+            sampling: v.sampling,
+            max_generated: v.max_tokens,
+        });
+        self.requests[r].root = root;
+        Ok(id)
+    }
+
+    /// Whether any request is in flight or any event is waiting.
+    pub fn has_work(&self) -> bool {
+        !self.requests.is_empty() || !self.events.is_empty()
+    }
+
+    /// Cancels request `id` and every thread of its tree, and gives their
+    /// KV back at once. Its `Finished` event (reason `abort`) comes with the
+    /// next [`Engine::step`]. Returns false when `id` is not in flight.
+    pub fn abort(&mut self, id: RequestId) -> bool {
+        let Some(&r) = self.by_id.get(&id) else {
+            return false;
+        };
+        self.complete(r, FinishReason::Abort);
+        self.reap();
+        true
+    }
+
+    /// Advances every runnable thread of every request by one batch (one
+    /// chunk of prompt or one decode token each) and returns what happened.
+    /// A request's end comes as `Event::Finished`; the request is gone from
+    /// the engine afterwards. Errors are the engine's own (a model error, an
+    /// inconsistent KV pool), never a request's: a request that cannot go on
+    /// finishes with reason `error`.
+    pub fn step(&mut self) -> Result<Vec<Event>, EngineError> {
+        if !self.requests.is_empty() {
+            let result = self.step_inner();
+            self.reap();
+            result?;
         }
-        Sampler::new(p)
+        Ok(std::mem::take(&mut self.events))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn spawn(
+    fn step_inner(&mut self) -> Result<(), EngineError> {
+        self.admit();
+        self.enforce_context()?;
+        let batch = self.schedule()?;
+        if !batch.is_empty() {
+            return self.forward_batch(&batch);
+        }
+        // The next step of no thread fits, even with every other thread's KV
+        // dropped: end the oldest runnable thread at its current length (a
+        // per-thread outcome, not a failed run).
+        let oldest = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.status == Status::Runnable)
+            .min_by_key(|(_, t)| t.seq)
+            .map(|(id, _)| id);
+        if let Some(id) = oldest {
+            let t = &self.threads[id];
+            let msg = format!(
+                "thread {} stopped at {} tokens: the KV cache ({} blocks of {} tokens) cannot hold more",
+                t.local_id,
+                t.tokens.len(),
+                self.pool.n_blocks(),
+                self.cfg.block_size
+            );
+            self.requests[t.request].stats.refused_forks.push(msg);
+            return self.finish(id, ChildEnd::Length);
+        }
+        // Nothing can run and nothing will: no request may hang forever.
+        let stuck: Vec<usize> = self.requests.iter().map(|(r, _)| r).collect();
+        for r in stuck {
+            self.requests[r]
+                .stats
+                .refused_forks
+                .push("no thread of the request can run (engine limits)".into());
+            self.complete(r, FinishReason::Error);
+        }
+        Ok(())
+    }
+
+    /// Runs `specs` to completion (a thin loop over `add` and `step` for
+    /// batch users); `observe` sees every event, also those of requests
+    /// added by others. Returns this call's responses, in order. Errors: a
+    /// spec that fails validation (nothing is added then), or an engine
+    /// error (this call's requests are aborted).
+    pub fn run(
         &mut self,
-        request: usize,
-        parent: Option<usize>,
-        depth: u32,
-        label: String,
-        prompt_text: String,
-        tokens: Vec<u32>,
-        kv: ThreadKv,
-        stop: Option<&'static str>,
-        temperature: Option<f32>,
-    ) -> usize {
-        let id = self.threads.len();
+        specs: Vec<RequestSpec>,
+        observe: &mut dyn FnMut(&Event),
+    ) -> Result<Vec<Response>, EngineError> {
+        let valid = specs
+            .into_iter()
+            .map(|s| self.validate(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids = Vec::with_capacity(valid.len());
+        for v in valid {
+            ids.push(self.add_valid(v)?);
+        }
+        let mut out: HashMap<RequestId, Response> = HashMap::new();
+        while out.len() < ids.len() {
+            let events = match self.step() {
+                Ok(e) => e,
+                Err(e) => {
+                    for &id in &ids {
+                        self.abort(id);
+                    }
+                    self.events.clear();
+                    return Err(e);
+                }
+            };
+            for e in events {
+                observe(&e);
+                if let Event::Finished {
+                    request, response, ..
+                } = e
+                {
+                    if ids.contains(&request) {
+                        out.insert(request, *response);
+                    }
+                }
+            }
+        }
+        Ok(ids.iter().filter_map(|id| out.remove(id)).collect())
+    }
+
+    fn spawn(&mut self, n: NewThread) -> usize {
+        let seq = self.next_seq;
+        self.next_seq += 1;
         let ThreadKv {
             table,
             segments,
@@ -236,27 +316,30 @@ impl<'m> Engine<'m> {
             own_tok_start,
             own_text_start,
             in_layout,
-        } = kv;
+        } = n.kv;
         let n_cached = table.len();
-        let local_id = self.requests[request].threads.len();
-        let sampler = self.sampler(id as u64, temperature);
-        self.threads.push(Thread {
-            request,
+        let local_id = self.requests[n.request].threads.len();
+        let depth = n.parent.map_or(0, |p| self.threads[p].depth + 1);
+        let id = self.threads.insert(Thread {
+            request: n.request,
+            seq,
             local_id,
-            parent,
+            parent: n.parent,
             depth,
-            label,
-            prompt_tokens: tokens.len(),
+            label: n.label,
+            prompt_tokens: n.tokens.len(),
             // The root's prompt may itself end in a trigger (a prompt that
             // asks for a fork); a child's prompt holds its parent's trigger.
-            detector: if parent.is_none() {
+            detector: if n.parent.is_none() {
                 Detector::new(0)
             } else {
-                Detector::for_prompt(prompt_text.len())
+                Detector::for_prompt(n.prompt_text.len())
             },
-            prompt_len: prompt_text.len(),
-            context: prompt_text,
-            tokens,
+            prompt_len: n.prompt_text.len(),
+            emitted: n.prompt_text.len(),
+            context: n.prompt_text,
+            tokens: n.tokens,
+            no_bos: n.no_bos,
             n_cached,
             table,
             segments,
@@ -266,139 +349,81 @@ impl<'m> Engine<'m> {
             in_layout,
             status: Status::Queued,
             generated: 0,
+            max_generated: n.max_generated,
             decoder: StreamDecoder::default(),
-            stop,
+            stop: n.stop,
             end: ChildEnd::Eos,
-            sampler,
+            seed: n.sampling.seed,
+            sampler: Sampler::new(n.sampling),
             forks: Vec::new(),
             pending: None,
             merge_at: None,
             started: 0.0,
             ended: 0.0,
         });
-        self.requests[request].threads.push(id);
+        self.requests[n.request].threads.push(id);
         id
-    }
-
-    /// Runs `requests` to completion; `observe` sees the trees grow. The
-    /// responses are this call's, in request order: an engine can be reused
-    /// for batch after batch (what an earlier call left behind, even after an
-    /// error, is given back first; the prefix cache stays warm).
-    pub fn run(
-        &mut self,
-        requests: Vec<Request>,
-        observe: &mut dyn FnMut(Event),
-    ) -> Result<Vec<Response>, EngineError> {
-        for id in 0..self.threads.len() {
-            self.release_kv(id)?;
-        }
-        self.threads.clear();
-        self.requests.clear();
-        self.clock = Instant::now();
-        for req in requests {
-            let tokens = self.tok.encode(&req.prompt, true)?;
-            if tokens.is_empty() {
-                return Err(EngineError::Invalid("empty prompt".into()));
-            }
-            let r = self.requests.len();
-            self.requests.push(RequestState {
-                protocol: req.protocol,
-                root: 0,
-                threads: Vec::new(),
-                rounds: 0,
-                generated: 0,
-                stats: RequestStats::default(),
-                done: false,
-            });
-            let table = BlockTable::from_prefix_cache(&mut self.pool, &tokens)?;
-            let root = self.spawn(
-                r,
-                None,
-                0,
-                "root".into(),
-                req.prompt,
-                tokens,
-                ThreadKv::sequential(table),
-                None,
-                None,
-            );
-            self.requests[r].root = root;
-        }
-        while !self.requests.iter().all(|r| r.done) {
-            self.admit(observe);
-            let batch = self.schedule()?;
-            if batch.is_empty() {
-                // The next step of no thread fits, even with every other
-                // thread's KV dropped: end the oldest runnable thread at its
-                // current length (a per-thread outcome, not a failed run).
-                if let Some(id) = self
-                    .threads
-                    .iter()
-                    .position(|t| t.status == Status::Runnable)
-                {
-                    let r = self.threads[id].request;
-                    let msg = format!(
-                        "thread {} stopped at {} tokens: the KV cache ({} blocks of {} tokens) cannot hold more",
-                        self.threads[id].local_id,
-                        self.threads[id].tokens.len(),
-                        self.pool.n_blocks(),
-                        self.cfg.block_size
-                    );
-                    self.requests[r].stats.refused_forks.push(msg);
-                    self.finish(id, ChildEnd::Length, observe)?;
-                    continue;
-                }
-                let waiting: Vec<String> = self
-                    .threads
-                    .iter()
-                    .filter(|t| t.status == Status::Runnable)
-                    .map(|t| format!("{} tokens ({} cached)", t.tokens.len(), t.n_cached))
-                    .collect();
-                return Err(EngineError::Invalid(format!(
-                    "the KV cache ({} blocks of {} tokens, {} available) cannot hold the next step of any thread: {}; raise the KV budget",
-                    self.pool.n_blocks(),
-                    self.cfg.block_size,
-                    self.pool.n_available(),
-                    waiting.join(", ")
-                )));
-            }
-            self.step(&batch, observe)?;
-        }
-        Ok((0..self.requests.len()).map(|r| self.response(r)).collect())
     }
 
     fn live(&self, request: Option<usize>) -> usize {
         self.threads
             .iter()
-            .filter(|t| t.status == Status::Runnable && request.is_none_or(|r| t.request == r))
+            .filter(|(_, t)| t.status == Status::Runnable && request.is_none_or(|r| t.request == r))
             .count()
     }
 
-    fn admit(&mut self, observe: &mut dyn FnMut(Event)) {
-        for id in 0..self.threads.len() {
-            if self.threads[id].status != Status::Queued {
-                continue;
-            }
+    fn admit(&mut self) {
+        let mut queued: Vec<(u64, usize)> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.status == Status::Queued)
+            .map(|(id, t)| (t.seq, id))
+            .collect();
+        queued.sort_unstable();
+        for (_, id) in queued {
             let r = self.threads[id].request;
             if self.live(None) >= self.cfg.max_live_threads
                 || self.live(Some(r)) >= self.cfg.max_live_threads_per_request
             {
                 continue;
             }
-            let now = self.now_ms();
+            let now = self.requests[r].now_ms();
             let t = &mut self.threads[id];
             t.status = Status::Runnable;
             t.started = now;
             let parent = t.parent.map(|p| self.threads[p].local_id);
             let t = &self.threads[id];
-            observe(Event::ThreadStarted {
-                request: r,
+            self.events.push(Event::ThreadStarted {
+                request: self.requests[r].id,
                 thread: t.local_id,
                 parent,
                 depth: t.depth,
-                label: &t.label,
+                label: t.label.clone(),
             });
         }
+    }
+
+    /// Ends every runnable thread whose context has reached the model's
+    /// (a child's prompt or a join's text can be longer than the root's).
+    fn enforce_context(&mut self) -> Result<(), EngineError> {
+        let max = self.model.config.max_context;
+        let over: Vec<usize> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.status == Status::Runnable && t.next_position() > max)
+            .map(|(id, _)| id)
+            .collect();
+        for id in over {
+            let t = &self.threads[id];
+            let msg = format!(
+                "thread {} stopped at {} positions: the model's context is {max} tokens",
+                t.local_id,
+                t.next_position()
+            );
+            self.requests[t.request].stats.refused_forks.push(msg);
+            self.finish(id, ChildEnd::Length)?;
+        }
+        Ok(())
     }
 
     fn ctx(&self, id: usize) -> ForkContext {
@@ -410,52 +435,90 @@ impl<'m> Engine<'m> {
 
     /// After a thread's context is fully computed: look for a trigger, else
     /// sample its next token.
-    fn advance(
-        &mut self,
-        id: usize,
-        logits: &[f32],
-        observe: &mut dyn FnMut(Event),
-    ) -> Result<(), EngineError> {
-        if self.scan(id, observe)? {
+    fn advance(&mut self, id: usize, logits: &[f32]) -> Result<(), EngineError> {
+        if self.scan(id)? {
             return Ok(());
         }
         let r = self.threads[id].request;
+        let is_root = self.threads[id].parent.is_none();
         let next = self.threads[id].sampler.sample(logits);
-        if self.tok.is_stop(next) {
-            return self.finish(id, ChildEnd::Eos, observe);
+        let req = &self.requests[r];
+        if (self.tok.is_stop(next) && !req.ignore_eos)
+            || (is_root && req.stop_token_ids.contains(&next))
+        {
+            return self.finish(id, ChildEnd::Eos);
         }
+        if req.stats.ttft_ms == 0.0 && is_root {
+            let now = req.now_ms();
+            self.requests[r].stats.ttft_ms = now;
+        }
+        let req_id = self.requests[r].id;
         let t = &mut self.threads[id];
         t.tokens.push(next);
         t.generated += 1;
         self.requests[r].generated += 1;
-        if let Some(piece) = t.decoder.push(self.tok, next)? {
-            t.context.push_str(&piece);
-            observe(Event::Text {
-                request: r,
+        let piece = t.decoder.push(self.tok, next)?.unwrap_or_default();
+        t.context.push_str(&piece);
+        let stops = &self.requests[r].stop;
+        if is_root && !stops.is_empty() {
+            // Stop strings end the root's visible text; text that may be
+            // the start of one is held back until it is known not to be.
+            let visible = &t.context[t.emitted..];
+            let hit = stops
+                .iter()
+                .filter_map(|s| visible.find(s.as_str()))
+                .min()
+                .map(|p| t.emitted + p);
+            let upto = match hit {
+                Some(pos) => pos,
+                None => t.context.len() - held_back(visible, stops),
+            };
+            let text = t.context[t.emitted..upto].to_string();
+            t.emitted = upto;
+            self.events.push(Event::Text {
+                request: req_id,
                 thread: t.local_id,
                 depth: t.depth,
-                piece: &piece,
+                text,
+                token_ids: vec![next],
             });
-            if let Some(stop) = t.stop {
-                let mut from = t
-                    .context
-                    .len()
-                    .saturating_sub(piece.len() + stop.len())
-                    .max(t.prompt_len);
-                while !t.context.is_char_boundary(from) {
-                    from -= 1;
-                }
-                if let Some(pos) = t.context[from..].find(stop).map(|p| p + from) {
-                    t.context.truncate(pos + stop.len());
-                    return self.finish(id, ChildEnd::Stop, observe);
-                }
+            if let Some(pos) = hit {
+                t.context.truncate(pos);
+                return self.finish(id, ChildEnd::Stop);
+            }
+        } else {
+            t.emitted = t.context.len();
+            self.events.push(Event::Text {
+                request: req_id,
+                thread: t.local_id,
+                depth: t.depth,
+                text: piece.clone(),
+                token_ids: vec![next],
+            });
+        }
+        // The protocol's stop for a child (or a parent's `FinishAt`): kept
+        // in the text.
+        let t = &mut self.threads[id];
+        if let Some(stop) = t.stop {
+            let mut from = t
+                .context
+                .len()
+                .saturating_sub(piece.len() + stop.len())
+                .max(t.prompt_len);
+            while !t.context.is_char_boundary(from) {
+                from -= 1;
+            }
+            if let Some(pos) = t.context[from..].find(stop).map(|p| p + from) {
+                t.context.truncate(pos + stop.len());
+                t.emitted = t.emitted.min(t.context.len());
+                return self.finish(id, ChildEnd::Stop);
             }
         }
         let t = &self.threads[id];
-        if t.generated >= self.cfg.max_tokens_per_thread {
-            return self.finish(id, ChildEnd::Length, observe);
+        if t.generated >= t.max_generated || t.next_position() >= self.model.config.max_context {
+            return self.finish(id, ChildEnd::Length);
         }
-        if self.requests[r].generated >= self.cfg.max_tokens_per_request {
+        if self.requests[r].generated >= self.requests[r].max_total_tokens {
             let live: Vec<usize> = self.requests[r]
                 .threads
                 .iter()
@@ -463,7 +526,7 @@ impl<'m> Engine<'m> {
                 .filter(|&c| matches!(self.threads[c].status, Status::Runnable | Status::Queued))
                 .collect();
             for c in live {
-                self.finish(c, ChildEnd::Length, observe)?;
+                self.finish(c, ChildEnd::Length)?;
             }
         }
         Ok(())
@@ -471,14 +534,14 @@ impl<'m> Engine<'m> {
 
     /// Runs the protocol's detector over the thread's new text. Returns true
     /// when the thread forked or ended (no token is sampled then).
-    fn scan(&mut self, id: usize, observe: &mut dyn FnMut(Event)) -> Result<bool, EngineError> {
+    fn scan(&mut self, id: usize) -> Result<bool, EngineError> {
         let r = self.threads[id].request;
-        let protocol = self.requests[r].protocol.clone();
+        let Some(protocol) = self.requests[r].protocol.clone() else {
+            return Ok(false);
+        };
         let ctx = self.ctx(id);
-        let full = self.threads[id].full_text();
-        let scan = self.threads[id]
-            .detector
-            .scan(protocol.as_ref(), &full, ctx);
+        let t = &mut self.threads[id];
+        let scan = t.detector.scan(protocol.as_ref(), &t.context, ctx);
         match scan {
             Scan::Continue => Ok(false),
             Scan::Refuse(refusal) => {
@@ -492,35 +555,37 @@ impl<'m> Engine<'m> {
                         truncate_to,
                         append,
                     } => {
-                        let text =
-                            format!("{}{}", full.get(..truncate_to).unwrap_or(&full), append);
+                        let ctx = &self.threads[id].context;
+                        let text = format!("{}{}", ctx.get(..truncate_to).unwrap_or(ctx), append);
                         self.retext(id, text)?;
                         Ok(true)
                     }
                     Action::Finish { truncate_to } => {
-                        let text = full.get(..truncate_to).unwrap_or(&full).to_string();
                         let t = &mut self.threads[id];
-                        t.prompt_len = t.prompt_len.min(text.len());
-                        t.context = text;
-                        self.finish(id, ChildEnd::Stop, observe)?;
+                        if t.context.is_char_boundary(truncate_to) {
+                            t.context.truncate(truncate_to);
+                        }
+                        t.prompt_len = t.prompt_len.min(t.context.len());
+                        t.emitted = t.emitted.min(t.context.len());
+                        self.finish(id, ChildEnd::Stop)?;
                         Ok(true)
                     }
                 }
             }
             Scan::Fork(fork) => {
                 let depth = self.threads[id].depth;
-                if fork.children.len() > self.cfg.max_children_per_fork
-                    || depth >= self.cfg.max_depth
-                {
-                    self.requests[r].stats.refused_forks.push(format!(
+                let req = &self.requests[r];
+                if fork.children.len() > req.max_children || depth >= req.max_depth {
+                    let msg = format!(
                         "engine limit: {} children at depth {depth} (max {} children, depth < {})",
                         fork.children.len(),
-                        self.cfg.max_children_per_fork,
-                        self.cfg.max_depth
-                    ));
+                        req.max_children,
+                        req.max_depth
+                    );
+                    self.requests[r].stats.refused_forks.push(msg);
                     return Ok(false);
                 }
-                self.fork(id, fork, &full)?;
+                self.fork(id, fork)?;
                 Ok(true)
             }
         }
@@ -540,7 +605,67 @@ impl<'m> Engine<'m> {
                 .sum::<usize>()
     }
 
-    fn response(&self, r: usize) -> Response {
+    /// Ends request `r`: every thread stops, its KV goes back to the pool,
+    /// held-back root text is flushed (unless a stop string cut it) and
+    /// `Event::Finished` carries the response. The request leaves the
+    /// engine at the end of the step (`reap`).
+    fn complete(&mut self, r: usize, reason: FinishReason) {
+        if self.requests[r].done.is_some() {
+            return;
+        }
+        self.requests[r].done = Some(reason);
+        let now = self.requests[r].now_ms();
+        for k in self.requests[r].threads.clone() {
+            let t = &mut self.threads[k];
+            if t.status != Status::Finished {
+                t.status = Status::Finished;
+                t.ended = now;
+            }
+            // Only this request's tables: the pool cannot disagree with
+            // them, and a request being dropped must not fail the engine.
+            let _ = self.release_kv(k);
+        }
+        let req = &self.requests[r];
+        let root = &self.threads[req.root];
+        if root.emitted < root.context.len() {
+            let text = root.context[root.emitted..].to_string();
+            let (thread, depth, id) = (root.local_id, root.depth, req.id);
+            self.threads[req.root].emitted = self.threads[req.root].context.len();
+            self.events.push(Event::Text {
+                request: id,
+                thread,
+                depth,
+                text,
+                token_ids: Vec::new(),
+            });
+        }
+        let response = self.response(r, reason);
+        self.events.push(Event::Finished {
+            request: self.requests[r].id,
+            reason,
+            response: Box::new(response),
+        });
+    }
+
+    /// Drops finished requests and their threads.
+    fn reap(&mut self) {
+        let done: Vec<usize> = self
+            .requests
+            .iter()
+            .filter(|(_, q)| q.done.is_some())
+            .map(|(r, _)| r)
+            .collect();
+        for r in done {
+            if let Some(req) = self.requests.remove(r) {
+                self.by_id.remove(&req.id);
+                for k in req.threads {
+                    self.threads.remove(k);
+                }
+            }
+        }
+    }
+
+    fn response(&self, r: usize, reason: FinishReason) -> Response {
         let req = &self.requests[r];
         let threads: Vec<ThreadRecord> = req
             .threads
@@ -565,9 +690,52 @@ impl<'m> Engine<'m> {
         stats.parallelism = stats.total_tokens as f64 / stats.critical_path_tokens.max(1) as f64;
         stats.wall_ms = threads.iter().map(|t| t.end_ms).fold(0.0, f64::max);
         Response {
+            id: req.id,
             text: self.threads[req.root].generated_text().to_string(),
+            finish_reason: reason,
+            prompt_tokens: self.threads[req.root].prompt_tokens,
             threads,
             stats,
         }
+    }
+}
+
+/// Bytes at the end of `text` that may be the start of one of `stops`.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|s| {
+            (1..s.len())
+                .rev()
+                .filter(|&k| s.is_char_boundary(k))
+                .find(|&k| text.ends_with(&s[..k]))
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_back_is_the_longest_stop_prefix_at_the_end() {
+        let stops = vec!["</s>".to_string(), "END".to_string()];
+        assert_eq!(held_back("hello <", &stops), 1);
+        assert_eq!(held_back("hello </", &stops), 2);
+        assert_eq!(held_back("hello </x", &stops), 0);
+        assert_eq!(held_back("EN", &stops), 2);
+        assert_eq!(held_back("", &stops), 0);
+        // Multi-byte stop strings are cut on character boundaries only.
+        let stops = vec!["ñé".to_string()];
+        assert_eq!(held_back("añ", &stops), "ñ".len());
+    }
+
+    #[test]
+    fn thread_seeds_differ_by_place_and_repeat() {
+        assert_eq!(thread_seed(7, 0, 1), thread_seed(7, 0, 1));
+        assert_ne!(thread_seed(7, 0, 1), thread_seed(7, 0, 2));
+        assert_ne!(thread_seed(7, 0, 1), thread_seed(7, 1, 1));
+        assert_ne!(thread_seed(7, 0, 1), thread_seed(8, 0, 1));
     }
 }

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::request::{FinishReason, RequestId};
+
 /// One thread of a request, as the trace records it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ThreadRecord {
@@ -12,6 +14,7 @@ pub struct ThreadRecord {
     pub text: String,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
+    /// Milliseconds after the request's `add`.
     pub start_ms: f64,
     pub end_ms: f64,
     /// The token ids in the thread's own KV, in slot order: prompt then
@@ -32,7 +35,10 @@ pub struct RequestStats {
     pub critical_path_tokens: usize,
     /// total / critical path.
     pub parallelism: f64,
+    /// Milliseconds from `add` to the root's last event.
     pub wall_ms: f64,
+    /// Milliseconds from `add` to the root's first sampled token (TTFT).
+    pub ttft_ms: f64,
     /// Prompt tokens whose KV was reused instead of recomputed (shared
     /// prefixes at forks and joins).
     pub prefill_tokens_saved: usize,
@@ -56,39 +62,79 @@ pub struct RequestStats {
 /// A finished request.
 #[derive(Debug, Clone, Serialize)]
 pub struct Response {
-    /// The root thread's generated text after every join.
+    pub id: RequestId,
+    /// The root thread's generated text after every join (before a stop
+    /// string, when one ended it).
     pub text: String,
+    pub finish_reason: FinishReason,
+    /// The root's prompt tokens.
+    pub prompt_tokens: usize,
     pub threads: Vec<ThreadRecord>,
     pub stats: RequestStats,
 }
 
-/// Live progress, for streaming the tree as it grows.
+/// What [`crate::Engine::step`] reports. Thread ids are indices within
+/// their request (the trace's ids; the root is 0). Owned, so a caller can
+/// send them to another thread (the server's engine loop does).
 #[derive(Debug, Clone)]
-pub enum Event<'a> {
+pub enum Event {
     ThreadStarted {
-        request: usize,
+        request: RequestId,
         thread: usize,
         parent: Option<usize>,
         depth: u32,
-        label: &'a str,
+        label: String,
     },
+    /// New text of a thread, one event per sampled token (`token_ids`).
+    /// The text may be empty (a token that ends inside a UTF-8 character,
+    /// or root text held back because it may begin a stop string), and an
+    /// event with no ids flushes held-back text when the thread ends.
     Text {
-        request: usize,
+        request: RequestId,
         thread: usize,
         depth: u32,
-        piece: &'a str,
+        text: String,
+        token_ids: Vec<u32>,
     },
-    ThreadFinished {
-        request: usize,
+    /// A thread forked: `children` (thread ids) start from its context.
+    Forked {
+        request: RequestId,
         thread: usize,
         depth: u32,
-        generated_tokens: usize,
+        children: Vec<usize>,
     },
+    /// A thread's children were joined back into its context.
     Joined {
-        request: usize,
+        request: RequestId,
         thread: usize,
         depth: u32,
         children: usize,
         reused_tokens: usize,
     },
+    ThreadFinished {
+        request: RequestId,
+        thread: usize,
+        depth: u32,
+        generated_tokens: usize,
+    },
+    /// The request ended; every block it held is back in the pool.
+    Finished {
+        request: RequestId,
+        reason: FinishReason,
+        response: Box<Response>,
+    },
+}
+
+impl Event {
+    /// The request the event belongs to.
+    pub fn request(&self) -> RequestId {
+        match self {
+            Event::ThreadStarted { request, .. }
+            | Event::Text { request, .. }
+            | Event::Forked { request, .. }
+            | Event::Joined { request, .. }
+            | Event::ThreadFinished { request, .. }
+            | Event::Finished { request, .. } => *request,
+        }
+    }
 }

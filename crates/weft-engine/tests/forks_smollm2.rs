@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use weft_engine::{Engine, EngineConfig, Request, Response};
+use weft_engine::{Engine, EngineConfig, RequestSpec, Response};
 use weft_model::{LoadOptions, Model, Tokenizer};
 
 fn model() -> (Model, Tokenizer) {
@@ -35,9 +35,9 @@ fn run(
     let before = engine.kv_blocks_available();
     let requests = prompts
         .iter()
-        .map(|p| Request {
-            prompt: p.clone(),
-            protocol: Arc::from(weft_protocol::by_name(protocol).unwrap()),
+        .map(|p| {
+            RequestSpec::text(p.clone())
+                .with_protocol(Arc::from(weft_protocol::by_name(protocol).unwrap()))
         })
         .collect();
     let out = engine.run(requests, &mut |_| {}).unwrap();
@@ -324,10 +324,8 @@ fn a_reused_engine_answers_each_batch_with_its_own_responses() {
     let mut engine = Engine::new(&model, &tok, cfg).unwrap();
     let before = engine.kv_blocks_available();
     for (p, want) in prompts.iter().zip(&fresh) {
-        let request = Request {
-            prompt: p.clone(),
-            protocol: Arc::from(weft_protocol::by_name("threadweaver").unwrap()),
-        };
+        let request = RequestSpec::text(p.clone())
+            .with_protocol(Arc::from(weft_protocol::by_name("threadweaver").unwrap()));
         let mut out = engine.run(vec![request], &mut |_| {}).unwrap();
         assert_eq!(out.len(), 1, "responses of earlier calls came back too");
         let got = out.remove(0);

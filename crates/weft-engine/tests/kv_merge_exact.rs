@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use weft_engine::{Engine, EngineConfig, Request};
+use weft_engine::{Engine, EngineConfig, RequestSpec};
 use weft_model::sampling::argmax;
 use weft_model::{LoadOptions, Model, Tokenizer};
 
@@ -57,10 +57,8 @@ fn parent_after_a_kv_merge_join_decodes_as_the_masked_dense_forward() {
         ..Default::default()
     };
     let mut engine = Engine::new(&model, &tok, cfg).unwrap();
-    let request = Request {
-        prompt: MV_PROMPT.to_string(),
-        protocol: Arc::from(weft_protocol::by_name("multiverse").unwrap()),
-    };
+    let request = RequestSpec::text(MV_PROMPT.to_string())
+        .with_protocol(Arc::from(weft_protocol::by_name("multiverse").unwrap()));
     let r = engine.run(vec![request], &mut |_| {}).unwrap().remove(0);
     assert_eq!(r.stats.kv_merge_joins, 1, "{:?}", r.stats);
     assert_eq!(r.threads.len(), 4);

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use weft_engine::{Engine, EngineConfig, Request, Response};
+use weft_engine::{Engine, EngineConfig, RequestSpec, Response};
 use weft_model::{LoadOptions, Model, Tokenizer};
 use weft_protocol::{
     AfterJoin, ChildEnd, ChildPrompt, ChildResult, ChildSpec, ChildStop, Fork, ForkContext, Join,
@@ -111,10 +111,7 @@ fn run(model: &Model, tok: &Tokenizer, cfg: EngineConfig) -> (Vec<Response>, usi
     let before = engine.kv_blocks_available();
     let requests = ["List of fruits: apple", "Colors of the rainbow: red"]
         .iter()
-        .map(|p| Request {
-            prompt: p.to_string(),
-            protocol: Arc::new(CommaFork),
-        })
+        .map(|p| RequestSpec::text(p.to_string()).with_protocol(Arc::new(CommaFork)))
         .collect();
     let out = engine.run(requests, &mut |_| {}).unwrap();
     (out, before, engine.kv_blocks_available())

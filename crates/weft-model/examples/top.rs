@@ -1,6 +1,6 @@
 //! Prints the first-step top-10 probabilities for a prompt (debugging aid).
-use weft_model::generate::Session;
 use weft_model::sampling::softmax;
+use weft_model::session::Session;
 use weft_model::{LoadOptions, Model, Tokenizer};
 fn main() {
     let path = std::path::PathBuf::from(std::env::args().nth(1).expect("model path"));

@@ -7,16 +7,18 @@
 //!   each at its own position, each reading its KV through its own block table
 //!   in a shared [`KvCache`]. The engine batches threads through this call.
 //! - [`kernels`]: the AVX2 quantized matmuls (picked at run time) that make it fast.
-//! - [`Tokenizer`], [`chat`] templates, [`sampling`], and [`generate`] for one sequence.
+//! - [`Tokenizer`], [`chat`] templates, [`sampling`], and a one-sequence
+//!   [`session::Session`] that returns logits (for parity tests; generation
+//!   itself runs in `weft-engine`).
 //!
 //! ```no_run
-//! use weft_model::{Model, LoadOptions, Tokenizer, generate::{generate, GenerateParams}};
+//! use weft_model::{Model, LoadOptions, Tokenizer, session::Session};
 //! let path = std::path::Path::new("model.gguf");
 //! let model = Model::load(path, &LoadOptions::default())?;
 //! let tok = Tokenizer::load(path)?;
 //! let prompt = tok.encode("Hello", true)?;
-//! let params = GenerateParams { max_tokens: 16, ..Default::default() };
-//! let out = generate(&model, &tok, &prompt, &params, |piece| print!("{piece}"))?;
+//! let mut session = Session::new(&model, prompt.len());
+//! let logits = session.feed(&prompt, false)?; // vocab_size values
 //! # Ok::<(), weft_model::ModelError>(())
 //! ```
 
@@ -24,7 +26,6 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod forward;
-pub mod generate;
 pub mod gguf;
 pub mod kernels;
 pub mod kv_cache;
@@ -32,6 +33,7 @@ pub mod model;
 mod prefix_attention;
 mod reference;
 pub mod sampling;
+pub mod session;
 pub mod tokenizer;
 pub mod weights;
 

@@ -271,6 +271,33 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Token ids of a prompt, with one BOS policy for every caller (the
+    /// engine, `weft run`, the server): text that a chat template rendered
+    /// (`rendered_by_template`) is never given a BOS, as `transformers`'
+    /// `apply_chat_template(tokenize=True)` and vLLM's chat endpoint encode
+    /// it (the template writes `{{ bos_token }}` itself when the model wants
+    /// one); plain text gets the model's BOS unless it already starts with
+    /// the BOS token's text.
+    pub fn encode_prompt(&self, text: &str, rendered_by_template: bool) -> Result<Vec<u32>> {
+        let starts_with_bos = self
+            .bos
+            .and_then(|b| self.id_to_token(b))
+            .is_some_and(|b| !b.is_empty() && text.starts_with(&b));
+        self.encode(text, !rendered_by_template && !starts_with_bos)
+    }
+
+    /// Renders `messages` with the model's chat template, ending with the
+    /// assistant's turn opener (`add_generation_prompt`), as `transformers`
+    /// does. Errors: the model has no template, or the template fails.
+    pub fn render_chat(&self, messages: &[crate::chat::Message]) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| ModelError::ChatTemplate("this model has no chat template".into()))?;
+        let name = |id: Option<u32>| id.and_then(|b| self.id_to_token(b)).unwrap_or_default();
+        crate::chat::render(template, messages, true, &name(self.bos), &name(self.eos))
+    }
+
     /// Text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

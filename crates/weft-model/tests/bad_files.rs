@@ -158,7 +158,7 @@ fn bad_requests_are_errors_not_panics() {
         },
     )
     .unwrap();
-    let mut s = weft_model::generate::Session::new(&model, 16);
+    let mut s = weft_model::session::Session::new(&model, 16);
     assert!(s.feed(&[], false).is_err());
     assert!(s
         .feed(&[10_000], false)

@@ -2,8 +2,8 @@
 //! positions, each with its own block table in one shared KV cache) yields the
 //! same greedy tokens as the same sequence decoded alone.
 
-use weft_model::generate::Session;
 use weft_model::sampling::argmax;
+use weft_model::session::Session;
 use weft_model::{KvCache, LoadOptions, Model, SeqStep, Tokenizer, Workspace};
 
 const STEPS: usize = 24;

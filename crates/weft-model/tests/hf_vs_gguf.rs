@@ -5,7 +5,7 @@
 
 mod common;
 
-use weft_model::generate::Session;
+use weft_model::session::Session;
 use weft_model::{LoadOptions, Model};
 
 fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {

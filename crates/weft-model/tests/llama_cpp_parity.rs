@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use weft_model::chat::{render, Message};
-use weft_model::generate::Session;
 use weft_model::sampling::{argmax, softmax};
+use weft_model::session::Session;
 use weft_model::{LoadOptions, Model, Tokenizer};
 
 /// Largest allowed |p_weft - p_llama| over the first-step top-20.

@@ -6,7 +6,9 @@ use weft_kv::{BlockTable, KvError};
 use weft_protocol::{AfterJoin, ChildEnd, ChildPrompt, ChildResult, Fork, JoinMode, Layout};
 
 use super::merge::{self, MergeJoin};
-use super::{Engine, Status, ThreadKv};
+use super::thread::{thread_seed, Status, ThreadKv};
+use super::{Engine, NewThread};
+use crate::request::FinishReason;
 use crate::tree::Event;
 use crate::EngineError;
 
@@ -15,7 +17,7 @@ impl Engine<'_> {
     /// token prefix. Returns the number of reused tokens. A merged thread's
     /// layout is dropped: its text is re-prefilled as one sequence.
     pub(super) fn retext(&mut self, id: usize, full: String) -> Result<usize, EngineError> {
-        let tokens = self.tok.encode(&full, true)?;
+        let tokens = self.tok.encode_prompt(&full, self.threads[id].no_bos)?;
         self.register(id)?;
         let t = &mut self.threads[id];
         t.in_layout = false;
@@ -58,21 +60,68 @@ impl Engine<'_> {
         Ok(())
     }
 
-    pub(super) fn fork(&mut self, id: usize, fork: Fork, full: &str) -> Result<(), EngineError> {
+    pub(super) fn fork(&mut self, id: usize, fork: Fork) -> Result<(), EngineError> {
         let r = self.threads[id].request;
-        let rules = self.requests[r].protocol.rules();
-        let stop = self.requests[r].protocol.child_stop().stop;
+        let Some(protocol) = self.requests[r].protocol.clone() else {
+            return Ok(());
+        };
+        let rules = protocol.rules();
+        let stop = protocol.child_stop().stop;
         self.register(id)?;
+        let full = std::mem::take(&mut self.threads[id].context);
+        let result = self.fork_children(id, &fork, &full, rules, stop);
+        self.threads[id].context = full;
+        let kids = result?;
+        let merge = {
+            let at_end = fork.segment_end >= self.threads[id].context.len();
+            let in_layout = at_end
+                && fork
+                    .children
+                    .iter()
+                    .all(|c| matches!(c.prompt, ChildPrompt::Continue { .. }));
+            in_layout && self.cfg.kv_merge && rules.join_mode == JoinMode::KvMerge
+        };
+        let req_id = self.requests[r].id;
+        let t = &mut self.threads[id];
+        t.status = Status::Waiting;
+        let children = kids.iter().map(|&k| self.threads[k].local_id).collect();
+        let t = &mut self.threads[id];
+        t.forks.push(kids);
+        t.pending = Some(fork);
+        t.merge_at = merge.then_some(t.tokens.len());
+        self.events.push(Event::Forked {
+            request: req_id,
+            thread: t.local_id,
+            depth: t.depth,
+            children,
+        });
+        self.requests[r].rounds += 1;
+        self.requests[r].stats.forks += 1;
+        Ok(())
+    }
+
+    /// Starts a fork's children: continuations share the parent's block
+    /// table (and segments), fresh prompts start from the prefix cache.
+    fn fork_children(
+        &mut self,
+        id: usize,
+        fork: &Fork,
+        full: &str,
+        rules: weft_protocol::Rules,
+        stop: Option<&'static str>,
+    ) -> Result<Vec<usize>, EngineError> {
+        let r = self.threads[id].request;
         let at_end = fork.segment_end >= full.len();
         let in_layout = at_end
             && fork
                 .children
                 .iter()
                 .all(|c| matches!(c.prompt, ChildPrompt::Continue { .. }));
+        let fork_index = self.threads[id].forks.len();
         let mut kids = Vec::new();
-        for spec in &fork.children {
+        for (i, spec) in fork.children.iter().enumerate() {
             let prompt_text = spec.prompt.full_text(full, fork.segment_end);
-            let (tokens, kv) = match (&spec.prompt, at_end) {
+            let (tokens, no_bos, kv) = match (&spec.prompt, at_end) {
                 (ChildPrompt::Continue { suffix }, true) => {
                     let parent = &self.threads[id];
                     let mut tokens = parent.tokens.clone();
@@ -91,47 +140,52 @@ impl Engine<'_> {
                         own_text_start: full.len(),
                         in_layout,
                     };
-                    (tokens, kv)
+                    (tokens, parent.no_bos, kv)
                 }
-                _ => {
-                    let tokens = self.tok.encode(&prompt_text, true)?;
-                    let table = BlockTable::from_prefix_cache(&mut self.pool, &tokens)?;
-                    (tokens, ThreadKv::sequential(table))
+                (ChildPrompt::Continue { .. }, false) => {
+                    let no_bos = self.threads[id].no_bos;
+                    let tokens = self.tok.encode_prompt(&prompt_text, no_bos)?;
+                    let table = BlockTable::from_prefix_cache(
+                        &mut self.pool,
+                        &tokens[..tokens.len().saturating_sub(1)],
+                    )?;
+                    (tokens, no_bos, ThreadKv::sequential(table))
+                }
+                (ChildPrompt::Fresh { .. }, _) => {
+                    let tokens = self.tok.encode_prompt(&prompt_text, false)?;
+                    let table = BlockTable::from_prefix_cache(
+                        &mut self.pool,
+                        &tokens[..tokens.len().saturating_sub(1)],
+                    )?;
+                    (tokens, false, ThreadKv::sequential(table))
                 }
             };
             self.requests[r].stats.prefill_tokens_saved += kv.reused();
-            let depth = self.threads[id].depth + 1;
-            let kid = self.spawn(
-                r,
-                Some(id),
-                depth,
-                spec.label.clone(),
+            let mut sampling = self.requests[r].sampling.clone();
+            sampling.seed = thread_seed(self.threads[id].seed, fork_index, i);
+            if let Some(t) = rules.child_temperature {
+                sampling.temperature = t;
+            }
+            let kid = self.spawn(NewThread {
+                request: r,
+                parent: Some(id),
+                label: spec.label.clone(),
                 prompt_text,
                 tokens,
+                no_bos,
                 kv,
                 stop,
-                rules.child_temperature,
-            );
+                sampling,
+                max_generated: self.requests[r].max_thread_tokens,
+            });
             kids.push(kid);
         }
-        let merge = in_layout && self.cfg.kv_merge && rules.join_mode == JoinMode::KvMerge;
-        let t = &mut self.threads[id];
-        t.status = Status::Waiting;
-        t.forks.push(kids);
-        t.pending = Some(fork);
-        t.merge_at = merge.then_some(t.tokens.len());
-        self.requests[r].rounds += 1;
-        self.requests[r].stats.forks += 1;
-        Ok(())
+        Ok(kids)
     }
 
-    pub(super) fn finish(
-        &mut self,
-        id: usize,
-        end: ChildEnd,
-        observe: &mut dyn FnMut(Event),
-    ) -> Result<(), EngineError> {
-        let now = self.now_ms();
+    pub(super) fn finish(&mut self, id: usize, end: ChildEnd) -> Result<(), EngineError> {
+        let r = self.threads[id].request;
+        let now = self.requests[r].now_ms();
         let t = &mut self.threads[id];
         if t.status == Status::Finished {
             return Ok(());
@@ -149,20 +203,21 @@ impl Engine<'_> {
             self.release_kv(id)?;
         }
         let t = &self.threads[id];
-        observe(Event::ThreadFinished {
-            request: r,
+        self.events.push(Event::ThreadFinished {
+            request: self.requests[r].id,
             thread: t.local_id,
             depth: t.depth,
             generated_tokens: t.generated,
         });
         match parent {
             None => {
-                self.requests[r].done = true;
+                let reason = match end {
+                    ChildEnd::Eos | ChildEnd::Stop => FinishReason::Stop,
+                    ChildEnd::Length => FinishReason::Length,
+                };
                 // Nothing of the request holds KV any more (a thread cut
                 // short while its parent waited would otherwise leak).
-                for k in self.requests[r].threads.clone() {
-                    self.release_kv(k)?;
-                }
+                self.complete(r, reason);
                 Ok(())
             }
             Some(p) => {
@@ -171,21 +226,18 @@ impl Engine<'_> {
                     .iter()
                     .all(|&k| self.threads[k].status == Status::Finished)
                 {
-                    self.join(p, &kids, observe)?;
+                    self.join(p, &kids)?;
                 }
                 Ok(())
             }
         }
     }
 
-    pub(super) fn join(
-        &mut self,
-        id: usize,
-        kids: &[usize],
-        observe: &mut dyn FnMut(Event),
-    ) -> Result<(), EngineError> {
+    pub(super) fn join(&mut self, id: usize, kids: &[usize]) -> Result<(), EngineError> {
         let r = self.threads[id].request;
-        let protocol = self.requests[r].protocol.clone();
+        let Some(protocol) = self.requests[r].protocol.clone() else {
+            return self.release_children(kids);
+        };
         let results: Vec<ChildResult> = kids
             .iter()
             .map(|&k| protocol.child_result(self.threads[k].generated_text(), self.threads[k].end))
@@ -194,9 +246,8 @@ impl Engine<'_> {
         let Some(fork) = self.threads[id].pending.take() else {
             return self.release_children(kids);
         };
-        let full = self.threads[id].full_text();
         let ctx = self.ctx(id);
-        let join = match protocol.join(&full, &fork, &results, ctx) {
+        let join = match protocol.join(&self.threads[id].context, &fork, &results, ctx) {
             Ok(j) => j,
             Err(e) => {
                 self.requests[r]
@@ -205,7 +256,7 @@ impl Engine<'_> {
                     .push(format!("join failed: {e}"));
                 self.release_children(kids)?;
                 self.threads[id].status = Status::Runnable;
-                return self.finish(id, ChildEnd::Stop, observe);
+                return self.finish(id, ChildEnd::Stop);
             }
         };
         let merged = match (merge_at, &join.layout) {
@@ -236,10 +287,11 @@ impl Engine<'_> {
             }
         };
         self.requests[r].stats.prefill_tokens_saved += reused;
+        let req_id = self.requests[r].id;
         let t = &mut self.threads[id];
         t.status = Status::Runnable;
-        observe(Event::Joined {
-            request: r,
+        self.events.push(Event::Joined {
+            request: req_id,
             thread: t.local_id,
             depth: t.depth,
             children: kids.len(),
@@ -248,7 +300,7 @@ impl Engine<'_> {
         match join.then {
             AfterJoin::Continue => {}
             AfterJoin::FinishAt(s) => t.stop = Some(s),
-            AfterJoin::Finish => return self.finish(id, ChildEnd::Stop, observe),
+            AfterJoin::Finish => return self.finish(id, ChildEnd::Stop),
         }
         Ok(())
     }

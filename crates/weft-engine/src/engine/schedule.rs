@@ -5,8 +5,8 @@
 use weft_kv::{BlockTable, KvError};
 use weft_model::{KvSpan, SeqStep};
 
-use super::{merge, Engine, Status};
-use crate::tree::Event;
+use super::thread::Status;
+use super::{merge, Engine};
 use crate::EngineError;
 
 impl Engine<'_> {
@@ -15,9 +15,15 @@ impl Engine<'_> {
     pub(super) fn schedule(&mut self) -> Result<Vec<(usize, usize)>, EngineError> {
         let mut batch = Vec::new();
         let mut budget = self.cfg.max_batch_tokens;
-        let order: Vec<usize> = (0..self.threads.len())
-            .filter(|&i| self.threads[i].status == Status::Runnable)
+        // Oldest first: they are served first and never preempted by newer.
+        let mut aged: Vec<(u64, usize)> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.status == Status::Runnable)
+            .map(|(id, t)| (t.seq, id))
             .collect();
+        aged.sort_unstable();
+        let order: Vec<usize> = aged.into_iter().map(|(_, id)| id).collect();
         for &id in &order {
             if budget == 0 {
                 break;
@@ -36,7 +42,7 @@ impl Engine<'_> {
                 // merged thread's own tokens do not start a sequence: it
                 // recomputes them over its segments.)
                 let t = &mut self.threads[id];
-                let last = t.tokens.len() - 1;
+                let last = t.tokens.len().saturating_sub(1);
                 t.table = BlockTable::from_prefix_cache(&mut self.pool, &t.tokens[..last])?;
                 t.n_cached = t.table.len();
                 self.requests[t.request].stats.prefill_tokens_saved += t.n_cached;
@@ -61,8 +67,9 @@ impl Engine<'_> {
                         // always progresses: no ping-pong), and only those
                         // whose KV frees a block nobody else holds.
                         let pool = &self.pool;
+                        let seq = self.threads[id].seq;
                         let victim = order.iter().rev().copied().find(|&v| {
-                            v > id
+                            self.threads[v].seq > seq
                                 && self.threads[v]
                                     .table
                                     .blocks()
@@ -94,11 +101,9 @@ impl Engine<'_> {
         Ok(())
     }
 
-    pub(super) fn step(
-        &mut self,
-        batch: &[(usize, usize)],
-        observe: &mut dyn FnMut(Event),
-    ) -> Result<(), EngineError> {
+    /// One forward pass over `batch` (thread, tokens to compute), then each
+    /// thread whose context is complete samples or forks.
+    pub(super) fn forward_batch(&mut self, batch: &[(usize, usize)]) -> Result<(), EngineError> {
         let spans: Vec<Vec<KvSpan>> = batch
             .iter()
             .map(|&(id, _)| merge::spans(&self.threads[id].segments))
@@ -119,15 +124,20 @@ impl Engine<'_> {
             })
             .collect();
         let logits = self.model.forward(&mut self.kv, &steps, &mut self.ws)?;
-        let mut per_request = vec![0usize; self.requests.len()];
+        let mut per_request: std::collections::HashMap<usize, usize> = Default::default();
         for &(id, _) in batch {
-            per_request[self.threads[id].request] += 1;
+            *per_request.entry(self.threads[id].request).or_default() += 1;
         }
-        for (r, n) in per_request.into_iter().enumerate() {
+        for (r, n) in per_request {
             let s = &mut self.requests[r].stats;
             s.max_batch_threads = s.max_batch_threads.max(n);
         }
         for (&(id, chunk), logits) in batch.iter().zip(logits) {
+            // A thread of a request that ended earlier in this step (its
+            // root finished, a token limit) has no KV any more.
+            if self.requests[self.threads[id].request].done.is_some() {
+                continue;
+            }
             let t = &mut self.threads[id];
             if t.generated == 0 && t.prompt_tokens > t.n_cached {
                 self.requests[t.request].stats.prefill_tokens +=
@@ -135,7 +145,7 @@ impl Engine<'_> {
             }
             t.n_cached += chunk;
             if t.n_cached == t.tokens.len() && t.status == Status::Runnable {
-                self.advance(id, &logits, observe)?;
+                self.advance(id, &logits)?;
             }
         }
         Ok(())

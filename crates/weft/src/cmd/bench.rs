@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use serde::Serialize;
-use weft_model::generate::Session;
+use weft_engine::{Engine, EngineConfig, Event, Prompt, RequestSpec};
 
 use super::model_args::ModelArgs;
 
@@ -149,38 +149,80 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
-    let (model, _tok) = a.model.load()?;
-    let vocab = model.config.vocab_size as u64;
-    // Deterministic pseudo-random prompt tokens (llama-bench also uses random ids).
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let prompt: Vec<u32> = (0..a.prompt_tokens)
+/// Deterministic pseudo-random token ids (llama-bench also uses random ids);
+/// each `salt` gives another sequence, so repetitions never hit the
+/// engine's prefix cache.
+pub fn random_tokens(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    (0..n)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            (state % vocab) as u32
+            (state % vocab as u64) as u32
         })
-        .collect();
-    let mut session = Session::new(&model, a.prompt_tokens.max(a.gen_tokens + 1));
+        .collect()
+}
+
+/// Runs one request of `prompt` through `engine`, decoding exactly
+/// `max_tokens` (end of sequence ignored). Returns (seconds to the first
+/// token, seconds from the first token to the last).
+fn timed_request(
+    engine: &mut Engine,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let mut spec = RequestSpec::new(Prompt::Tokens(prompt));
+    spec.max_tokens = Some(max_tokens);
+    spec.ignore_eos = true;
+    let t0 = Instant::now();
+    engine.add(spec)?;
+    let mut first = None;
+    while engine.has_work() {
+        for e in engine.step()? {
+            if let Event::Text { thread: 0, .. } = e {
+                first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let ttft = first.context("the request generated nothing")?;
+    Ok((ttft, t0.elapsed().as_secs_f64() - ttft))
+}
+
+fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
+    let (model, tok) = a.model.load()?;
+    let vocab = model.config.vocab_size;
+    // The whole run goes through the engine, as every request does: pp is a
+    // request of `prompt_tokens` prefilled in one chunk, tg one of a single
+    // token decoding `gen_tokens` (llama-bench's tg starts from an empty
+    // context too).
+    let cfg = EngineConfig {
+        prefill_chunk: a.prompt_tokens.max(1),
+        max_batch_tokens: a.prompt_tokens.max(1),
+        kv_budget_mib: 64.max(
+            (a.prompt_tokens + a.gen_tokens + 64)
+                * weft_model::KvCache::bytes_per_block(&model.config, 16)
+                / 16
+                / (1 << 20)
+                + 8,
+        ),
+        max_tokens_per_thread: a.gen_tokens.max(1),
+        ..Default::default()
+    };
+    let mut engine = Engine::new(&model, &tok, cfg)?;
     // Warm-up: touch every weight once.
-    session.feed(&prompt[..8.min(prompt.len())], false)?;
+    timed_request(&mut engine, random_tokens(8, vocab, 0), 2)?;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
-    for _ in 0..a.reps.max(1) {
-        session.reset();
-        let t = Instant::now();
-        session.feed(&prompt, false)?;
-        pp.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64());
-
-        session.reset();
-        let mut next = prompt[0];
-        let t = Instant::now();
-        for _ in 0..a.gen_tokens {
-            let logits = session.feed(&[next], false)?;
-            next = weft_model::sampling::argmax(&logits);
-        }
-        tg.push(a.gen_tokens as f64 / t.elapsed().as_secs_f64());
+    for rep in 0..a.reps.max(1) {
+        let salt = 1 + 2 * rep as u64;
+        // The prompt's time is the time to its first token: the prefill
+        // plus one sampling step.
+        let (ttft, _) = timed_request(&mut engine, random_tokens(a.prompt_tokens, vocab, salt), 1)?;
+        pp.push(a.prompt_tokens as f64 / ttft);
+        let (ttft, rest) =
+            timed_request(&mut engine, random_tokens(1, vocab, salt + 1), a.gen_tokens)?;
+        tg.push(a.gen_tokens as f64 / (ttft + rest));
     }
     let mut report = DecodeReport {
         model: a.model.path().display().to_string(),
@@ -193,7 +235,7 @@ fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
         peak_rss_mib: peak_rss_mib(),
         reference: None,
     };
-    drop(session);
+    drop(engine);
     if !a.no_reference {
         if let Some(bin) = a.llama_bench.clone().or_else(default_llama_bench) {
             eprintln!("[weft] running reference: {}", bin.display());

@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use serde::Serialize;
+use weft_engine::{Engine, EngineConfig, Event, Prompt, RequestSpec};
 use weft_kv::{BlockPool, BlockTable};
 use weft_model::sampling::argmax;
-use weft_model::{KvCache, KvSpan, Model, SeqStep, Workspace};
+use weft_model::{KvCache, KvSpan, Model, SeqStep, Tokenizer, Workspace};
 
 use super::model_args::ModelArgs;
 
@@ -93,58 +94,63 @@ struct Report {
     join_cost: JoinRow,
 }
 
-/// Total decode tokens/s of `b` threads forked from a `prefix`-token prompt.
-fn batched_decode(model: &Model, prefix: usize, gen: usize, b: usize) -> anyhow::Result<f64> {
+/// Total decode tokens/s of `b` sequences decoding together through the
+/// engine over one `prefix`-token prompt whose KV blocks they share (the
+/// prompt is prefilled once, then every sequence picks its full blocks up
+/// from the prefix cache and computes only the last partial block), `gen`
+/// new tokens each, end of sequence ignored. Timed from the step after
+/// every sequence has its first token to the last token: decode only, as
+/// `llama-batched-bench` reports S_TG.
+fn batched_decode(
+    model: &Model,
+    tok: &Tokenizer,
+    prefix: usize,
+    gen: usize,
+    b: usize,
+) -> anyhow::Result<f64> {
     let bs = 16;
-    let n_blocks = (prefix + b * (gen + bs)).div_ceil(bs) + b + 1;
-    let mut kv = KvCache::new(&model.config, bs, n_blocks);
-    let mut pool = BlockPool::new(n_blocks, bs)?;
-    let mut ws = Workspace::default();
-    let vocab = model.config.vocab_size as u32;
-    let prompt: Vec<u32> = (0..prefix as u32)
-        .map(|i| (i * 7919 + 13) % vocab)
-        .collect();
-    let mut root = BlockTable::new();
-    root.grow(&mut pool, prefix)?;
-    let step = SeqStep {
-        tokens: &prompt,
-        pos_start: 0,
-        kv_start: 0,
-        block_table: root.blocks(),
-        all_logits: false,
-        shared: &[],
+    let blocks = (prefix + b * (gen + 2 * bs)).div_ceil(bs) + b + 8;
+    let mib = (blocks * KvCache::bytes_per_block(&model.config, bs)).div_ceil(1 << 20);
+    let cfg = EngineConfig {
+        block_size: bs,
+        kv_budget_mib: mib,
+        max_live_threads: b.max(1),
+        max_live_threads_per_request: 1,
+        prefill_chunk: prefix.max(1),
+        max_batch_tokens: prefix.max(b * bs),
+        max_tokens_per_thread: gen.max(1),
+        ..Default::default()
     };
-    let first = argmax(&model.forward(&mut kv, &[step], &mut ws)?[0]);
-    let mut tables: Vec<BlockTable> = (0..b)
-        .map(|_| root.fork(&mut pool))
-        .collect::<Result<_, _>>()?;
-    let mut next = vec![first; b];
-    let t0 = Instant::now();
-    for s in 0..gen {
-        for t in tables.iter_mut() {
-            if let Some(op) = t.grow(&mut pool, 1)? {
-                kv.copy_block(op.src, op.dst, op.n_slots);
+    let mut engine = Engine::new(model, tok, cfg)?;
+    let prompt = super::bench::random_tokens(prefix.max(1), model.config.vocab_size, b as u64);
+    let request = |max_tokens: usize| {
+        let mut spec = RequestSpec::new(Prompt::Tokens(prompt.clone()));
+        spec.max_tokens = Some(max_tokens);
+        spec.ignore_eos = true;
+        spec
+    };
+    engine.run(vec![request(1)], &mut |_| {})?;
+    for _ in 0..b {
+        engine.add(request(gen.max(1)))?;
+    }
+    let mut started = std::collections::HashSet::new();
+    while started.len() < b && engine.has_work() {
+        for e in engine.step()? {
+            if let Event::Text { request, .. } = e {
+                started.insert(request);
             }
         }
-        let steps: Vec<SeqStep> = (0..b)
-            .map(|i| SeqStep {
-                tokens: std::slice::from_ref(&next[i]),
-                pos_start: prefix + s,
-                kv_start: prefix + s,
-                block_table: tables[i].blocks(),
-                all_logits: false,
-                shared: &[],
-            })
-            .collect();
-        let logits = model.forward(&mut kv, &steps, &mut ws)?;
-        // Threads diverge as they would with sampling: thread i takes its
-        // (i+1)-th best... here simply the argmax shifted by i, so no two
-        // threads decode the same tokens.
-        for (i, l) in logits.iter().enumerate() {
-            next[i] = (argmax(l) + i as u32) % vocab;
+    }
+    let t0 = Instant::now();
+    let mut tokens = 0;
+    while engine.has_work() {
+        for e in engine.step()? {
+            if let Event::Text { token_ids, .. } = e {
+                tokens += token_ids.len();
+            }
         }
     }
-    Ok((b * gen) as f64 / t0.elapsed().as_secs_f64())
+    Ok(tokens as f64 / t0.elapsed().as_secs_f64())
 }
 
 fn fork_latency(model: &Model, context: usize) -> anyhow::Result<f64> {
@@ -417,10 +423,10 @@ fn reference(
 }
 
 pub fn run(a: ThreadsArgs) -> anyhow::Result<()> {
-    let (model, _tok) = a.model.load()?;
+    let (model, tok) = a.model.load()?;
     let mut rows = Vec::new();
     for &b in &a.batch {
-        let tps = batched_decode(&model, a.prefix, a.gen, b)?;
+        let tps = batched_decode(&model, &tok, a.prefix, a.gen, b)?;
         eprintln!("[weft] B={b}: {tps:.1} tok/s");
         rows.push(BatchRow {
             threads: b,
@@ -464,7 +470,7 @@ pub fn run(a: ThreadsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "batched decode, {} shared prefix tokens, {} new tokens per thread:",
+        "batched decode through the engine, {} shared prefix tokens, {} new tokens per sequence:",
         a.prefix, a.gen
     );
     for r in &report.batched_decode {

@@ -5,7 +5,7 @@ use anyhow::Context;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use weft_engine::{Engine, EngineConfig, Event, Request, Response};
+use weft_engine::{Engine, EngineConfig, Event, RequestSpec, Response};
 use weft_model::{LoadOptions, Model, Tokenizer};
 use weft_protocol::apr::{root_prompt, sosp_prompt, Apr};
 use weft_tasks::{arithmetic_stats, state_stats, verify_with, Problem, Rules, Verdict};
@@ -102,7 +102,7 @@ impl Solver {
         mode: Mode,
         budget: usize,
         concurrency: usize,
-        observe: &mut dyn FnMut(Event),
+        observe: &mut dyn FnMut(&Event),
         progress: &mut dyn FnMut(usize),
     ) -> anyhow::Result<Vec<Outcome>> {
         let mut engine = Engine::new(&self.model, &self.tok, self.engine_config(budget))?;
@@ -120,10 +120,7 @@ impl Solver {
             let prompts: Vec<String> = chunk.iter().map(|p| prompt(p, mode)).collect();
             let requests = prompts
                 .iter()
-                .map(|prompt| Request {
-                    prompt: prompt.clone(),
-                    protocol: protocol.clone(),
-                })
+                .map(|prompt| RequestSpec::text(prompt.clone()).with_protocol(protocol.clone()))
                 .collect();
             let responses = engine.run(requests, observe)?;
             for ((p, prompt), r) in chunk.iter().zip(&prompts).zip(responses) {

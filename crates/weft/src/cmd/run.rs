@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use weft_model::chat::{self, Message};
-use weft_model::generate::{generate, GenerateParams};
-use weft_model::sampling::SamplingParams;
+use weft_engine::{Engine, EngineConfig, Event, Prompt, ProtocolChoice, RequestSpec, Sampling};
+use weft_model::chat::Message;
 
 use super::model_args::ModelArgs;
+use super::threads::{self, TreePrinter};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -27,16 +27,17 @@ pub struct RunArgs {
     /// System message for --chat (default: the template's own).
     #[arg(long, requires = "chat")]
     pub system: Option<String>,
-    /// Most tokens to generate.
+    /// Most tokens to generate (with --protocol: per thread). The prompt
+    /// plus this must fit the model's context.
     #[arg(long, short = 'n', default_value_t = 256)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
     /// Keep only the k most likely tokens (0: off).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    /// Nucleus sampling threshold (1.0: off).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub top_k: i64,
+    /// Nucleus sampling threshold, in (0, 1] (1.0: off).
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
     /// Drop tokens less likely than min_p times the top token (0: off).
@@ -45,7 +46,9 @@ pub struct RunArgs {
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Stop before this string (repeatable).
+    /// End the output before this string (repeatable; not empty). With
+    /// --protocol it applies to the root's text; children keep the
+    /// protocol's own stops.
     #[arg(long)]
     pub stop: Vec<String>,
     /// Print timing stats to stderr at the end.
@@ -90,87 +93,88 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, None) => anyhow::bail!("give a prompt with --prompt TEXT or --prompt-file FILE"),
     };
     let (model, tokenizer) = args.model.load()?;
-    let text = if args.chat {
-        let template = tokenizer
-            .chat_template
-            .as_deref()
-            .context("--chat: this model has no chat template")?;
+    let mut spec = RequestSpec::new(if args.chat {
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
             messages.push(Message::new("system", s));
         }
         messages.push(Message::new("user", &prompt));
-        let bos = tokenizer
-            .bos
-            .and_then(|b| tokenizer.id_to_token(b))
-            .unwrap_or_default();
-        let eos = tokenizer
-            .eos
-            .and_then(|b| tokenizer.id_to_token(b))
-            .unwrap_or_default();
-        chat::render(template, &messages, true, &bos, &eos)?
+        Prompt::Chat(messages)
     } else {
-        prompt
-    };
-    let sampling = SamplingParams {
+        Prompt::Text(prompt)
+    });
+    spec.protocol = args.protocol.clone().map(ProtocolChoice::Name);
+    spec.sampling = Sampling {
         temperature: args.temperature,
         top_k: args.top_k,
         top_p: args.top_p,
         min_p: args.min_p,
         seed: args.seed,
     };
-    if let Some(name) = &args.protocol {
-        let cfg = weft_engine::EngineConfig {
-            max_children_per_fork: args.max_children,
-            max_depth: args.max_depth,
-            max_tokens_per_thread: args.max_tokens,
-            max_tokens_per_request: args.max_request_tokens,
-            kv_budget_mib: args.kv_mib,
-            kv_merge: !args.reprefill_joins,
-            sampling,
-            ..Default::default()
-        };
-        super::threads::run_protocol(
-            &model,
-            &tokenizer,
-            name,
-            text,
-            cfg,
-            args.trace.as_deref(),
-            args.quiet,
-        )?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    // A rendered chat template already holds its BOS text when it wants one.
-    let ids = tokenizer.encode(&text, !args.chat)?;
-    let params = GenerateParams {
-        max_tokens: args.max_tokens,
-        sampling,
-        stop: args.stop.clone(),
-        stop_ids: Vec::new(),
+    spec.max_tokens = Some(args.max_tokens);
+    spec.max_thread_tokens = Some(args.max_tokens);
+    spec.stop = args.stop.clone();
+    spec.limits.max_total_tokens = Some(args.max_request_tokens);
+    let cfg = EngineConfig {
+        max_children_per_fork: args.max_children,
+        max_depth: args.max_depth,
+        max_tokens_per_thread: args.max_tokens,
+        max_tokens_per_request: args.max_request_tokens,
+        kv_budget_mib: args.kv_mib,
+        kv_merge: !args.reprefill_joins,
+        ..Default::default()
     };
+    let mut engine = Engine::new(&model, &tokenizer, cfg)?;
+    let id = engine.add(spec)?;
+    let tree = args.protocol.is_some();
+    let mut printer = TreePrinter::default();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut broken_pipe = false;
-    let gen = generate(&model, &tokenizer, &ids, &params, |piece| {
-        if !broken_pipe && (out.write_all(piece.as_bytes()).is_err() || out.flush().is_err()) {
-            broken_pipe = true;
+    let mut response = None;
+    while engine.has_work() {
+        for event in engine.step()? {
+            if tree && !args.quiet {
+                printer.event(&event);
+            }
+            match event {
+                // Plain requests stream the root's text as it comes.
+                Event::Text {
+                    thread: 0, text, ..
+                } if !tree && !broken_pipe => {
+                    if out.write_all(text.as_bytes()).is_err() || out.flush().is_err() {
+                        // The reader went away (`| head`): stop decoding now,
+                        // quietly, as other Unix tools do.
+                        broken_pipe = true;
+                        engine.abort(id);
+                    }
+                }
+                Event::Finished { response: r, .. } => response = Some(*r),
+                _ => {}
+            }
         }
-    })?;
-    if !broken_pipe {
-        let _ = writeln!(out);
     }
-    let s = &gen.stats;
+    if broken_pipe {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let resp = response.context("the engine returned no response")?;
+    if let Some(name) = &args.protocol {
+        threads::report(name, &resp, args.trace.as_deref())?;
+        let _ = write!(out, "{}", resp.text);
+    }
+    let _ = writeln!(out);
     if args.stats {
+        let s = &resp.stats;
+        let root = &resp.threads[0];
+        let decode_s = (s.wall_ms - s.ttft_ms).max(1e-6) / 1e3;
         eprintln!(
-            "[weft] prompt {} tokens in {:.2}s ({:.1} tok/s); generated {} tokens in {:.2}s ({:.1} tok/s); stop: {:?}",
-            s.prompt_tokens,
-            s.prompt_secs,
-            s.prompt_tokens as f64 / s.prompt_secs.max(1e-9),
-            s.generated_tokens,
-            s.decode_secs,
-            s.generated_tokens as f64 / s.decode_secs.max(1e-9),
-            s.stop_reason
+            "[weft] prompt {} tokens, first token after {:.2}s ({:.1} tok/s); generated {} tokens, then {:.1} tok/s; finish: {}",
+            resp.prompt_tokens,
+            s.ttft_ms / 1e3,
+            resp.prompt_tokens as f64 / (s.ttft_ms / 1e3).max(1e-9),
+            root.generated_tokens,
+            root.generated_tokens.saturating_sub(1) as f64 / decode_s,
+            resp.finish_reason
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -3,18 +3,16 @@
 //! stdout, and `--trace` writes the whole tree as JSON.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::json;
-use weft_engine::{Engine, EngineConfig, Event, Request};
+use weft_engine::{Event, RequestId, Response};
 
 /// Prints each thread's text line by line, indented under its parent.
 #[derive(Default)]
 pub struct TreePrinter {
-    partial: HashMap<(usize, usize), String>,
+    partial: HashMap<(RequestId, usize), String>,
 }
 
 impl TreePrinter {
@@ -22,29 +20,30 @@ impl TreePrinter {
         eprintln!("{}[{thread}] {text}", "  ".repeat(depth as usize));
     }
 
-    pub fn event(&mut self, e: Event) {
+    pub fn event(&mut self, e: &Event) {
         match e {
             Event::ThreadStarted {
-                request: _,
                 thread,
                 parent,
                 depth,
                 label,
+                ..
             } => match parent {
-                None => Self::line(depth, thread, "── root"),
-                Some(p) => Self::line(depth, thread, &format!("── forked from [{p}] ({label})")),
+                None => Self::line(*depth, *thread, "── root"),
+                Some(p) => Self::line(*depth, *thread, &format!("── forked from [{p}] ({label})")),
             },
             Event::Text {
                 request,
                 thread,
                 depth,
-                piece,
+                text,
+                ..
             } => {
-                let buf = self.partial.entry((request, thread)).or_default();
-                buf.push_str(piece);
+                let buf = self.partial.entry((*request, *thread)).or_default();
+                buf.push_str(text);
                 while let Some(nl) = buf.find('\n') {
                     let line: String = buf.drain(..=nl).collect();
-                    Self::line(depth, thread, line.trim_end_matches('\n'));
+                    Self::line(*depth, *thread, line.trim_end_matches('\n'));
                 }
             }
             Event::ThreadFinished {
@@ -53,68 +52,49 @@ impl TreePrinter {
                 depth,
                 generated_tokens,
             } => {
-                if let Some(rest) = self.partial.remove(&(request, thread)) {
+                if let Some(rest) = self.partial.remove(&(*request, *thread)) {
                     if !rest.is_empty() {
-                        Self::line(depth, thread, &rest);
+                        Self::line(*depth, *thread, &rest);
                     }
                 }
                 Self::line(
-                    depth,
-                    thread,
+                    *depth,
+                    *thread,
                     &format!("── done ({generated_tokens} tokens)"),
                 );
             }
             Event::Joined {
-                request: _,
                 thread,
                 depth,
                 children,
                 reused_tokens,
+                ..
             } => {
                 Self::line(
-                    depth,
-                    thread,
+                    *depth,
+                    *thread,
                     &format!("── joined {children} children (KV of {reused_tokens} tokens reused)"),
                 );
+            }
+            Event::Forked { .. } => {}
+            Event::Finished {
+                request, reason, ..
+            } => {
+                self.partial.retain(|(r, _), _| r != request);
+                if *reason == weft_engine::FinishReason::Abort {
+                    eprintln!("── request {request} aborted");
+                }
             }
         }
     }
 }
 
-pub fn protocol(name: &str) -> anyhow::Result<Arc<dyn weft_protocol::Protocol>> {
-    weft_protocol::by_name(name)
-        .map(Arc::from)
-        .with_context(|| {
-            format!("unknown protocol `{name}` (apr, multiverse, threadweaver, npr, parallel-r1)")
-        })
-}
-
-/// Runs one request through the engine; returns the process exit code.
-pub fn run_protocol(
-    model: &weft_model::Model,
-    tok: &weft_model::Tokenizer,
-    protocol_name: &str,
-    prompt: String,
-    cfg: EngineConfig,
-    trace: Option<&Path>,
-    quiet: bool,
-) -> anyhow::Result<()> {
-    let protocol = protocol(protocol_name)?;
-    let mut engine = Engine::new(model, tok, cfg)?;
-    let mut printer = TreePrinter::default();
-    let mut observe = |e: Event| {
-        if !quiet {
-            printer.event(e)
-        }
-    };
-    let responses = engine.run(vec![Request { prompt, protocol }], &mut observe)?;
-    let resp = responses
-        .into_iter()
-        .next()
-        .context("engine returned no response")?;
+/// Prints a protocol request's summary to stderr and writes its trace
+/// (`--trace`): every thread and the stats, as JSON.
+pub fn report(protocol_name: &str, resp: &Response, trace: Option<&Path>) -> anyhow::Result<()> {
     let s = &resp.stats;
     eprintln!(
-        "[weft] {} threads, {} forks ({} KV-merge joins); tokens: total {}, critical path {}, parallelism {:.2}; prefill computed {}, reused {}; computed at joins {}; {:.0} ms",
+        "[weft] {} threads, {} forks ({} KV-merge joins); tokens: total {}, critical path {}, parallelism {:.2}; prefill computed {}, reused {}; computed at joins {}; {:.0} ms; finish: {}",
         resp.threads.len(),
         s.forks,
         s.kv_merge_joins,
@@ -124,7 +104,8 @@ pub fn run_protocol(
         s.prefill_tokens,
         s.prefill_tokens_saved,
         s.join_tokens_computed,
-        s.wall_ms
+        s.wall_ms,
+        resp.finish_reason
     );
     for r in &s.refused_forks {
         eprintln!("[weft] refused fork: {r}");
@@ -133,11 +114,13 @@ pub fn run_protocol(
         let doc = json!({
             "protocol": protocol_name,
             "text": resp.text,
+            "finish_reason": resp.finish_reason,
             "threads": resp.threads,
             "stats": {
                 "total_tokens": s.total_tokens,
                 "critical_path_tokens": s.critical_path_tokens,
                 "wall_ms": s.wall_ms,
+                "ttft_ms": s.ttft_ms,
                 "parallelism": s.parallelism,
                 "prefill_tokens": s.prefill_tokens,
                 "prefill_tokens_saved": s.prefill_tokens_saved,
@@ -151,7 +134,5 @@ pub fn run_protocol(
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", resp.text);
     Ok(())
 }
