@@ -149,6 +149,8 @@ pub fn validate(
             .map_err(|e| ValidationError::Tokenizer(e.to_string()))
     };
     let (text, tokens, no_bos) = match spec.prompt {
+        Prompt::Text(text) if text.is_empty() => return Err(ValidationError::EmptyPrompt),
+        Prompt::Chat(messages) if messages.is_empty() => return Err(ValidationError::EmptyPrompt),
         Prompt::Text(text) => {
             let tokens = tokenize(&text, false)?;
             (text, tokens, false)
