@@ -84,3 +84,99 @@ fn missing_prompt_is_explained() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--prompt"));
 }
+
+/// `weft run ... | head -c 40`: the reader goes away, decoding stops at
+/// once and the exit is quiet (no error, status 0).
+#[test]
+fn a_closed_stdout_stops_decoding_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = weft()
+        .args(["run", "--model"])
+        .arg(model())
+        .args(["--prompt", "Once upon a time", "--ignore-eos", "--stats"])
+        .args(["--max-tokens", "1500"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut head = [0u8; 40];
+    stdout.read_exact(&mut head).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    let n: usize = stderr
+        .split("stdout closed after ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(n < 1500, "decoded {n} tokens after the reader left");
+}
+
+#[test]
+fn options_that_cannot_work_are_refused_with_the_field_named() {
+    for (flags, field) in [
+        (&["--stop", ""][..], "stop"),
+        (&["--top-p", "5"][..], "top_p"),
+        (&["--temperature", "-1"][..], "temperature"),
+        (&["--top-k", "-2"][..], "top_k"),
+        (&["--max-tokens", "100000"][..], "context"),
+        (&["--protocol", "tree-of-thought"][..], "protocol"),
+    ] {
+        let out = weft()
+            .args(["run", "--model"])
+            .arg(model())
+            .args(["--prompt", "Hi"])
+            .args(flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(field),
+            "{flags:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{flags:?}");
+    }
+}
+
+/// `--stop` applies with a protocol too: the root's text ends before it.
+#[test]
+fn stop_works_in_protocol_mode() {
+    let prompt = "Q: distance?\n<Parallel>\n<Outlines>\n<Outline>1: dx.</Outline>\n<Outline>2: dy.</Outline>\n</Outlines>";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.txt");
+    std::fs::write(&file, prompt).unwrap();
+    let run = |extra: &[&str]| {
+        let out = weft()
+            .args(["run", "--quiet", "--protocol", "threadweaver", "--model"])
+            .arg(model())
+            .arg("--prompt-file")
+            .arg(&file)
+            .args(["--max-tokens", "24"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let full = run(&[]);
+    // The join writes `<Conclusion>`; the root writes after it.
+    let after = full.find("<Conclusion>").expect(&full) + "<Conclusion>".len();
+    let stop: String = full[after..].trim_start().chars().take(4).collect();
+    assert!(!stop.is_empty(), "{full:?}");
+    let stopped = run(&["--stop", &stop]);
+    assert!(stopped.len() < full.len(), "{stopped:?} vs {full:?}");
+    assert_eq!(
+        stopped.trim_end(),
+        full[..full[after..].find(&stop).unwrap() + after].trim_end()
+    );
+}

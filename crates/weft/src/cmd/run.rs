@@ -31,17 +31,17 @@ pub struct RunArgs {
     /// plus this must fit the model's context.
     #[arg(long, short = 'n', default_value_t = 256)]
     pub max_tokens: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature, >= 0; 0 is greedy.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep only the k most likely tokens (0: off).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub top_k: i64,
     /// Nucleus sampling threshold, in (0, 1] (1.0: off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Drop tokens less likely than min_p times the top token (0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]
@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// protocol's own stops.
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Decode past end-of-sequence tokens, up to --max-tokens (as vLLM's and
+    /// llama.cpp's --ignore-eos; for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Print timing stats to stderr at the end.
     #[arg(long)]
     pub stats: bool,
@@ -114,6 +118,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     spec.max_tokens = Some(args.max_tokens);
     spec.max_thread_tokens = Some(args.max_tokens);
     spec.stop = args.stop.clone();
+    spec.ignore_eos = args.ignore_eos;
     spec.limits.max_total_tokens = Some(args.max_request_tokens);
     let cfg = EngineConfig {
         max_children_per_fork: args.max_children,
@@ -132,6 +137,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut out = stdout.lock();
     let mut broken_pipe = false;
     let mut response = None;
+    let mut generated = 0;
     while engine.has_work() {
         for event in engine.step()? {
             if tree && !args.quiet {
@@ -155,6 +161,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if broken_pipe {
+        if args.stats {
+            eprintln!("[weft] stdout closed after {generated} tokens: request aborted");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let resp = response.context("the engine returned no response")?;
