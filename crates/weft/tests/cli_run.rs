@@ -114,7 +114,9 @@ fn a_closed_stdout_stops_decoding_quietly() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{stderr}"));
-    assert!(n < 1500, "decoded {n} tokens after the reader left");
+    // It decoded what it printed, then stopped (without the abort it would
+    // decode all 1500).
+    assert!((1..1500).contains(&n), "decoded {n} tokens");
 }
 
 #[test]

@@ -146,9 +146,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             match event {
                 // Plain requests stream the root's text as it comes.
                 Event::Text {
-                    thread: 0, text, ..
-                } if !tree && !broken_pipe => {
-                    if out.write_all(text.as_bytes()).is_err() || out.flush().is_err() {
+                    thread: 0,
+                    text,
+                    token_ids,
+                    ..
+                } if !tree => {
+                    generated += token_ids.len();
+                    if !broken_pipe
+                        && (out.write_all(text.as_bytes()).is_err() || out.flush().is_err())
+                    {
                         // The reader went away (`| head`): stop decoding now,
                         // quietly, as other Unix tools do.
                         broken_pipe = true;
