@@ -425,60 +425,61 @@ impl Model {
         let scale = 1.0 / (hd as f32).sqrt();
         const CHUNK: usize = 16;
         let mut tasks = Vec::new();
+        // One task per query head (not per kv head): every head computes
+        // its own scores anyway, and a decode step of one sequence then
+        // spreads over the cores (9 heads, not 3 kv heads, for SmolLM2).
         for (i, s) in seqs.iter().enumerate() {
-            for g in 0..cfg.n_kv_heads {
+            for h in 0..cfg.n_heads {
                 for j0 in (0..s.tokens.len()).step_by(CHUNK) {
-                    tasks.push((i, g, j0, (j0 + CHUNK).min(s.tokens.len())));
+                    tasks.push((i, h, j0, (j0 + CHUNK).min(s.tokens.len())));
                 }
             }
         }
         let ptr = SyncPtr(out.as_mut_ptr());
-        let run = |&(i, g, j0, j1): &(usize, usize, usize, usize)| {
+        let run = |&(i, h, j0, j1): &(usize, usize, usize, usize)| {
             let s = &seqs[i];
+            let g = h / group;
             let mut scores = Vec::with_capacity(n_shared[i] + s.kv_start + j1);
             for j in j0..j1 {
                 let t = tok_offset[i] + j;
                 let ctx = &slots[i][..n_shared[i] + s.kv_start + j + 1];
-                for h in g * group..(g + 1) * group {
-                    let q = &qkv[t * qkv_w + h * hd..t * qkv_w + (h + 1) * hd];
-                    if let (Some(p), true) = (partial, run_len[i] > 0) {
-                        // The shared run is done; finish over the rest.
-                        let id = t * cfg.n_heads + h;
-                        // SAFETY: (token t, head h) belongs to this task alone.
-                        let o = unsafe {
-                            std::slice::from_raw_parts_mut(ptr.get().add(t * qd + h * hd), hd)
-                        };
-                        finish_query(
-                            q,
-                            kv,
-                            &ctx[run_len[i]..],
-                            g * hd,
-                            kvd,
-                            scale,
-                            (p.max[id], p.sum[id], &p.out[id * hd..(id + 1) * hd]),
-                            &mut scores,
-                            o,
-                        );
-                        continue;
-                    }
-                    scores.clear();
-                    scores.resize(ctx.len(), 0.0);
-                    scores_f16(q, &kv.k, ctx, kvd, g * hd, scale, &mut scores);
-                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0f32;
-                    for sc in scores.iter_mut() {
-                        *sc = (*sc - max).exp();
-                        sum += *sc;
-                    }
+                let q = &qkv[t * qkv_w + h * hd..t * qkv_w + (h + 1) * hd];
+                if let (Some(p), true) = (partial, run_len[i] > 0) {
+                    // The shared run is done; finish over the rest.
+                    let id = t * cfg.n_heads + h;
                     // SAFETY: (token t, head h) belongs to this task alone.
                     let o = unsafe {
                         std::slice::from_raw_parts_mut(ptr.get().add(t * qd + h * hd), hd)
                     };
-                    o.fill(0.0);
-                    let inv = 1.0 / sum;
-                    scores.iter_mut().for_each(|p| *p *= inv);
-                    weighted_sum_f16(o, &scores, &kv.v, ctx, kvd, g * hd);
+                    finish_query(
+                        q,
+                        kv,
+                        &ctx[run_len[i]..],
+                        g * hd,
+                        kvd,
+                        scale,
+                        (p.max[id], p.sum[id], &p.out[id * hd..(id + 1) * hd]),
+                        &mut scores,
+                        o,
+                    );
+                    continue;
                 }
+                scores.clear();
+                scores.resize(ctx.len(), 0.0);
+                scores_f16(q, &kv.k, ctx, kvd, g * hd, scale, &mut scores);
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f32;
+                for sc in scores.iter_mut() {
+                    *sc = (*sc - max).exp();
+                    sum += *sc;
+                }
+                // SAFETY: (token t, head h) belongs to this task alone.
+                let o =
+                    unsafe { std::slice::from_raw_parts_mut(ptr.get().add(t * qd + h * hd), hd) };
+                o.fill(0.0);
+                let inv = 1.0 / sum;
+                scores.iter_mut().for_each(|p| *p *= inv);
+                weighted_sum_f16(o, &scores, &kv.v, ctx, kvd, g * hd);
             }
         };
         if tasks.len() == 1 {

@@ -92,30 +92,34 @@ pub fn f16_to_f32_slice(src: &[f16], dst: &mut [f32]) {
 mod tests {
     use super::*;
 
+    /// The many-row kernels (query and output held in registers) give the
+    /// same bits as the one-row primitives, for every head size shape:
+    /// multiples of 16, of 8 only, over 64 and over 128, and odd sizes.
     #[test]
-    fn batched_rows_match_one_at_a_time() {
-        let hd = 32;
-        let stride = 3 * hd;
-        let k: Vec<f16> = (0..stride * 10)
-            .map(|i| f16::from_f32(((i * 7 % 13) as f32 - 6.0) * 0.1))
-            .collect();
-        let q: Vec<f32> = (0..hd).map(|i| (i as f32 - 10.0) * 0.05).collect();
-        let slots = [3usize, 0, 9, 4];
-        let col = hd;
-        let mut s = vec![0f32; 4];
-        scores_f16(&q, &k, &slots, stride, col, 0.5, &mut s);
-        for (j, &sl) in slots.iter().enumerate() {
-            let want = dot_f16(&q, &k[sl * stride + col..sl * stride + col + hd]) * 0.5;
-            assert!((s[j] - want).abs() < 1e-6);
-        }
-        let mut out = vec![0f32; hd];
-        weighted_sum_f16(&mut out, &[0.1, 0.2, 0.3, 0.4], &k, &slots, stride, col);
-        let mut want = vec![0f32; hd];
-        for (&p, &sl) in [0.1f32, 0.2, 0.3, 0.4].iter().zip(&slots) {
-            axpy_f16(&mut want, p, &k[sl * stride + col..sl * stride + col + hd]);
-        }
-        for (a, b) in out.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-6);
+    fn batched_rows_match_one_at_a_time_bit_for_bit() {
+        for hd in [8, 24, 32, 64, 72, 128, 136, 256, 7] {
+            let stride = 3 * hd;
+            let k: Vec<f16> = (0..stride * 10)
+                .map(|i| f16::from_f32(((i * 7 % 13) as f32 - 6.0) * 0.1))
+                .collect();
+            let q: Vec<f32> = (0..hd).map(|i| (i as f32 - 10.0) * 0.05).collect();
+            let slots = [3usize, 0, 9, 4, 4, 7];
+            let p = [0.1f32, 0.2, 0.3, 0.4, 0.05, 0.7];
+            let col = hd;
+            let mut s = vec![0f32; slots.len()];
+            scores_f16(&q, &k, &slots, stride, col, 0.5, &mut s);
+            for (j, &sl) in slots.iter().enumerate() {
+                let want = dot_f16(&q, &k[sl * stride + col..sl * stride + col + hd]) * 0.5;
+                assert_eq!(s[j].to_bits(), want.to_bits(), "scores hd={hd}");
+            }
+            let mut out: Vec<f32> = (0..hd).map(|i| i as f32 * 0.01).collect();
+            let mut want = out.clone();
+            weighted_sum_f16(&mut out, &p, &k, &slots, stride, col);
+            for (&p, &sl) in p.iter().zip(&slots) {
+                axpy_f16(&mut want, p, &k[sl * stride + col..sl * stride + col + hd]);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&want), "weighted sum hd={hd}");
         }
     }
 

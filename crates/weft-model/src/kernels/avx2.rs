@@ -469,9 +469,38 @@ pub(crate) unsafe fn scores_f16(
     out: &mut [f32],
 ) {
     let hd = q.len();
+    let in_bounds = slots
+        .iter()
+        .max()
+        .is_none_or(|&s| s * stride + col + hd <= k.len());
+    if !hd.is_multiple_of(16) || hd > 128 || !in_bounds {
+        for (o, &s) in out.iter_mut().zip(slots) {
+            let at = s * stride + col;
+            *o = dot_f16(q, &k[at..at + hd]) * scale;
+        }
+        return;
+    }
+    // The query stays in registers across all rows; per row the same
+    // fused multiply-adds as `dot_f16`, in the same order (bit-identical).
+    let n = hd / 8;
+    let mut qv = [_mm256_setzero_ps(); 16];
+    for (i, v) in qv.iter_mut().enumerate().take(n) {
+        *v = _mm256_loadu_ps(q.as_ptr().add(8 * i));
+    }
+    let pk = k.as_ptr() as *const u16;
     for (o, &s) in out.iter_mut().zip(slots) {
-        let at = s * stride + col;
-        *o = dot_f16(q, &k[at..at + hd]) * scale;
+        let row = pk.add(s * stride + col);
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i < n {
+            let k0 = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * i) as *const __m128i));
+            let k1 = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * i + 8) as *const __m128i));
+            acc0 = _mm256_fmadd_ps(qv[i], k0, acc0);
+            acc1 = _mm256_fmadd_ps(qv[i + 1], k1, acc1);
+            i += 2;
+        }
+        *o = hsum(_mm256_add_ps(acc0, acc1)) * scale;
     }
 }
 
@@ -489,9 +518,42 @@ pub(crate) unsafe fn weighted_sum_f16(
     col: usize,
 ) {
     let hd = out.len();
-    for (&pj, &s) in p.iter().zip(slots) {
-        let at = s * stride + col;
-        axpy_f16(out, pj, &v[at..at + hd]);
+    let in_bounds = slots
+        .iter()
+        .max()
+        .is_none_or(|&s| s * stride + col + hd <= v.len());
+    if !hd.is_multiple_of(8) || !in_bounds {
+        for (&pj, &s) in p.iter().zip(slots) {
+            let at = s * stride + col;
+            axpy_f16(out, pj, &v[at..at + hd]);
+        }
+        return;
+    }
+    // The output stays in registers, 64 values at a time, across all rows
+    // (the same fused multiply-adds in the same order as `axpy_f16` row by
+    // row, so the result is bit-identical; only the loads and stores of
+    // `out` per row are gone).
+    let pv = v.as_ptr() as *const u16;
+    let mut c0 = 0;
+    while c0 < hd {
+        let width = (hd - c0).min(64) / 8;
+        let po = out.as_mut_ptr().add(c0);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (r, a) in acc.iter_mut().enumerate().take(width) {
+            *a = _mm256_loadu_ps(po.add(8 * r));
+        }
+        for (&pj, &s) in p.iter().zip(slots) {
+            let row = pv.add(s * stride + col + c0);
+            let pp = _mm256_set1_ps(pj);
+            for (r, a) in acc.iter_mut().enumerate().take(width) {
+                let vv = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * r) as *const __m128i));
+                *a = _mm256_fmadd_ps(pp, vv, *a);
+            }
+        }
+        for (r, a) in acc.iter().enumerate().take(width) {
+            _mm256_storeu_ps(po.add(8 * r), *a);
+        }
+        c0 += 8 * width;
     }
 }
 
