@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::config::RopeStyle;
 use crate::error::{ModelError, Result};
-use crate::kernels::{axpy_f16, dot_f16, scores_f16, weighted_sum_f16, SyncPtr};
+use crate::kernels::{axpy_f16, decode, dot_f16, scores_f16, weighted_sum_f16, SyncPtr};
 use crate::kv_cache::{KvCache, LayerKv};
 use crate::model::{Model, Projection};
 use crate::prefix_attention::{attend_runs, shared_runs, Dims, Partial};
@@ -424,11 +424,41 @@ impl Model {
         let group = cfg.n_heads / cfg.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         const CHUNK: usize = 16;
+        // Decode steps over long contexts are split along the context
+        // (`kernels::decode`): one task per (KV group, part). The part count
+        // depends on the context length alone, so a sequence gets the same
+        // result alone or in a batch, on any number of cores.
+        let parts: Vec<usize> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let len = n_shared[i] + s.kv_start + 1;
+                let split = self.split_decode_attention
+                    && s.tokens.len() == 1
+                    && run_len[i] == 0
+                    && decode::supports(hd)
+                    && len >= decode::SPLIT_MIN;
+                if split {
+                    (len / 128).clamp(1, 8)
+                } else {
+                    0
+                }
+            })
+            .collect();
         let mut tasks = Vec::new();
+        let mut split_tasks = Vec::new();
+        for (i, &n) in parts.iter().enumerate() {
+            for g in 0..cfg.n_kv_heads {
+                for part in 0..n {
+                    split_tasks.push((i, g, part));
+                }
+            }
+        }
+        let split_results: Vec<decode::Partial> = vec![Default::default(); split_tasks.len()];
         // One task per query head (not per kv head): every head computes
         // its own scores anyway, and a decode step of one sequence then
         // spreads over the cores (9 heads, not 3 kv heads, for SmolLM2).
-        for (i, s) in seqs.iter().enumerate() {
+        for (i, s) in seqs.iter().enumerate().filter(|(i, _)| parts[*i] == 0) {
             for h in 0..cfg.n_heads {
                 for j0 in (0..s.tokens.len()).step_by(CHUNK) {
                     tasks.push((i, h, j0, (j0 + CHUNK).min(s.tokens.len())));
@@ -482,10 +512,60 @@ impl Model {
                 weighted_sum_f16(o, &scores, &kv.v, ctx, kvd, g * hd);
             }
         };
-        if tasks.len() == 1 {
+        let results = std::sync::Mutex::new(split_results);
+        let run_split = |n: usize| {
+            let (i, g, part) = split_tasks[n];
+            let s = &seqs[i];
+            let t = tok_offset[i];
+            let ctx = &slots[i][..n_shared[i] + s.kv_start + 1];
+            let (lo, hi) = (
+                part * ctx.len() / parts[i],
+                (part + 1) * ctx.len() / parts[i],
+            );
+            let qs: Vec<&[f32]> = (g * group..(g + 1) * group)
+                .map(|h| &qkv[t * qkv_w + h * hd..t * qkv_w + (h + 1) * hd])
+                .collect();
+            let mut scratch = Vec::new();
+            let p = decode::attend_group(
+                &qs,
+                &kv.k,
+                &kv.v,
+                &ctx[lo..hi],
+                kvd,
+                g * hd,
+                scale,
+                &mut scratch,
+            );
+            if let Ok(mut r) = results.lock() {
+                r[n] = p;
+            }
+        };
+        let total = tasks.len() + split_tasks.len();
+        if total == 1 && split_tasks.is_empty() {
             run(&tasks[0]);
         } else {
-            tasks.par_iter().for_each(run);
+            (0..total).into_par_iter().for_each(|n| {
+                if n < split_tasks.len() {
+                    run_split(n)
+                } else {
+                    run(&tasks[n - split_tasks.len()])
+                }
+            });
+        }
+        // Merge each group's parts into its heads' outputs.
+        let results = results.into_inner().unwrap_or_default();
+        let mut at = 0;
+        for (i, &n) in parts.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let t = tok_offset[i];
+            for g in 0..cfg.n_kv_heads {
+                let heads = &mut out[t * qd + g * group * hd..t * qd + (g + 1) * group * hd];
+                let mut outs: Vec<&mut [f32]> = heads.chunks_exact_mut(hd).collect();
+                decode::merge_parts(&results[at..at + n], hd, &mut outs);
+                at += n;
+            }
         }
     }
 }

@@ -61,6 +61,7 @@ pub struct Model {
     /// Attend a KV prefix shared by several sequences of a batch once for
     /// all of them (see `LoadOptions::batch_invariant`).
     pub(crate) shared_prefix_attention: bool,
+    pub(crate) split_decode_attention: bool,
     /// Where the model came from, for messages.
     pub source: PathBuf,
     /// Storage type of most weights (e.g. `Q4_1`), for stats.
@@ -79,6 +80,11 @@ pub struct LoadOptions {
     /// float rounding level with the batch's make-up (as in llama.cpp and
     /// vLLM), and greedy decoding may break near-ties differently.
     pub batch_invariant: bool,
+    /// Attend every decode step in one pass over its context. By default a
+    /// decode step over a long context is split along it
+    /// (`kernels::decode`, flash-decoding), which sums in another order;
+    /// this turns that off, to compare the two.
+    pub one_pass_decode_attention: bool,
 }
 
 /// Where to find tensors by their role; the two naming schemes.
@@ -428,6 +434,7 @@ impl Model {
             output,
             pool: build_pool(opts)?,
             shared_prefix_attention: !opts.batch_invariant,
+            split_decode_attention: !opts.one_pass_decode_attention,
             source,
             weight_kind,
         })

@@ -594,3 +594,222 @@ pub(crate) unsafe fn dot_f32_4x4(w: &[f32], x: &[f32], k: usize) -> [[f32; 4]; 4
     }
     out
 }
+
+/// Scores of several query heads (one GQA group) over the same K rows: each
+/// row is converted from f16 once for the whole group. `out[h * n + j] =
+/// scale * qs[h] . k_row(slots[j])`, with `n = slots.len()`.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; every query has the same length, a
+/// multiple of 16 and at most 128; every row lies inside `k`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn group_scores(
+    qs: &[&[f32]],
+    k: &[f16],
+    slots: &[usize],
+    stride: usize,
+    col: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let n = slots.len();
+    let nreg = qs[0].len() / 8;
+    let pk = k.as_ptr() as *const u16;
+    let mut kr = [_mm256_setzero_ps(); 16];
+    let heads = qs.len();
+    let mut j = 0;
+    while j < n {
+        let row = pk.add(*slots.get_unchecked(j) * stride + col);
+        let mut r = 0;
+        while r < nreg {
+            kr[r] = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * r) as *const __m128i));
+            r += 1;
+        }
+        let mut h = 0;
+        while h < heads {
+            let pq = qs.get_unchecked(h).as_ptr();
+            let mut acc0 = _mm256_setzero_ps();
+            let mut acc1 = _mm256_setzero_ps();
+            let mut r = 0;
+            while r < nreg {
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(8 * r)), kr[r], acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(8 * r + 8)), kr[r + 1], acc1);
+                r += 2;
+            }
+            *out.get_unchecked_mut(h * n + j) = hsum(_mm256_add_ps(acc0, acc1)) * scale;
+            h += 1;
+        }
+        j += 1;
+    }
+}
+
+/// `out[h] += sum_j p[h * n + j] * v_row(slots[j])` for every head `h` of a
+/// group (`out` holds the heads' outputs side by side, `hd` each): each V
+/// row is converted once for the whole group, and the outputs stay in
+/// registers, `W` vectors of each of the `H` heads per pass over the rows.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `hd` is a multiple of 8 and at
+/// most 128; every row lies inside `v`; `p` holds `heads * slots.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn group_weighted_sum(
+    out: &mut [f32],
+    hd: usize,
+    p: &[f32],
+    v: &[f16],
+    slots: &[usize],
+    stride: usize,
+    col: usize,
+) {
+    let heads = out.len() / hd;
+    let run = GroupSum {
+        out: out.as_mut_ptr(),
+        hd,
+        p: p.as_ptr(),
+        v: v.as_ptr() as *const u16,
+        slots,
+        stride,
+        col,
+    };
+    // Enough independent accumulators (H x W) to hide the FMA latency,
+    // few enough to stay in the 16 registers.
+    match heads {
+        1 => run.passes::<1, 8>(),
+        2 => run.passes::<2, 4>(),
+        3 => run.passes::<3, 4>(),
+        4 => run.passes::<4, 2>(),
+        5 => run.passes::<5, 2>(),
+        6 => run.passes::<6, 2>(),
+        7 => run.passes::<7, 1>(),
+        8 => run.passes::<8, 1>(),
+        _ => {
+            let n = slots.len();
+            for h in 0..heads {
+                weighted_sum_f16(
+                    std::slice::from_raw_parts_mut(run.out.add(h * hd), hd),
+                    std::slice::from_raw_parts(run.p.add(h * n), n),
+                    v,
+                    slots,
+                    stride,
+                    col,
+                );
+            }
+        }
+    }
+}
+
+struct GroupSum<'a> {
+    out: *mut f32,
+    hd: usize,
+    p: *const f32,
+    v: *const u16,
+    slots: &'a [usize],
+    stride: usize,
+    col: usize,
+}
+
+impl GroupSum<'_> {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn passes<const H: usize, const W: usize>(&self) {
+        let nreg = self.hd / 8;
+        let mut c = 0;
+        while c + W <= nreg {
+            self.pass::<H, W>(c);
+            c += W;
+        }
+        while c < nreg {
+            self.pass::<H, 1>(c);
+            c += 1;
+        }
+    }
+
+    /// Output vectors `c .. c + W` of every head, over all rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pass<const H: usize, const W: usize>(&self, c: usize) {
+        let n = self.slots.len();
+        let mut acc = [[_mm256_setzero_ps(); W]; H];
+        #[allow(clippy::needless_range_loop)] // constant bounds: unrolled, in registers
+        for h in 0..H {
+            for r in 0..W {
+                acc[h][r] = _mm256_loadu_ps(self.out.add(h * self.hd + 8 * (c + r)));
+            }
+        }
+        let mut j = 0;
+        while j < n {
+            let row = self
+                .v
+                .add(*self.slots.get_unchecked(j) * self.stride + self.col + 8 * c);
+            let mut vr = [_mm256_setzero_ps(); W];
+            #[allow(clippy::needless_range_loop)]
+            for r in 0..W {
+                vr[r] = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * r) as *const __m128i));
+            }
+            #[allow(clippy::needless_range_loop)]
+            for h in 0..H {
+                let pp = _mm256_set1_ps(*self.p.add(h * n + j));
+                for r in 0..W {
+                    acc[h][r] = _mm256_fmadd_ps(pp, vr[r], acc[h][r]);
+                }
+            }
+            j += 1;
+        }
+        #[allow(clippy::needless_range_loop)]
+        for h in 0..H {
+            for r in 0..W {
+                _mm256_storeu_ps(self.out.add(h * self.hd + 8 * (c + r)), acc[h][r]);
+            }
+        }
+    }
+}
+
+/// `x[i] = exp(x[i] - max)` with the polynomial of `decode::expf::scalar`,
+/// eight at a time (bit-identical to it).
+///
+/// # Safety
+/// AVX2 and FMA must be available.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn exp_shifted(x: &mut [f32], max: f32) {
+    use super::decode::expf::*;
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let m = _mm256_set1_ps(max);
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m);
+        let z = _mm256_fmadd_ps(v, _mm256_set1_ps(LOG2E), _mm256_set1_ps(SHIFT));
+        let nn = _mm256_sub_ps(z, _mm256_set1_ps(SHIFT));
+        let b = _mm256_fnmadd_ps(
+            nn,
+            _mm256_set1_ps(LN2_LO),
+            _mm256_fnmadd_ps(nn, _mm256_set1_ps(LN2_HI), v),
+        );
+        let e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+        let k = _mm256_castsi256_ps(_mm256_add_epi32(
+            e,
+            _mm256_castps_si256(_mm256_set1_ps(1.0)),
+        ));
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_fmadd_ps(_mm256_set1_ps(C0), b, _mm256_set1_ps(C1)),
+                u,
+                _mm256_fmadd_ps(_mm256_set1_ps(C2), b, _mm256_set1_ps(C3)),
+            ),
+            u,
+            _mm256_mul_ps(_mm256_set1_ps(C4), b),
+        );
+        let r = _mm256_fmadd_ps(j, k, k);
+        // Under the normal range (and -inf): 0. NaN stays NaN.
+        let keep = _mm256_cmp_ps(v, _mm256_set1_ps(MIN), _CMP_GE_OQ);
+        let nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+        let r = _mm256_blendv_ps(_mm256_and_ps(r, keep), v, nan);
+        _mm256_storeu_ps(p.add(i), r);
+        i += 8;
+    }
+    while i < n {
+        x[i] = super::decode::expf::scalar(x[i] - max);
+        i += 1;
+    }
+}

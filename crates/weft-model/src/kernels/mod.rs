@@ -13,6 +13,7 @@
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod decode;
 mod quant;
 
 pub use attention::{axpy_f16, dot_f16, f16_to_f32_slice, scores_f16, weighted_sum_f16};

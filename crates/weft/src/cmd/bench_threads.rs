@@ -35,6 +35,10 @@ pub struct ThreadsArgs {
     pub llama_batched_bench: Option<PathBuf>,
     #[arg(long)]
     pub no_reference: bool,
+    /// Repetitions of each measurement, weft and llama.cpp alike,
+    /// alternating; the medians are compared (this machine is noisy).
+    #[arg(long, short = 'r', default_value_t = 3)]
+    pub reps: usize,
     /// Children joined in the join-cost comparison.
     #[arg(long, default_value_t = 4)]
     pub join_children: usize,
@@ -424,31 +428,55 @@ fn reference(
 
 pub fn run(a: ThreadsArgs) -> anyhow::Result<()> {
     let (model, tok) = a.model.load()?;
-    let mut rows = Vec::new();
-    for &b in &a.batch {
-        let tps = batched_decode(&model, &tok, a.prefix, a.gen, b)?;
-        eprintln!("[weft] B={b}: {tps:.1} tok/s");
-        rows.push(BatchRow {
-            threads: b,
-            decode_tok_s: tps,
-            reference_tok_s: None,
-            ratio: None,
-        });
-    }
-    if !a.no_reference {
-        match a.llama_batched_bench.clone().or_else(default_reference) {
-            Some(bin) => {
-                eprintln!("[weft] running reference: {}", bin.display());
-                for (b, tg) in reference(&bin, &a.model.path(), model.threads(), &a)? {
-                    if let Some(r) = rows.iter_mut().find(|r| r.threads == b) {
-                        r.reference_tok_s = Some(tg);
-                        r.ratio = Some(r.decode_tok_s / tg);
-                    }
+    let reference_bin = if a.no_reference {
+        None
+    } else {
+        let bin = a.llama_batched_bench.clone().or_else(default_reference);
+        if bin.is_none() {
+            eprintln!("[weft] no llama-batched-bench found; reporting weft alone");
+        }
+        bin
+    };
+    let mut weft: Vec<Vec<f64>> = vec![Vec::new(); a.batch.len()];
+    let mut llama: Vec<Vec<f64>> = vec![Vec::new(); a.batch.len()];
+    for rep in 0..a.reps.max(1) {
+        for (k, &b) in a.batch.iter().enumerate() {
+            let tps = batched_decode(&model, &tok, a.prefix, a.gen, b)?;
+            eprintln!("[weft] rep {}: B={b}: {tps:.1} tok/s", rep + 1);
+            weft[k].push(tps);
+        }
+        if let Some(bin) = &reference_bin {
+            eprintln!(
+                "[weft] rep {}: running reference {}",
+                rep + 1,
+                bin.display()
+            );
+            for (b, tg) in reference(bin, &a.model.path(), model.threads(), &a)? {
+                if let Some(k) = a.batch.iter().position(|&x| x == b) {
+                    llama[k].push(tg);
                 }
             }
-            None => eprintln!("[weft] no llama-batched-bench found; reporting weft alone"),
         }
     }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    let rows: Vec<BatchRow> = a
+        .batch
+        .iter()
+        .enumerate()
+        .map(|(k, &b)| {
+            let w = median(&mut weft[k]).unwrap_or(0.0);
+            let r = median(&mut llama[k]);
+            BatchRow {
+                threads: b,
+                decode_tok_s: w,
+                reference_tok_s: r,
+                ratio: r.map(|r| w / r),
+            }
+        })
+        .collect();
     let report = Report {
         model: a.model.path().display().to_string(),
         threads: model.threads(),
@@ -470,8 +498,10 @@ pub fn run(a: ThreadsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "batched decode through the engine, {} shared prefix tokens, {} new tokens per sequence:",
-        a.prefix, a.gen
+        "batched decode through the engine, {} shared prefix tokens, {} new tokens per sequence (median of {}):",
+        a.prefix,
+        a.gen,
+        a.reps.max(1)
     );
     for r in &report.batched_decode {
         match (r.reference_tok_s, r.ratio) {
