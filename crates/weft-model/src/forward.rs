@@ -454,7 +454,10 @@ impl Model {
                 }
             }
         }
-        let split_results: Vec<decode::Partial> = vec![Default::default(); split_tasks.len()];
+        // Every split task's partial state, side by side.
+        let plen = decode::partial_len(group, hd);
+        let mut split_buf = vec![0f32; split_tasks.len() * plen];
+        let split_ptr = SyncPtr(split_buf.as_mut_ptr());
         // One task per query head (not per kv head): every head computes
         // its own scores anyway, and a decode step of one sequence then
         // spreads over the cores (9 heads, not 3 kv heads, for SmolLM2).
@@ -512,7 +515,6 @@ impl Model {
                 weighted_sum_f16(o, &scores, &kv.v, ctx, kvd, g * hd);
             }
         };
-        let results = std::sync::Mutex::new(split_results);
         let run_split = |n: usize| {
             let (i, g, part) = split_tasks[n];
             let s = &seqs[i];
@@ -522,23 +524,34 @@ impl Model {
                 part * ctx.len() / parts[i],
                 (part + 1) * ctx.len() / parts[i],
             );
-            let qs: Vec<&[f32]> = (g * group..(g + 1) * group)
-                .map(|h| &qkv[t * qkv_w + h * hd..t * qkv_w + (h + 1) * hd])
-                .collect();
-            let mut scratch = Vec::new();
-            let p = decode::attend_group(
-                &qs,
-                &kv.k,
-                &kv.v,
-                &ctx[lo..hi],
-                kvd,
-                g * hd,
-                scale,
-                &mut scratch,
-            );
-            if let Ok(mut r) = results.lock() {
-                r[n] = p;
-            }
+            let q = |h: usize| &qkv[t * qkv_w + h * hd..t * qkv_w + (h + 1) * hd];
+            let mut few: [&[f32]; 16] = [&[]; 16];
+            let many: Vec<&[f32]>;
+            let qs: &[&[f32]] = if group <= few.len() {
+                for (x, h) in few.iter_mut().zip(g * group..(g + 1) * group) {
+                    *x = q(h);
+                }
+                &few[..group]
+            } else {
+                many = (g * group..(g + 1) * group).map(q).collect();
+                &many
+            };
+            // SAFETY: task n alone writes floats n * plen .. (n + 1) * plen.
+            let buf =
+                unsafe { std::slice::from_raw_parts_mut(split_ptr.get().add(n * plen), plen) };
+            SCRATCH.with(|scratch| {
+                decode::attend_group(
+                    qs,
+                    &kv.k,
+                    &kv.v,
+                    &ctx[lo..hi],
+                    kvd,
+                    g * hd,
+                    scale,
+                    &mut scratch.borrow_mut(),
+                    decode::partial(buf, group),
+                )
+            });
         };
         let total = tasks.len() + split_tasks.len();
         if total == 1 && split_tasks.is_empty() {
@@ -553,7 +566,10 @@ impl Model {
             });
         }
         // Merge each group's parts into its heads' outputs.
-        let results = results.into_inner().unwrap_or_default();
+        let results: Vec<decode::Partial> = split_buf
+            .chunks_mut(plen)
+            .map(|b| decode::partial(b, group))
+            .collect();
         let mut at = 0;
         for (i, &n) in parts.iter().enumerate() {
             if n == 0 {
@@ -564,10 +580,16 @@ impl Model {
                 let heads = &mut out[t * qd + g * group * hd..t * qd + (g + 1) * group * hd];
                 let mut outs: Vec<&mut [f32]> = heads.chunks_exact_mut(hd).collect();
                 decode::merge_parts(&results[at..at + n], hd, &mut outs);
+
                 at += n;
             }
         }
     }
+}
+
+thread_local! {
+    /// Each worker's scores buffer for split decode attention.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Completes one query's softmax over `ctx` starting from the partial state

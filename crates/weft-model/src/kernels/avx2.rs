@@ -612,34 +612,70 @@ pub(crate) unsafe fn group_scores(
     scale: f32,
     out: &mut [f32],
 ) {
-    let n = slots.len();
-    let nreg = qs[0].len() / 8;
-    let pk = k.as_ptr() as *const u16;
-    let mut kr = [_mm256_setzero_ps(); 16];
-    let heads = qs.len();
-    let mut j = 0;
-    while j < n {
-        let row = pk.add(*slots.get_unchecked(j) * stride + col);
-        let mut r = 0;
-        while r < nreg {
-            kr[r] = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * r) as *const __m128i));
-            r += 1;
-        }
-        let mut h = 0;
-        while h < heads {
-            let pq = qs.get_unchecked(h).as_ptr();
-            let mut acc0 = _mm256_setzero_ps();
-            let mut acc1 = _mm256_setzero_ps();
-            let mut r = 0;
-            while r < nreg {
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(8 * r)), kr[r], acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(8 * r + 8)), kr[r + 1], acc1);
-                r += 2;
+    let run = GroupScores {
+        qs,
+        k: k.as_ptr() as *const u16,
+        slots,
+        stride,
+        col,
+        scale,
+        out: out.as_mut_ptr(),
+    };
+    // The converted K row stays in registers when its length is known.
+    match qs[0].len() / 8 {
+        2 => run.rows::<2>(),
+        4 => run.rows::<4>(),
+        6 => run.rows::<6>(),
+        8 => run.rows::<8>(),
+        10 => run.rows::<10>(),
+        12 => run.rows::<12>(),
+        14 => run.rows::<14>(),
+        _ => run.rows::<16>(),
+    }
+}
+
+struct GroupScores<'a> {
+    qs: &'a [&'a [f32]],
+    k: *const u16,
+    slots: &'a [usize],
+    stride: usize,
+    col: usize,
+    scale: f32,
+    out: *mut f32,
+}
+
+impl GroupScores<'_> {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows<const N: usize>(&self) {
+        let n = self.slots.len();
+        let heads = self.qs.len();
+        let mut j = 0;
+        while j < n {
+            let row = self
+                .k
+                .add(*self.slots.get_unchecked(j) * self.stride + self.col);
+            let mut kr = [_mm256_setzero_ps(); N];
+            #[allow(clippy::needless_range_loop)] // constant bounds: unrolled, in registers
+            for r in 0..N {
+                kr[r] = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * r) as *const __m128i));
             }
-            *out.get_unchecked_mut(h * n + j) = hsum(_mm256_add_ps(acc0, acc1)) * scale;
-            h += 1;
+            let mut h = 0;
+            while h < heads {
+                let pq = self.qs.get_unchecked(h).as_ptr();
+                let mut acc0 = _mm256_setzero_ps();
+                let mut acc1 = _mm256_setzero_ps();
+                let mut r = 0;
+                while r < N {
+                    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(8 * r)), kr[r], acc0);
+                    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(8 * r + 8)), kr[r + 1], acc1);
+                    r += 2;
+                }
+                *self.out.add(h * n + j) = hsum(_mm256_add_ps(acc0, acc1)) * self.scale;
+                h += 1;
+            }
+            j += 1;
         }
-        j += 1;
     }
 }
 

@@ -28,18 +28,30 @@ pub fn supports(head_dim: usize) -> bool {
 
 /// One group's partial state over a slice of the context: per head the
 /// running max, the sum of exponentials, and the unnormalised output.
-#[derive(Debug, Clone, Default)]
-pub struct Partial {
-    pub max: Vec<f32>,
-    pub sum: Vec<f32>,
+#[derive(Debug)]
+pub struct Partial<'a> {
+    pub max: &'a mut [f32],
+    pub sum: &'a mut [f32],
     /// `heads * head_dim` values.
-    pub out: Vec<f32>,
+    pub out: &'a mut [f32],
+}
+
+/// Floats one group's [`Partial`] takes in a flat buffer.
+pub fn partial_len(heads: usize, head_dim: usize) -> usize {
+    heads * (head_dim + 2)
+}
+
+/// Splits a flat buffer of [`partial_len`] floats into a [`Partial`].
+pub fn partial(buf: &mut [f32], heads: usize) -> Partial<'_> {
+    let (max, rest) = buf.split_at_mut(heads);
+    let (sum, out) = rest.split_at_mut(heads);
+    Partial { max, sum, out }
 }
 
 /// Attends the query heads `qs` (each `head_dim` long; they share one KV
 /// head) over the K/V rows at `slots` (row `s` starts at `s * stride + col`
-/// in `k` and `v`), with `scale` applied to the scores. Errors: none; rows
-/// out of range fall back to bounds-checked loops that panic (engine bugs,
+/// in `k` and `v`), with `scale` applied to the scores, into `p`. Rows out
+/// of range fall back to bounds-checked loops that panic (engine bugs,
 /// never input).
 #[allow(clippy::too_many_arguments)]
 pub fn attend_group(
@@ -51,7 +63,8 @@ pub fn attend_group(
     col: usize,
     scale: f32,
     scores: &mut Vec<f32>,
-) -> Partial {
+    p: Partial,
+) {
     let (heads, n) = (qs.len(), slots.len());
     let hd = qs.first().map_or(0, |q| q.len());
     scores.clear();
@@ -74,22 +87,18 @@ pub fn attend_group(
             }
         }
     }
-    let mut p = Partial {
-        max: vec![f32::NEG_INFINITY; heads],
-        sum: vec![0.0; heads],
-        out: vec![0.0; heads * hd],
-    };
     for h in 0..heads {
         let row = &mut scores[h * n..(h + 1) * n];
         let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         p.max[h] = m;
         p.sum[h] = exp_shifted(row, m);
     }
+    p.out.fill(0.0);
     #[cfg(target_arch = "x86_64")]
     if simd && supports(hd) {
         // SAFETY: as above.
-        unsafe { super::avx2::group_weighted_sum(&mut p.out, hd, scores, v, slots, stride, col) };
-        return p;
+        unsafe { super::avx2::group_weighted_sum(p.out, hd, scores, v, slots, stride, col) };
+        return;
     }
     for h in 0..heads {
         let o = &mut p.out[h * hd..(h + 1) * hd];
@@ -101,12 +110,12 @@ pub fn attend_group(
             );
         }
     }
-    p
 }
 
 /// Merges the parts of one group (online softmax) and writes each head's
 /// normalised output to `out[h]`.
 pub fn merge_parts(parts: &[Partial], hd: usize, out: &mut [&mut [f32]]) {
+    // (`Partial` borrows; a merge only reads it.)
     for (h, o) in out.iter_mut().enumerate() {
         let m = parts
             .iter()
@@ -232,9 +241,15 @@ mod tests {
             let slots: Vec<usize> = (0..rows).map(|i| (i * 37) % rows).collect();
             let (col, scale) = (hd, 0.125);
             let mut scratch = Vec::new();
-            let parts: Vec<Partial> = slots
-                .chunks(70)
-                .map(|part| attend_group(&q_refs, &k, &v, part, stride, col, scale, &mut scratch))
+            let chunks: Vec<&[usize]> = slots.chunks(70).collect();
+            let mut buf = vec![0f32; chunks.len() * partial_len(heads, hd)];
+            for (part, b) in chunks.iter().zip(buf.chunks_mut(partial_len(heads, hd))) {
+                let p = partial(b, heads);
+                attend_group(&q_refs, &k, &v, part, stride, col, scale, &mut scratch, p);
+            }
+            let parts: Vec<Partial> = buf
+                .chunks_mut(partial_len(heads, hd))
+                .map(|b| partial(b, heads))
                 .collect();
             let mut got = vec![vec![0f32; hd]; heads];
             let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
