@@ -127,7 +127,14 @@ impl<'m> Engine<'m> {
     /// Validates `spec` against this engine's model and limits without
     /// adding it (what a server does at the door).
     pub fn validate(&self, spec: RequestSpec) -> Result<ValidRequest, ValidationError> {
-        validate(spec, self.tok, self.model.config.max_context, &self.cfg)
+        let kv_tokens = self.pool.n_blocks() * self.cfg.block_size;
+        validate(
+            spec,
+            self.tok,
+            self.model.config.max_context,
+            kv_tokens,
+            &self.cfg,
+        )
     }
 
     /// Adds a request; it starts at the next [`Engine::step`]. Works at any
@@ -328,10 +335,12 @@ impl<'m> Engine<'m> {
             depth,
             label: n.label,
             prompt_tokens: n.tokens.len(),
-            // The root's prompt may itself end in a trigger (a prompt that
-            // asks for a fork); a child's prompt holds its parent's trigger.
+            // A prompt may end in a trigger (a prompt that asks for a fork,
+            // trailing whitespace aside): that one fires. Triggers earlier in
+            // a prompt (an example block, a child's copy of its parent's
+            // trigger) are text, not instructions.
             detector: if n.parent.is_none() {
-                Detector::new(0)
+                Detector::for_prompt(n.prompt_text.trim_end().len())
             } else {
                 Detector::for_prompt(n.prompt_text.len())
             },

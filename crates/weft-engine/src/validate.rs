@@ -21,7 +21,8 @@ pub enum ValidationError {
     EmptyPrompt,
     #[error("prompt token id {id} is outside the vocabulary ({vocab} tokens)")]
     PromptToken { id: u32, vocab: usize },
-    #[error("cannot render the chat template: {0}")]
+    /// The model has no chat template, or it failed to render.
+    #[error("{0}")]
     ChatTemplate(String),
     #[error("cannot tokenize the prompt: {0}")]
     Tokenizer(String),
@@ -36,8 +37,15 @@ pub enum ValidationError {
         prompt_tokens: usize,
         context: usize,
     },
+    #[error("the prompt ({prompt_tokens} tokens) does not fit the KV cache ({kv_tokens} tokens); raise the KV budget")]
+    KvCapacity {
+        prompt_tokens: usize,
+        kv_tokens: usize,
+    },
     #[error("max_tokens must be at least 1")]
     MaxTokens,
+    #[error("max_total_tokens must be at least 1")]
+    MaxTotalTokens,
     #[error("max_thread_tokens must be at least 1")]
     MaxThreadTokens,
     #[error("stop string {index} is empty (it would end every request at once)")]
@@ -61,10 +69,15 @@ impl ValidationError {
     pub fn field(&self) -> &'static str {
         use ValidationError::*;
         match self {
-            EmptyPrompt | PromptToken { .. } | Tokenizer(_) | PromptTooLong { .. } => "prompt",
+            EmptyPrompt
+            | PromptToken { .. }
+            | Tokenizer(_)
+            | PromptTooLong { .. }
+            | KvCapacity { .. } => "prompt",
             ChatTemplate(_) => "messages",
             ContextOverflow { .. } | MaxTokens => "max_tokens",
             MaxThreadTokens => "max_thread_tokens",
+            MaxTotalTokens => "max_total_tokens",
             EmptyStop { .. } => "stop",
             StopToken { .. } => "stop_token_ids",
             Temperature(_) => "temperature",
@@ -102,12 +115,14 @@ pub struct ValidRequest {
     pub max_total_tokens: usize,
 }
 
-/// Checks `spec` against the model (`tok`, `max_context` tokens) and the
-/// engine's limits. Errors: the first rule broken, as a [`ValidationError`].
+/// Checks `spec` against the model (`tok`, `max_context` tokens), the KV
+/// cache (`kv_tokens` slots in all) and the engine's limits. Errors: the
+/// first rule broken, as a [`ValidationError`].
 pub fn validate(
     spec: RequestSpec,
     tok: &Tokenizer,
     max_context: usize,
+    kv_tokens: usize,
     cfg: &EngineConfig,
 ) -> Result<ValidRequest, ValidationError> {
     let s = spec.sampling;
@@ -135,6 +150,9 @@ pub fn validate(
     }
     if spec.max_thread_tokens == Some(0) {
         return Err(ValidationError::MaxThreadTokens);
+    }
+    if spec.limits.max_total_tokens == Some(0) {
+        return Err(ValidationError::MaxTotalTokens);
     }
     let protocol = match spec.protocol {
         None => None,
@@ -174,6 +192,12 @@ pub fn validate(
     };
     if tokens.is_empty() {
         return Err(ValidationError::EmptyPrompt);
+    }
+    if tokens.len() >= kv_tokens {
+        return Err(ValidationError::KvCapacity {
+            prompt_tokens: tokens.len(),
+            kv_tokens,
+        });
     }
     let max_tokens = match spec.max_tokens {
         Some(n) if tokens.len() + n > max_context => {

@@ -444,3 +444,42 @@ fn chat_prompts_get_one_bos_in_every_mode() {
         assert_eq!(ids[0], bos);
     }
 }
+
+/// A fork block inside a prompt is text (an example, a quoted trace); only
+/// a trigger at the prompt's end (trailing whitespace aside) forks.
+#[test]
+fn only_a_trigger_at_the_end_of_the_prompt_forks() {
+    let (model, tok) = smollm2();
+    let mut engine = Engine::new(&model, &tok, EngineConfig::default()).unwrap();
+    let inside = format!("{TW_PROMPT}\nThe answer must be in metres.\n");
+    let at_end = format!("{TW_PROMPT}\n \n");
+    let run = |engine: &mut Engine, prompt: &str| {
+        let mut spec = threadweaver(plain(prompt, 8));
+        spec.max_thread_tokens = Some(6);
+        engine.run(vec![spec], &mut |_| {}).unwrap().remove(0)
+    };
+    let r = run(&mut engine, &inside);
+    assert_eq!(r.stats.forks, 0, "{r:?}");
+    assert_eq!(
+        r.prompt_tokens,
+        tok.encode_prompt(&inside, false).unwrap().len(),
+        "the whole prompt is the root's"
+    );
+    let r = run(&mut engine, &at_end);
+    assert!(r.stats.forks >= 1, "{r:?}");
+}
+
+/// A join that ends the parent after a token limit cut its children
+/// reports `length`: the answer was cut.
+#[test]
+fn a_tree_cut_by_token_limits_finishes_with_length() {
+    let (model, tok) = smollm2();
+    let mut spec = threadweaver(plain(TW_PROMPT, 3));
+    spec.max_thread_tokens = Some(3);
+    let r = alone(&model, &tok, spec);
+    assert!(
+        r.threads[1..].iter().all(|t| t.generated_tokens == 3),
+        "{r:?}"
+    );
+    assert_eq!(r.finish_reason, FinishReason::Length, "{r:?}");
+}

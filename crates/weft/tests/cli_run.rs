@@ -182,3 +182,30 @@ fn stop_works_in_protocol_mode() {
         full[..full[after..].find(&stop).unwrap() + after].trim_end()
     );
 }
+
+/// In protocol mode the text is written at the end; a reader that goes away
+/// before then still stops the decoding (standard output is polled).
+#[test]
+fn a_reader_gone_in_protocol_mode_stops_decoding() {
+    use std::process::Stdio;
+    let mut child = weft()
+        .args(["run", "--quiet", "--protocol", "threadweaver", "--model"])
+        .arg(model())
+        .args(["--prompt", "Once upon a time", "--ignore-eos", "--stats"])
+        .args(["--max-tokens", "1500"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let n: usize = stderr
+        .split("stdout closed after ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(n < 1500, "decoded {n} tokens");
+}

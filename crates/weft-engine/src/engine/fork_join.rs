@@ -300,7 +300,19 @@ impl Engine<'_> {
         match join.then {
             AfterJoin::Continue => {}
             AfterJoin::FinishAt(s) => t.stop = Some(s),
-            AfterJoin::Finish => return self.finish(id, ChildEnd::Stop),
+            AfterJoin::Finish => {
+                // The join ended the parent; if a token limit cut one of its
+                // children, the answer was cut too: `length`, not `stop`.
+                let cut = kids
+                    .iter()
+                    .any(|&k| self.threads[k].end == ChildEnd::Length);
+                let end = if cut {
+                    ChildEnd::Length
+                } else {
+                    ChildEnd::Stop
+                };
+                return self.finish(id, end);
+            }
         }
         Ok(())
     }

@@ -190,7 +190,17 @@ fn timed_request(
 }
 
 fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(a.prompt_tokens >= 1, "--prompt-tokens must be at least 1");
+    anyhow::ensure!(a.gen_tokens >= 1, "--gen-tokens must be at least 1");
+    anyhow::ensure!(a.reps >= 1, "--reps must be at least 1");
     let (model, tok) = a.model.load()?;
+    let context = model.config.max_context;
+    anyhow::ensure!(
+        a.prompt_tokens < context && a.gen_tokens < context,
+        "--prompt-tokens ({}) and --gen-tokens ({}) must each be under the model's context of {context} tokens",
+        a.prompt_tokens,
+        a.gen_tokens
+    );
     let vocab = model.config.vocab_size;
     // The whole run goes through the engine, as every request does: pp is a
     // request of `prompt_tokens` prefilled in one chunk, tg one of a single

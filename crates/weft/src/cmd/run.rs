@@ -18,7 +18,7 @@ pub struct RunArgs {
     /// The prompt text.
     #[arg(long, short = 'p', conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
-    /// Read the prompt from a file.
+    /// Read the prompt from a file (`-`: standard input).
     #[arg(long)]
     pub prompt_file: Option<PathBuf>,
     /// Wrap the prompt as a user message in the model's chat template.
@@ -31,7 +31,8 @@ pub struct RunArgs {
     /// plus this must fit the model's context.
     #[arg(long, short = 'n', default_value_t = 256)]
     pub max_tokens: usize,
-    /// Sampling temperature, >= 0; 0 is greedy.
+    /// Sampling temperature, >= 0; 0 is greedy (the default), and then
+    /// --top-k, --top-p, --min-p and --seed change nothing.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep only the k most likely tokens (0: off).
@@ -43,9 +44,10 @@ pub struct RunArgs {
     /// Drop tokens less likely than min_p times the top token (0: off).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub min_p: f32,
-    /// Random seed for sampling.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Random seed for sampling (the same seed gives the same text; -1: a
+    /// new one each run, as llama.cpp's -1).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub seed: i64,
     /// End the output before this string (repeatable; not empty). With
     /// --protocol it applies to the root's text; children keep the
     /// protocol's own stops.
@@ -91,6 +93,12 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone(),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading the prompt from standard input")?;
+            text
+        }
         (None, Some(f)) => {
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
         }
@@ -113,7 +121,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         top_k: args.top_k,
         top_p: args.top_p,
         min_p: args.min_p,
-        seed: args.seed,
+        seed: match u64::try_from(args.seed) {
+            Ok(seed) => seed,
+            Err(_) if args.seed == -1 => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            Err(_) => anyhow::bail!("--seed must be >= 0, or -1 for a random seed"),
+        },
     };
     spec.max_tokens = Some(args.max_tokens);
     spec.max_thread_tokens = Some(args.max_tokens);
@@ -139,20 +153,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut response = None;
     let mut generated = 0;
     while engine.has_work() {
+        if !broken_pipe && stdout_closed() {
+            // The reader went away before any text was written (protocol
+            // mode writes the final text at the end): stop now.
+            broken_pipe = true;
+            engine.abort(id);
+        }
         for event in engine.step()? {
             if tree && !args.quiet {
                 printer.event(&event);
             }
             match event {
-                // Plain requests stream the root's text as it comes.
                 Event::Text {
                     thread: 0,
                     text,
                     token_ids,
                     ..
-                } if !tree => {
+                } => {
                     generated += token_ids.len();
-                    if !broken_pipe
+                    // Plain requests stream the root's text as it comes.
+                    if !tree
+                        && !broken_pipe
                         && (out.write_all(text.as_bytes()).is_err() || out.flush().is_err())
                     {
                         // The reader went away (`| head`): stop decoding now,
@@ -182,15 +203,42 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let s = &resp.stats;
         let root = &resp.threads[0];
         let decode_s = (s.wall_ms - s.ttft_ms).max(1e-6) / 1e3;
+        let rate = if root.generated_tokens > 1 {
+            format!(
+                ", then {:.1} tok/s",
+                (root.generated_tokens - 1) as f64 / decode_s
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "[weft] prompt {} tokens, first token after {:.2}s ({:.1} tok/s); generated {} tokens, then {:.1} tok/s; finish: {}",
+            "[weft] prompt: {} tokens, first token after {:.2} s ({:.1} tok/s); generated: {} tokens{rate}; finish: {}",
             resp.prompt_tokens,
             s.ttft_ms / 1e3,
             resp.prompt_tokens as f64 / (s.ttft_ms / 1e3).max(1e-9),
             root.generated_tokens,
-            root.generated_tokens.saturating_sub(1) as f64 / decode_s,
             resp.finish_reason
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether standard output is a pipe whose reader has gone (`poll` reports
+/// an error on its write end), without writing to it.
+fn stdout_closed() -> bool {
+    #[cfg(unix)]
+    {
+        let mut fd = libc::pollfd {
+            fd: libc::STDOUT_FILENO,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        let n = unsafe { libc::poll(&mut fd, 1, 0) };
+        n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
 }

@@ -108,7 +108,7 @@ pub fn report(protocol_name: &str, resp: &Response, trace: Option<&Path>) -> any
         resp.finish_reason
     );
     for r in &s.refused_forks {
-        eprintln!("[weft] refused fork: {r}");
+        eprintln!("[weft] note: {r}");
     }
     if let Some(path) = trace {
         let doc = json!({
