@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt with a local model (streamed to stdout).
     Run(cmd::run::RunArgs),
+    /// Serve a local model through the OpenAI API (completions, chat).
+    Serve(cmd::serve::ServeArgs),
     /// Measure speed against a reference run side by side.
     Bench(cmd::bench::BenchArgs),
     /// Countdown tools: solve and verify problems.
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => cmd::run::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Countdown(args) => cmd::countdown::run(args),
         Command::Data(args) => cmd::data::run(args),

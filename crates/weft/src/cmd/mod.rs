@@ -9,6 +9,7 @@ pub mod data;
 pub mod eval;
 pub mod model_args;
 pub mod run;
+pub mod serve;
 pub mod solve;
 pub mod threads;
 pub mod train;

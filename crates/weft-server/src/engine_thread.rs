@@ -1,0 +1,169 @@
+//! The engine on its own OS thread, fed by a channel, so the model never
+//! blocks the async runtime (TGI's router keeps its batching loop apart the
+//! same way). Each request's events come back over a channel of its own;
+//! when its receiver is dropped (the client went away), the request is
+//! aborted and its KV freed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use weft_engine::{Engine, EngineConfig, Event, RequestId, RequestSpec, ValidationError};
+use weft_model::{Model, Tokenizer};
+
+/// What the HTTP side asks of the engine thread.
+enum Command {
+    Add {
+        spec: RequestSpec,
+        events: mpsc::UnboundedSender<Event>,
+        reply: oneshot::Sender<Result<RequestId, ValidationError>>,
+    },
+}
+
+/// A cheap, cloneable handle to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    /// The model's context length (tokens), for `/v1/models`.
+    pub max_model_len: usize,
+}
+
+/// Why a request could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("the engine is not running")]
+    EngineGone,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread. The thread ends when every handle is gone.
+    /// Errors: the engine cannot be built (a KV budget too small for one
+    /// block).
+    pub fn start(
+        model: Arc<Model>,
+        tok: Arc<Tokenizer>,
+        cfg: EngineConfig,
+    ) -> Result<EngineHandle, weft_engine::EngineError> {
+        let max_model_len = model.config.max_context;
+        // Build once here so a bad configuration fails at start-up, not on
+        // the first request.
+        drop(Engine::new(&model, &tok, cfg.clone())?);
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("weft-engine".into())
+            .spawn(move || engine_loop(&model, &tok, cfg, rx))
+            .map_err(|e| weft_engine::EngineError::Invalid(format!("engine thread: {e}")))?;
+        Ok(EngineHandle { tx, max_model_len })
+    }
+
+    /// Validates `spec` and starts it; its events arrive on the returned
+    /// receiver, ending with `Event::Finished`. Dropping the receiver aborts
+    /// the request.
+    pub async fn submit(
+        &self,
+        spec: RequestSpec,
+    ) -> Result<(RequestId, mpsc::UnboundedReceiver<Event>), SubmitError> {
+        let (events, rx) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Add {
+                spec,
+                events,
+                reply,
+            })
+            .map_err(|_| SubmitError::EngineGone)?;
+        let id = answer.await.map_err(|_| SubmitError::EngineGone)??;
+        Ok((id, rx))
+    }
+}
+
+fn engine_loop(
+    model: &Model,
+    tok: &Tokenizer,
+    cfg: EngineConfig,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+) {
+    let Ok(mut engine) = Engine::new(model, tok, cfg) else {
+        return;
+    };
+    let mut sinks: HashMap<RequestId, mpsc::UnboundedSender<Event>> = HashMap::new();
+    loop {
+        // Idle: wait for work. Busy: take what arrived, then step.
+        if !engine.has_work() {
+            match rx.blocking_recv() {
+                Some(c) => accept(&mut engine, &mut sinks, c),
+                None => return,
+            }
+        }
+        while let Ok(c) = rx.try_recv() {
+            accept(&mut engine, &mut sinks, c);
+        }
+        // Clients that went away while their request waited or ran.
+        let gone: Vec<RequestId> = sinks
+            .iter()
+            .filter(|(_, s)| s.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            engine.abort(id);
+            sinks.remove(&id);
+        }
+        let events = match engine.step() {
+            Ok(events) => events,
+            Err(e) => {
+                // An engine error (not a request's): every request in
+                // flight ends; the engine itself stays up.
+                tracing::error!("engine step failed: {e}");
+                for (id, _) in sinks.drain() {
+                    engine.abort(id);
+                }
+                continue;
+            }
+        };
+        for event in events {
+            let id = event.request();
+            let finished = matches!(event, Event::Finished { .. });
+            if let Some(sink) = sinks.get(&id) {
+                if sink.send(event).is_err() {
+                    engine.abort(id);
+                    sinks.remove(&id);
+                    continue;
+                }
+            }
+            if finished {
+                sinks.remove(&id);
+            }
+        }
+    }
+}
+
+fn accept(
+    engine: &mut Engine,
+    sinks: &mut HashMap<RequestId, mpsc::UnboundedSender<Event>>,
+    c: Command,
+) {
+    match c {
+        Command::Add {
+            spec,
+            events,
+            reply,
+        } => match engine.add(spec) {
+            Ok(id) => {
+                sinks.insert(id, events);
+                if reply.send(Ok(id)).is_err() {
+                    engine.abort(id);
+                    sinks.remove(&id);
+                }
+            }
+            Err(weft_engine::EngineError::Validation(v)) => {
+                let _ = reply.send(Err(v));
+            }
+            Err(e) => {
+                tracing::error!("cannot add a request: {e}");
+                drop(reply);
+            }
+        },
+    }
+}

@@ -1,0 +1,303 @@
+//! `weft-server`: an OpenAI-compatible HTTP server over the weft engine.
+//!
+//! The split follows TGI's router:
+//! - [`validation`]: raw request JSON in, a typed valid request (one
+//!   `RequestSpec` per choice) or a typed error naming the field out;
+//! - [`engine_thread`]: the engine on its own OS thread behind a channel
+//!   (the model never blocks the async runtime); each request's events come
+//!   back on a channel of its own, and a dropped receiver (a client that
+//!   disconnected) aborts the request and frees its KV;
+//! - this module: HTTP only (axum routes, SSE streaming, error mapping).
+//!
+//! Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/completions`,
+//! `POST /v1/chat/completions` (both whole and streamed, `n` choices,
+//! `stream_options.include_usage`), with vLLM's extension fields `top_k`,
+//! `min_p` and `parallel` (`{protocol, max_children, max_depth}`, or `null`
+//! for plain text). Protocol responses carry `weft: {threads, stats}`.
+//!
+//! Not yet (issue "weft serve"): logprobs, streaming a protocol request,
+//! `/metrics`, the thread-tree page.
+
+pub mod engine_thread;
+pub mod openai;
+pub mod validation;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::{json, Value};
+use weft_engine::{Event, Response};
+
+pub use engine_thread::{EngineHandle, SubmitError};
+use validation::{Defaults, Endpoint, InvalidRequest, ValidRequest};
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The name `/v1/models` lists and requests must use.
+    pub served_model_name: String,
+    /// The protocol of requests that do not say (`--protocol`).
+    pub protocol: Option<String>,
+    /// Requests to `/v1/*` must send `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+}
+
+struct AppState {
+    engine: EngineHandle,
+    cfg: ServerConfig,
+    next: AtomicU64,
+}
+
+type Shared = Arc<AppState>;
+
+/// The routes, over a running engine thread.
+pub fn router(engine: EngineHandle, cfg: ServerConfig) -> Router {
+    let state = Arc::new(AppState {
+        engine,
+        cfg,
+        next: AtomicU64::new(0),
+    });
+    Router::new()
+        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/v1/models", get(models))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(listener, router).await
+}
+
+/// Binds `addr` and serves on a runtime of its own, on a background
+/// thread (for tests and embedding). Returns the bound address.
+pub fn spawn(
+    engine: EngineHandle,
+    cfg: ServerConfig,
+    addr: SocketAddr,
+) -> std::io::Result<SocketAddr> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(addr))?;
+    let bound = listener.local_addr()?;
+    let app = router(engine, cfg);
+    std::thread::Builder::new()
+        .name("weft-http".into())
+        .spawn(move || {
+            if let Err(e) = runtime.block_on(serve(listener, app)) {
+                tracing::error!("server stopped: {e}");
+            }
+        })?;
+    Ok(bound)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn error_response(status: u16, message: &str, param: Option<&str>) -> HttpResponse {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, Json(openai::error(status, message, param))).into_response()
+}
+
+fn invalid(e: InvalidRequest) -> HttpResponse {
+    error_response(e.status, &e.message, e.param.as_deref())
+}
+
+/// Checks `Authorization: Bearer <key>` when the server has a key; the
+/// refusal to send otherwise.
+fn unauthorized(state: &AppState, headers: &HeaderMap) -> Option<HttpResponse> {
+    let key = state.cfg.api_key.as_ref()?;
+    let sent = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    (sent != Some(key.as_str())).then(|| error_response(401, "a valid API key is required", None))
+}
+
+async fn models(State(state): State<Shared>, headers: HeaderMap) -> HttpResponse {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.cfg.served_model_name,
+            "object": "model",
+            "created": now_secs(),
+            "owned_by": "weft",
+            "max_model_len": state.engine.max_model_len,
+        }],
+    }))
+    .into_response()
+}
+
+async fn completions(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    handle(state, headers, body, Endpoint::Completions).await
+}
+
+async fn chat_completions(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    handle(state, headers, body, Endpoint::Chat).await
+}
+
+async fn handle(
+    state: Shared,
+    headers: HeaderMap,
+    body: Bytes,
+    endpoint: Endpoint,
+) -> HttpResponse {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    let defaults = Defaults {
+        served_model_name: state.cfg.served_model_name.clone(),
+        protocol: state.cfg.protocol.clone(),
+    };
+    let seeds = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    };
+    let valid = match validation::validate(&body, endpoint, &defaults, &seeds) {
+        Ok(v) => v,
+        Err(e) => return invalid(e),
+    };
+    let n = state.next.fetch_add(1, Ordering::Relaxed);
+    let id = match endpoint {
+        Endpoint::Completions => format!("cmpl-{n}"),
+        Endpoint::Chat => format!("chatcmpl-{n}"),
+    };
+    // Every choice starts (and is validated by the engine) before any
+    // answer is sent: a bad choice fails the whole request.
+    let mut receivers = Vec::with_capacity(valid.choices.len());
+    for spec in valid.choices.clone() {
+        match state.engine.submit(spec).await {
+            Ok((_, rx)) => receivers.push(rx),
+            Err(SubmitError::Invalid(v)) => {
+                return error_response(400, &v.to_string(), Some(v.field()))
+            }
+            Err(SubmitError::EngineGone) => {
+                return error_response(500, "the engine is not running", None)
+            }
+        }
+    }
+    let model = state.cfg.served_model_name.clone();
+    if valid.stream {
+        return stream_response(valid, receivers, id, model).into_response();
+    }
+    let mut responses = Vec::with_capacity(receivers.len());
+    for mut rx in receivers {
+        let mut done = None;
+        while let Some(e) = rx.recv().await {
+            if let Event::Finished { response, .. } = e {
+                done = Some(*response);
+                break;
+            }
+        }
+        match done {
+            Some(r) => responses.push(r),
+            None => return error_response(500, "the engine dropped the request", None),
+        }
+    }
+    Json(openai::response(
+        endpoint,
+        &id,
+        now_secs(),
+        &model,
+        &responses,
+        valid.n,
+        valid.protocol.as_deref(),
+    ))
+    .into_response()
+}
+
+/// Server-sent events: each choice's root text as it is decoded, its
+/// finish reason, optionally the usage, then `[DONE]`. Dropping the stream
+/// (the client went away) drops the receivers, which aborts the requests.
+fn stream_response(
+    valid: ValidRequest,
+    receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<Event>>,
+    id: String,
+    model: String,
+) -> Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let endpoint = valid.endpoint;
+    let created = now_secs();
+    let n = receivers.len();
+    let tagged = receivers.into_iter().enumerate().map(|(i, rx)| {
+        tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |e| (i, e))
+    });
+    let merged = stream::select_all(tagged);
+    let state = Arc::new(std::sync::Mutex::new(StreamState {
+        started: vec![false; n],
+        finished: vec![None; n],
+    }));
+    let (id2, model2, st2) = (id.clone(), model.clone(), state.clone());
+    let body = merged.filter_map(move |(i, e)| {
+        let (id, model, state) = (id.clone(), model.clone(), state.clone());
+        async move {
+            let mut st = state.lock().ok()?;
+            let value: Value = match e {
+                Event::Text {
+                    thread: 0, text, ..
+                } if !text.is_empty() => {
+                    let first = !st.started[i];
+                    st.started[i] = true;
+                    openai::chunk(endpoint, &id, created, &model, i, Some(&text), first, None)
+                }
+                Event::Finished {
+                    reason, response, ..
+                } => {
+                    let first = !st.started[i];
+                    st.started[i] = true;
+                    st.finished[i] = Some(*response);
+                    openai::chunk(endpoint, &id, created, &model, i, None, first, Some(reason))
+                }
+                _ => return None,
+            };
+            Some(Ok(SseEvent::default().data(value.to_string())))
+        }
+    });
+    let include_usage = valid.include_usage;
+    let per_prompt = valid.n;
+    let tail = stream::once(async move {
+        let usage = st2
+            .lock()
+            .map(|st| {
+                let done: Vec<Response> = st.finished.iter().flatten().cloned().collect();
+                openai::usage(&done, per_prompt)
+            })
+            .unwrap_or(Value::Null);
+        include_usage.then(|| {
+            Ok(SseEvent::default()
+                .data(openai::usage_chunk(endpoint, &id2, created, &model2, usage).to_string()))
+        })
+    })
+    .filter_map(|x| async move { x });
+    let done = stream::once(async { Ok(SseEvent::default().data("[DONE]")) });
+    Sse::new(body.chain(tail).chain(done))
+}
+
+struct StreamState {
+    started: Vec<bool>,
+    /// Each choice's response, by index.
+    finished: Vec<Option<Response>>,
+}

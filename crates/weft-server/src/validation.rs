@@ -1,0 +1,367 @@
+//! Raw OpenAI request JSON in, a typed valid request or a typed error out
+//! (TGI's `validation.rs` split). The engine checks the sampling and length
+//! rules itself (`weft_engine::validate`); this module checks the shape of
+//! the JSON, the fields the engine does not know (`model`, `n`, `stream`,
+//! `parallel`), and maps everything onto `RequestSpec`s.
+
+use serde::Deserialize;
+use serde_json::Value;
+use weft_engine::{Prompt, ProtocolChoice, RequestSpec, Sampling};
+use weft_model::chat::Message;
+
+/// A request the HTTP layer refuses, with OpenAI's `param`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidRequest {
+    pub message: String,
+    /// The field at fault.
+    pub param: Option<String>,
+    /// 400, or 404 for a model this server does not serve.
+    pub status: u16,
+}
+
+impl InvalidRequest {
+    pub fn new(param: &str, message: impl Into<String>) -> InvalidRequest {
+        InvalidRequest {
+            message: message.into(),
+            param: Some(param.to_string()),
+            status: 400,
+        }
+    }
+}
+
+/// Server-wide settings validation needs.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub served_model_name: String,
+    /// `--protocol`: the protocol a request without `parallel` runs with.
+    pub protocol: Option<String>,
+}
+
+/// Which endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Completions,
+    Chat,
+}
+
+/// A valid request: one engine spec per choice (prompts x `n`), and how to
+/// answer.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    pub endpoint: Endpoint,
+    /// `choices[i]` is the spec of choice `i`.
+    pub choices: Vec<RequestSpec>,
+    /// Choices per prompt (`n`).
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Whether the requests run a protocol (responses carry `weft`).
+    pub protocol: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    model: Option<String>,
+    prompt: Option<Value>,
+    messages: Option<Vec<RawMessage>>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    min_p: Option<f64>,
+    seed: Option<i64>,
+    stop: Option<Value>,
+    n: Option<i64>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    logprobs: Option<Value>,
+    top_logprobs: Option<Value>,
+    /// Absent: the server's protocol; `null`: plain text; an object: these.
+    #[serde(default, deserialize_with = "present")]
+    parallel: Option<Value>,
+}
+
+/// Keeps `"parallel": null` apart from a missing field.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct RawMessage {
+    role: String,
+    content: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Parallel {
+    protocol: Option<String>,
+    max_children: Option<i64>,
+    max_depth: Option<i64>,
+}
+
+/// Most choices one request may ask for.
+pub const MAX_N: i64 = 16;
+
+/// Checks a request body for `endpoint`. `seed_source` gives a seed to
+/// requests without one.
+pub fn validate(
+    body: &[u8],
+    endpoint: Endpoint,
+    defaults: &Defaults,
+    seed_source: &dyn Fn() -> u64,
+) -> Result<ValidRequest, InvalidRequest> {
+    let raw: Raw = serde_json::from_slice(body)
+        .map_err(|e| InvalidRequest::new("body", format!("invalid JSON body: {e}")))?;
+    if let Some(m) = &raw.model {
+        if m != &defaults.served_model_name {
+            return Err(InvalidRequest {
+                message: format!(
+                    "The model `{m}` does not exist (this server serves `{}`).",
+                    defaults.served_model_name
+                ),
+                param: Some("model".into()),
+                status: 404,
+            });
+        }
+    }
+    if raw
+        .logprobs
+        .as_ref()
+        .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
+        || raw.top_logprobs.as_ref().is_some_and(|v| !v.is_null())
+    {
+        return Err(InvalidRequest::new(
+            "logprobs",
+            "logprobs are not supported by this server yet",
+        ));
+    }
+    let prompts = match endpoint {
+        Endpoint::Completions => {
+            if raw.messages.is_some() {
+                return Err(InvalidRequest::new(
+                    "messages",
+                    "`messages` belongs to /v1/chat/completions; send `prompt` here",
+                ));
+            }
+            completion_prompts(raw.prompt.as_ref())?
+        }
+        Endpoint::Chat => {
+            if raw.prompt.is_some() {
+                return Err(InvalidRequest::new(
+                    "prompt",
+                    "`prompt` belongs to /v1/completions; send `messages` here",
+                ));
+            }
+            vec![chat_prompt(raw.messages.as_deref())?]
+        }
+    };
+    let n = raw.n.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return Err(InvalidRequest::new(
+            "n",
+            format!("n must be between 1 and {MAX_N}, got {n}"),
+        ));
+    }
+    let max_tokens = match (raw.max_completion_tokens.or(raw.max_tokens), endpoint) {
+        (Some(m), _) if m < 1 => {
+            return Err(InvalidRequest::new(
+                "max_tokens",
+                format!("max_tokens must be at least 1, got {m}"),
+            ))
+        }
+        (Some(m), _) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
+        // The legacy completions endpoint defaults to 16 (OpenAI, vLLM).
+        (None, Endpoint::Completions) => Some(16),
+        (None, Endpoint::Chat) => None,
+    };
+    let stop = match &raw.stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str().map(String::from).ok_or_else(|| {
+                    InvalidRequest::new("stop", "stop must be a string or a list of strings")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(InvalidRequest::new(
+                "stop",
+                "stop must be a string or a list of strings",
+            ))
+        }
+    };
+    let (protocol, limits) = parallel(raw.parallel.as_ref(), defaults)?;
+    let seed = match raw.seed {
+        Some(s) if s < 0 => {
+            return Err(InvalidRequest::new(
+                "seed",
+                format!("seed must be >= 0, got {s}"),
+            ))
+        }
+        Some(s) => s as u64,
+        None => seed_source(),
+    };
+    let stream = raw.stream.unwrap_or(false);
+    if stream && protocol.is_some() {
+        return Err(InvalidRequest::new(
+            "stream",
+            "streaming a request with a parallel protocol is not supported yet; send \"stream\": false or \"parallel\": null",
+        ));
+    }
+    let mut choices = Vec::new();
+    for prompt in prompts {
+        for i in 0..n as u64 {
+            let mut spec = RequestSpec::new(prompt.clone());
+            spec.protocol = protocol.clone().map(ProtocolChoice::Name);
+            spec.sampling = Sampling {
+                temperature: raw.temperature.unwrap_or(1.0) as f32,
+                top_p: raw.top_p.unwrap_or(1.0) as f32,
+                top_k: raw.top_k.unwrap_or(0),
+                min_p: raw.min_p.unwrap_or(0.0) as f32,
+                // Distinct and reproducible choices.
+                seed: seed.wrapping_add(i),
+            };
+            spec.max_tokens = max_tokens;
+            spec.stop = stop.clone();
+            spec.limits = limits;
+            choices.push(spec);
+        }
+    }
+    Ok(ValidRequest {
+        endpoint,
+        choices,
+        n: n as usize,
+        stream,
+        include_usage: raw
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        protocol,
+    })
+}
+
+fn completion_prompts(prompt: Option<&Value>) -> Result<Vec<Prompt>, InvalidRequest> {
+    let bad = || {
+        InvalidRequest::new(
+            "prompt",
+            "prompt must be a string, a list of strings, a list of token ids, or a list of such lists",
+        )
+    };
+    let ids = |items: &[Value]| -> Result<Vec<u32>, InvalidRequest> {
+        items
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .ok_or_else(bad)
+            })
+            .collect()
+    };
+    match prompt {
+        None => Err(InvalidRequest::new("prompt", "prompt is required")),
+        Some(Value::String(s)) => Ok(vec![Prompt::Text(s.clone())]),
+        Some(Value::Array(items)) if items.is_empty() => {
+            Err(InvalidRequest::new("prompt", "prompt is empty"))
+        }
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
+            Ok(vec![Prompt::Tokens(ids(items)?)])
+        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(Prompt::Text(s.clone())),
+                Value::Array(inner) => Ok(Prompt::Tokens(ids(inner)?)),
+                _ => Err(bad()),
+            })
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+fn chat_prompt(messages: Option<&[RawMessage]>) -> Result<Prompt, InvalidRequest> {
+    let messages =
+        messages.ok_or_else(|| InvalidRequest::new("messages", "messages is required"))?;
+    if messages.is_empty() {
+        return Err(InvalidRequest::new("messages", "messages is empty"));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let content = match &m.content {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            // The list-of-parts form: text parts only.
+            Some(Value::Array(parts)) => {
+                let mut text = String::new();
+                for p in parts {
+                    match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                        (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                        _ => {
+                            return Err(InvalidRequest::new(
+                                "messages",
+                                format!("message {i}: only text content parts are supported"),
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+            Some(_) => {
+                return Err(InvalidRequest::new(
+                    "messages",
+                    format!("message {i}: content must be a string or a list of parts"),
+                ))
+            }
+        };
+        out.push(Message::new(m.role.clone(), content));
+    }
+    Ok(Prompt::Chat(out))
+}
+
+fn parallel(
+    value: Option<&Value>,
+    defaults: &Defaults,
+) -> Result<(Option<String>, weft_engine::RequestLimits), InvalidRequest> {
+    let mut limits = weft_engine::RequestLimits::default();
+    let p: Parallel = match value {
+        None => return Ok((defaults.protocol.clone(), limits)),
+        Some(Value::Null) => return Ok((None, limits)),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+            InvalidRequest::new(
+                "parallel",
+                format!("parallel must be null or {{protocol, max_children, max_depth}}: {e}"),
+            )
+        })?,
+    };
+    let protocol = p.protocol.or_else(|| defaults.protocol.clone());
+    if let Some(name) = &protocol {
+        if weft_protocol::by_name(name).is_none() {
+            return Err(InvalidRequest::new(
+                "parallel.protocol",
+                format!(
+                    "unknown protocol `{name}` (apr, multiverse, threadweaver, npr, parallel-r1)"
+                ),
+            ));
+        }
+    }
+    if let Some(c) = p.max_children {
+        limits.max_children = Some(usize::try_from(c).map_err(|_| {
+            InvalidRequest::new("parallel.max_children", "max_children must be >= 0")
+        })?);
+    }
+    if let Some(d) = p.max_depth {
+        limits.max_depth =
+            Some(u32::try_from(d).map_err(|_| {
+                InvalidRequest::new("parallel.max_depth", "max_depth must be >= 0")
+            })?);
+    }
+    Ok((protocol, limits))
+}

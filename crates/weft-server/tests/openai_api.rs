@@ -1,0 +1,256 @@
+//! The server end to end on SmolLM2, over real HTTP on 127.0.0.1, with the
+//! shapes OpenAI clients read.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use serde_json::{json, Value};
+use weft_engine::EngineConfig;
+use weft_model::{LoadOptions, Model, Tokenizer};
+use weft_server::{EngineHandle, ServerConfig};
+
+const NAME: &str = "smollm2";
+
+/// One server for every test here (plain requests by default) and one that
+/// runs ThreadWeaver and wants an API key.
+fn servers() -> &'static (SocketAddr, SocketAddr) {
+    static S: OnceLock<(SocketAddr, SocketAddr)> = OnceLock::new();
+    S.get_or_init(|| {
+        let home = std::env::var_os("HOME").expect("HOME");
+        let path = std::path::PathBuf::from(home)
+            .join(".cache/weft/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let opts = LoadOptions {
+            batch_invariant: true,
+            ..Default::default()
+        };
+        let model = Arc::new(Model::load(&path, &opts).unwrap());
+        let tok = Arc::new(Tokenizer::load(&path).unwrap());
+        let start = |protocol: Option<&str>, key: Option<&str>| {
+            let engine = EngineHandle::start(
+                model.clone(),
+                tok.clone(),
+                EngineConfig {
+                    max_tokens_per_thread: 24,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let cfg = ServerConfig {
+                served_model_name: NAME.into(),
+                protocol: protocol.map(String::from),
+                api_key: key.map(String::from),
+            };
+            weft_server::spawn(engine, cfg, "127.0.0.1:0".parse().unwrap()).unwrap()
+        };
+        (
+            start(None, None),
+            start(Some("threadweaver"), Some("sekrit")),
+        )
+    })
+}
+
+fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    post_with(addr, path, body, None)
+}
+
+fn post_with(addr: SocketAddr, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .post(format!("http://{addr}{path}"))
+            .json(&body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    })
+}
+
+/// The `data:` payloads of a streamed response, `[DONE]` included.
+fn post_stream(addr: SocketAddr, path: &str, body: Value) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let text = resp.text().await.unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(String::from)
+            .collect()
+    })
+}
+
+#[test]
+fn models_lists_the_served_model() {
+    let (plain, _) = *servers();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let v: Value = rt.block_on(async {
+        reqwest::get(format!("http://{plain}/v1/models"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["id"], NAME);
+    assert_eq!(v["data"][0]["max_model_len"], 8192);
+}
+
+#[test]
+fn a_greedy_completion_is_llama_cpps_continuation() {
+    let (plain, _) = *servers();
+    let (status, v) = post(
+        plain,
+        "/v1/completions",
+        json!({"model": NAME, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    // llama.cpp's greedy continuation starts " Paris." (weft-model golden).
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with(" Paris."), "{text:?}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+    assert_eq!(v["usage"]["prompt_tokens"], 5);
+}
+
+#[test]
+fn n_choices_are_distinct_and_reproducible_with_a_seed() {
+    let (plain, _) = *servers();
+    let body = json!({
+        "messages": [{"role": "user", "content": "Write a word."}],
+        "max_tokens": 12, "temperature": 1.0, "seed": 11, "n": 3,
+    });
+    let (status, a) = post(plain, "/v1/chat/completions", body.clone());
+    assert_eq!(status, 200, "{a}");
+    let (_, b) = post(plain, "/v1/chat/completions", body);
+    let texts = |v: &Value| -> Vec<String> {
+        v["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["message"]["content"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(texts(&a), texts(&b), "same seed, other choices");
+    let t = texts(&a);
+    assert_eq!(t.len(), 3);
+    assert!(t[0] != t[1] || t[1] != t[2], "{t:?}");
+    // One prompt, counted once.
+    let single = post(
+        plain,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Write a word."}], "max_tokens": 1}),
+    )
+    .1;
+    assert_eq!(
+        a["usage"]["prompt_tokens"],
+        single["usage"]["prompt_tokens"]
+    );
+}
+
+#[test]
+fn a_stream_adds_up_to_the_whole_response() {
+    let (plain, _) = *servers();
+    let body = json!({
+        "messages": [{"role": "user", "content": "Name a color."}],
+        "max_tokens": 16, "temperature": 0,
+    });
+    let (_, whole) = post(plain, "/v1/chat/completions", body.clone());
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let events = post_stream(plain, "/v1/chat/completions", streamed);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, whole["choices"][0]["message"]["content"]);
+    let finish = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, whole["choices"][0]["finish_reason"].as_str());
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage, &whole["usage"]);
+}
+
+#[test]
+fn bad_requests_get_openai_errors_naming_the_field() {
+    let (plain, _) = *servers();
+    for (body, param, status) in [
+        (json!({"prompt": "x", "top_p": 5}), "top_p", 400),
+        (
+            json!({"prompt": "x", "temperature": -1}),
+            "temperature",
+            400,
+        ),
+        (json!({"prompt": "x", "stop": ""}), "stop", 400),
+        (json!({"prompt": "x", "n": 0}), "n", 400),
+        (
+            json!({"prompt": "x", "max_tokens": 100000}),
+            "max_tokens",
+            400,
+        ),
+        (json!({"prompt": ""}), "prompt", 400),
+        (json!({"prompt": 7}), "prompt", 400),
+        (json!({"model": "gpt-4", "prompt": "x"}), "model", 404),
+        (
+            json!({"prompt": "x", "parallel": {"protocol": "tot"}}),
+            "parallel.protocol",
+            400,
+        ),
+        (json!({"prompt": "x", "logprobs": 2}), "logprobs", 400),
+    ] {
+        let (got, v) = post(plain, "/v1/completions", body.clone());
+        assert_eq!(got, status, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    let (got, v) = post(plain, "/v1/chat/completions", json!({"messages": []}));
+    assert_eq!((got, v["error"]["param"].as_str()), (400, Some("messages")));
+}
+
+#[test]
+fn protocol_requests_carry_their_tree_and_need_the_key() {
+    let (_, tree) = *servers();
+    let prompt = "Question: how far apart are (1, 2) and (7, -7)?\n<Parallel>\n<Outlines>\n<Outline>1: Compute (dx)^2.</Outline>\n<Outline>2: Compute (dy)^2.</Outline>\n</Outlines>";
+    let body = json!({"prompt": prompt, "max_tokens": 12, "temperature": 0});
+    let (status, _) = post_with(tree, "/v1/completions", body.clone(), None);
+    assert_eq!(status, 401);
+    let (status, v) = post_with(tree, "/v1/completions", body.clone(), Some("sekrit"));
+    assert_eq!(status, 200, "{v}");
+    let weft = &v["choices"][0]["weft"];
+    assert_eq!(weft["protocol"], "threadweaver");
+    assert!(weft["threads"].as_array().unwrap().len() >= 3, "{weft}");
+    assert!(weft["stats"]["forks"].as_u64().unwrap() >= 1);
+    // `"parallel": null` runs the same prompt as plain text.
+    let mut plain = body;
+    plain["parallel"] = Value::Null;
+    let (_, v) = post_with(tree, "/v1/completions", plain, Some("sekrit"));
+    assert!(v["choices"][0].get("weft").is_none(), "{v}");
+}

@@ -1,0 +1,94 @@
+//! `weft serve`: an OpenAI-compatible server for a local model.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use weft_engine::EngineConfig;
+use weft_server::{EngineHandle, ServerConfig};
+
+use super::model_args::ModelArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Run requests that do not say otherwise (no `parallel` field) as trees
+    /// of threads with this protocol: apr, multiverse, threadweaver, npr,
+    /// parallel-r1. `"parallel": null` in a request runs it as plain text.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// Address to listen on (127.0.0.1: this machine only).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The model name `/v1/models` lists and requests must use (default:
+    /// the model file or folder name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Threads decoding at once, all requests together (vLLM's
+    /// max_num_seqs); more wait in the queue.
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+    /// KV cache size in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub kv_mib: usize,
+    /// Require `Authorization: Bearer KEY` on /v1/* (default: no key).
+    #[arg(long)]
+    pub api_key: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &args.protocol {
+        anyhow::ensure!(
+            weft_protocol::by_name(p).is_some(),
+            "unknown protocol `{p}` (apr, multiverse, threadweaver, npr, parallel-r1)"
+        );
+    }
+    anyhow::ensure!(args.max_num_seqs >= 1, "--max-num-seqs must be at least 1");
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| {
+            format!(
+                "--host {} --port {} is not an address",
+                args.host, args.port
+            )
+        })?;
+    let name = args.served_model_name.clone().unwrap_or_else(|| {
+        let path = args.model.path();
+        path.file_stem()
+            .or_else(|| path.file_name())
+            .map_or_else(|| "weft".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let (model, tok) = args.model.load()?;
+    let cfg = EngineConfig {
+        max_live_threads: args.max_num_seqs,
+        kv_budget_mib: args.kv_mib,
+        ..Default::default()
+    };
+    let engine = EngineHandle::start(Arc::new(model), Arc::new(tok), cfg)?;
+    let server = ServerConfig {
+        served_model_name: name.clone(),
+        protocol: args.protocol.clone(),
+        api_key: args.api_key.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!(
+            "[weft] serving `{name}` on http://{} (OpenAI API under /v1; Ctrl-C stops)",
+            listener.local_addr()?
+        );
+        weft_server::serve(listener, weft_server::router(engine, server))
+            .await
+            .context("server error")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
