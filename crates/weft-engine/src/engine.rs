@@ -109,6 +109,17 @@ impl<'m> Engine<'m> {
         self.requests.len()
     }
 
+    /// Requests with a thread admitted (running), and requests whose root
+    /// still waits for a slot (waiting).
+    pub fn request_counts(&self) -> (usize, usize) {
+        let waiting = self
+            .requests
+            .iter()
+            .filter(|(_, r)| self.threads[r.root].status == Status::Queued)
+            .count();
+        (self.requests.len() - waiting, waiting)
+    }
+
     /// Threads decoding now (runnable), and threads waiting for a slot.
     pub fn num_threads(&self) -> (usize, usize) {
         let count = |s: Status| self.threads.iter().filter(|(_, t)| t.status == s).count();

@@ -47,6 +47,7 @@ impl EngineHandle {
         cfg: EngineConfig,
     ) -> Result<EngineHandle, weft_engine::EngineError> {
         let max_model_len = model.config.max_context;
+        crate::metrics::handle();
         // Build once here so a bad configuration fails at start-up, not on
         // the first request.
         drop(Engine::new(&model, &tok, cfg.clone())?);
@@ -89,6 +90,8 @@ fn engine_loop(
         return;
     };
     let mut sinks: HashMap<RequestId, mpsc::UnboundedSender<Event>> = HashMap::new();
+    let mut last_token: HashMap<RequestId, std::time::Instant> = HashMap::new();
+    crate::metrics::engine_gauges(&engine);
     loop {
         // Idle: wait for work. Busy: take what arrived, then step.
         if !engine.has_work() {
@@ -122,9 +125,27 @@ fn engine_loop(
                 continue;
             }
         };
+        crate::metrics::engine_gauges(&engine);
         for event in events {
             let id = event.request();
             let finished = matches!(event, Event::Finished { .. });
+            match &event {
+                Event::Text {
+                    thread: 0,
+                    token_ids,
+                    ..
+                } if !token_ids.is_empty() => {
+                    let now = std::time::Instant::now();
+                    if let Some(t) = last_token.insert(id, now) {
+                        crate::metrics::inter_token((now - t).as_secs_f64());
+                    }
+                }
+                Event::Finished { response, .. } => {
+                    last_token.remove(&id);
+                    crate::metrics::finished(response);
+                }
+                _ => {}
+            }
             if let Some(sink) = sinks.get(&id) {
                 if sink.send(event).is_err() {
                     engine.abort(id);

@@ -15,10 +15,13 @@
 //! `min_p` and `parallel` (`{protocol, max_children, max_depth}`, or `null`
 //! for plain text). Protocol responses carry `weft: {threads, stats}`.
 //!
+//! `GET /metrics` gives Prometheus text ([`metrics`]).
+//!
 //! Not yet (issue "weft serve"): logprobs, streaming a protocol request,
-//! `/metrics`, the thread-tree page.
+//! thread events in the stream, the thread-tree page.
 
 pub mod engine_thread;
+pub mod metrics;
 pub mod openai;
 pub mod validation;
 
@@ -62,6 +65,7 @@ type Shared = Arc<AppState>;
 
 /// The routes, over a running engine thread.
 pub fn router(engine: EngineHandle, cfg: ServerConfig) -> Router {
+    metrics::handle();
     let state = Arc::new(AppState {
         engine,
         cfg,
@@ -69,6 +73,7 @@ pub fn router(engine: EngineHandle, cfg: ServerConfig) -> Router {
     });
     Router::new()
         .route("/health", get(|| async { StatusCode::OK }))
+        .route("/metrics", get(|| async { metrics::handle().render() }))
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))

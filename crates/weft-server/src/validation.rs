@@ -75,6 +75,8 @@ struct Raw {
     stop: Option<Value>,
     n: Option<i64>,
     stream: Option<bool>,
+    /// vLLM's extension: decode past end of sequence.
+    ignore_eos: Option<bool>,
     stream_options: Option<StreamOptions>,
     logprobs: Option<Value>,
     top_logprobs: Option<Value>,
@@ -233,6 +235,7 @@ pub fn validate(
             spec.max_tokens = max_tokens;
             spec.stop = stop.clone();
             spec.limits = limits;
+            spec.ignore_eos = raw.ignore_eos.unwrap_or(false);
             choices.push(spec);
         }
     }

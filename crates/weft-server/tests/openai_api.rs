@@ -254,3 +254,70 @@ fn protocol_requests_carry_their_tree_and_need_the_key() {
     let (_, v) = post_with(tree, "/v1/completions", plain, Some("sekrit"));
     assert!(v["choices"][0].get("weft").is_none(), "{v}");
 }
+
+/// The value of an unlabelled metric in `/metrics`.
+fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let text = rt.block_on(async {
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// A client that goes away mid-stream: its request is aborted and the KV
+/// cache is back at idle (seen in `/metrics`), well before the request
+/// could have finished on its own.
+#[test]
+fn a_client_that_disconnects_mid_stream_frees_its_kv() {
+    let (plain, _) = *servers();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        let mut resp = reqwest::Client::new()
+            .post(format!("http://{plain}/v1/completions"))
+            .json(&json!({
+                "prompt": "Once upon a time", "max_tokens": 4000, "ignore_eos": true,
+                "temperature": 0, "stream": true,
+            }))
+            .send()
+            .await
+            .unwrap();
+        // Read until some text has arrived, then hang up.
+        let mut seen = 0;
+        while seen < 3 {
+            if resp.chunk().await.unwrap().is_some() {
+                seen += 1;
+            }
+        }
+        drop(resp);
+    });
+    // The connection closes when its runtime goes.
+    drop(rt);
+    let mut idle = false;
+    for _ in 0..200 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if metric(plain, "weft:kv_cache_usage_perc") == Some(0.0)
+            && metric(plain, "weft:num_requests_running") == Some(0.0)
+        {
+            idle = true;
+            break;
+        }
+    }
+    assert!(idle, "the KV cache did not return to idle");
+    // 4000 tokens take far longer than this on SmolLM2.
+    assert!(started.elapsed().as_secs() < 15, "{:?}", started.elapsed());
+}

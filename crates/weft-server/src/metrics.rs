@@ -1,0 +1,68 @@
+//! `/metrics`: Prometheus text from the `metrics` facade, with vLLM's metric
+//! names under a `weft:` prefix, plus weft's own (forks, joins, live
+//! threads, critical path, parallelism).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use weft_engine::{Engine, Response};
+
+/// The process-wide recorder (installed once; every server in the process
+/// reports into it).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+                120.0, 300.0, 1000.0, 3000.0,
+            ])
+            .map(PrometheusBuilder::build_recorder);
+        match recorder {
+            Ok(r) => {
+                let h = r.handle();
+                // Another recorder may be installed already (an embedding
+                // program); then this handle renders only what it sees.
+                let _ = metrics::set_global_recorder(r);
+                h
+            }
+            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        }
+    })
+}
+
+/// Gauges read off the engine after each step.
+pub fn engine_gauges(engine: &Engine) {
+    let (running, waiting) = engine.request_counts();
+    metrics::gauge!("weft:num_requests_running").set(running as f64);
+    metrics::gauge!("weft:num_requests_waiting").set(waiting as f64);
+    let (live, _) = engine.num_threads();
+    metrics::gauge!("weft:live_threads").set(live as f64);
+    let total = engine.kv_blocks_total().max(1) as f64;
+    let used = total - engine.kv_blocks_available() as f64;
+    metrics::gauge!("weft:kv_cache_usage_perc").set(used / total);
+}
+
+/// Counters and histograms of one finished request.
+pub fn finished(r: &Response) {
+    let s = &r.stats;
+    metrics::counter!("weft:prompt_tokens_total").increment(r.prompt_tokens as u64);
+    metrics::counter!("weft:generation_tokens_total").increment(s.total_tokens as u64);
+    metrics::counter!("weft:request_success_total", "finished_reason" => r.finish_reason.as_str())
+        .increment(1);
+    metrics::counter!("weft:forks_total").increment(s.forks as u64);
+    let reprefill = s.forks.saturating_sub(s.kv_merge_joins);
+    metrics::counter!("weft:joins_total", "mode" => "kv_merge").increment(s.kv_merge_joins as u64);
+    metrics::counter!("weft:joins_total", "mode" => "reprefill").increment(reprefill as u64);
+    metrics::histogram!("weft:e2e_request_latency_seconds").record(s.wall_ms / 1e3);
+    if s.ttft_ms > 0.0 {
+        metrics::histogram!("weft:time_to_first_token_seconds").record(s.ttft_ms / 1e3);
+    }
+    metrics::histogram!("weft:critical_path_tokens").record(s.critical_path_tokens as f64);
+    metrics::histogram!("weft:parallelism").record(s.parallelism);
+}
+
+/// The gap between two tokens of one request's root.
+pub fn inter_token(seconds: f64) {
+    metrics::histogram!("weft:inter_token_latency_seconds").record(seconds);
+}
