@@ -10,3 +10,5 @@ bash scripts/fetch-model.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked
+# The server against the official `openai` Python client (venv under ~/.cache/weft).
+bash scripts/serve-client-test.sh

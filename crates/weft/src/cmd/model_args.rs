@@ -44,6 +44,15 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> anyhow::Result<(weft_model::Model, weft_model::Tokenizer)> {
+        self.load_with(weft_model::LoadOptions::default())
+    }
+
+    /// As [`ModelArgs::load`], with these options (`--threads` fills in
+    /// `threads`).
+    pub fn load_with(
+        &self,
+        opts: weft_model::LoadOptions,
+    ) -> anyhow::Result<(weft_model::Model, weft_model::Tokenizer)> {
         let path = self.path();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if let Some(t) = self.threads {
@@ -71,7 +80,7 @@ impl ModelArgs {
         }
         let opts = weft_model::LoadOptions {
             threads: self.threads,
-            ..Default::default()
+            ..opts
         };
         let model = weft_model::Model::load(&path, &opts)?;
         let tokenizer = weft_model::Tokenizer::load(&path)?;

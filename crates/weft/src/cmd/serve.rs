@@ -35,6 +35,13 @@ pub struct ServeArgs {
     /// KV cache size in MiB.
     #[arg(long, default_value_t = 512)]
     pub kv_mib: usize,
+    /// Attend a KV prefix that several sequences share once for all of them
+    /// (faster for forked threads and shared prompts), at the price of
+    /// reproducibility: logits then depend, at rounding level, on what
+    /// else is in the batch, so a seeded request may not repeat exactly.
+    /// Off by default: the same request and seed give the same text.
+    #[arg(long)]
+    pub shared_prefix_attention: bool,
     /// Require `Authorization: Bearer KEY` on /v1/* (default: no key).
     #[arg(long)]
     pub api_key: Option<String>,
@@ -62,7 +69,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .or_else(|| path.file_name())
             .map_or_else(|| "weft".into(), |s| s.to_string_lossy().into_owned())
     });
-    let (model, tok) = args.model.load()?;
+    let (model, tok) = args.model.load_with(weft_model::LoadOptions {
+        batch_invariant: !args.shared_prefix_attention,
+        ..Default::default()
+    })?;
     let cfg = EngineConfig {
         max_live_threads: args.max_num_seqs,
         kv_budget_mib: args.kv_mib,
