@@ -146,6 +146,28 @@ def _():
     assert [t["parent"] for t in weft["threads"][1:4]] == [0, 0, 0], weft["threads"]
 
 
+@check("a forced-fork stream: standard chunks only, the text adds up")
+def _():
+    prompt = ("Question: how far apart are (1, 2) and (7, -7)?\n<Parallel>\n<Outlines>\n"
+              "<Outline>1: Compute (dx)^2.</Outline>\n<Outline>2: Compute (dy)^2.</Outline>\n"
+              "</Outlines>")
+    kw = dict(model=model, prompt=prompt, max_tokens=12, temperature=0,
+              extra_body={"parallel": {"protocol": "threadweaver"}})
+    whole = client.completions.create(**kw).choices[0].text
+    chunks = list(client.completions.create(stream=True, **kw))
+    assert all(c.choices for c in chunks), chunks
+    assert "".join(c.choices[0].text for c in chunks) == whole, (chunks, whole)
+    assert "<Thread>" in whole, whole
+    # Asked for, the tree comes as events named weft.thread. This client
+    # does not skip named events: it yields them as chunks without choices
+    # (hence opt-in).
+    extra = dict(kw["extra_body"], stream_options={"include_threads": True})
+    tree = list(client.completions.create(stream=True, **dict(kw, extra_body=extra)))
+    assert any(c.choices is None for c in tree), tree
+    text = "".join(c.choices[0].text for c in tree if c.choices)
+    assert text == whole, (text, whole)
+
+
 @check("a client that disconnects mid-stream: KV back at idle in /metrics")
 def _():
     import time

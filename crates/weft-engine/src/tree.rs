@@ -110,6 +110,13 @@ pub enum Event {
         depth: u32,
         children: usize,
         reused_tokens: usize,
+        /// The text the join added after what the thread's `Text` events
+        /// showed (the children's results, closing and connecting text), so
+        /// that a stream of the thread's text plus this equals its text
+        /// after the join. `None` when the join rewrote text already shown
+        /// (APR replaces its calling block): the stream cannot follow, and
+        /// the final `Response` holds the text.
+        appended: Option<String>,
     },
     ThreadFinished {
         request: RequestId,

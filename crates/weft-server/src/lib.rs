@@ -12,8 +12,12 @@
 //! Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/completions`,
 //! `POST /v1/chat/completions` (both whole and streamed, `n` choices,
 //! `stream_options.include_usage`), with vLLM's extension fields `top_k`,
-//! `min_p` and `parallel` (`{protocol, max_children, max_depth}`, or `null`
-//! for plain text). Protocol responses carry `weft: {threads, stats}`.
+//! `min_p`, `ignore_eos` and `parallel` (`{protocol, max_children,
+//! max_depth}`, or `null` for plain text). Protocol responses carry
+//! `weft: {threads, stats}`; a streamed protocol request carries the root's
+//! visible text (its tokens and what its joins append) in standard chunks,
+//! and with `stream_options.include_threads` the tree as SSE events named
+//! `weft.thread` (start, delta, fork, join, done).
 //!
 //! `GET /metrics` gives Prometheus text ([`metrics`]).
 //!
@@ -256,30 +260,57 @@ fn stream_response(
         finished: vec![None; n],
     }));
     let (id2, model2, st2) = (id.clone(), model.clone(), state.clone());
-    let body = merged.filter_map(move |(i, e)| {
-        let (id, model, state) = (id.clone(), model.clone(), state.clone());
-        async move {
-            let mut st = state.lock().ok()?;
-            let value: Value = match e {
-                Event::Text {
-                    thread: 0, text, ..
-                } if !text.is_empty() => {
+    let (id, model) = (id.clone(), model.clone());
+    let threads = valid.include_threads && valid.protocol.is_some();
+    let tree_event = move |i: usize, e: &Event| if threads { tree_event(i, e) } else { None };
+    let body = merged.flat_map(move |(i, e)| {
+        let mut out: Vec<Result<SseEvent, std::convert::Infallible>> = Vec::new();
+        let Ok(mut st) = state.lock() else {
+            return stream::iter(out);
+        };
+        let mut chunk = |st: &mut StreamState, text: Option<&str>, finish| {
+            let first = !st.started[i];
+            st.started[i] = true;
+            let v = openai::chunk(endpoint, &id, created, &model, i, text, first, finish);
+            out.push(Ok(SseEvent::default().data(v.to_string())));
+        };
+        match &e {
+            // The root's visible text: what it decodes, and what its joins
+            // append (after the join's own thread event).
+            Event::Text {
+                thread: 0, text, ..
+            } if !text.is_empty() => chunk(&mut st, Some(text), None),
+            Event::Joined {
+                thread: 0,
+                appended: Some(text),
+                ..
+            } => {
+                if let Some(ev) = tree_event(i, &e) {
+                    out.push(Ok(ev));
+                }
+                let mut chunk = |st: &mut StreamState, text: Option<&str>| {
                     let first = !st.started[i];
                     st.started[i] = true;
-                    openai::chunk(endpoint, &id, created, &model, i, Some(&text), first, None)
+                    let v = openai::chunk(endpoint, &id, created, &model, i, text, first, None);
+                    out.push(Ok(SseEvent::default().data(v.to_string())));
+                };
+                if !text.is_empty() {
+                    chunk(&mut st, Some(text));
                 }
-                Event::Finished {
-                    reason, response, ..
-                } => {
-                    let first = !st.started[i];
-                    st.started[i] = true;
-                    st.finished[i] = Some(*response);
-                    openai::chunk(endpoint, &id, created, &model, i, None, first, Some(reason))
+            }
+            Event::Finished {
+                reason, response, ..
+            } => {
+                st.finished[i] = Some((**response).clone());
+                chunk(&mut st, None, Some(*reason));
+            }
+            other => {
+                if let Some(ev) = tree_event(i, other) {
+                    out.push(Ok(ev));
                 }
-                _ => return None,
-            };
-            Some(Ok(SseEvent::default().data(value.to_string())))
+            }
         }
+        stream::iter(out)
     });
     let include_usage = valid.include_usage;
     let per_prompt = valid.n;
@@ -299,6 +330,72 @@ fn stream_response(
     .filter_map(|x| async move { x });
     let done = stream::once(async { Ok(SseEvent::default().data("[DONE]")) });
     Sse::new(body.chain(tail).chain(done))
+}
+
+/// A thread event of choice `index` as an SSE event named `weft.thread`
+/// (OpenAI clients skip events they do not know).
+fn thread_event(
+    index: usize,
+    kind: &str,
+    thread: usize,
+    parent: Option<usize>,
+    extra: Value,
+) -> SseEvent {
+    let mut v = json!({"index": index, "type": kind, "thread": thread, "parent": parent});
+    if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
+        obj.extend(more);
+    }
+    SseEvent::default().event("weft.thread").data(v.to_string())
+}
+
+/// The tree events of a protocol request, for `weft.thread` SSE events.
+fn tree_event(index: usize, e: &Event) -> Option<SseEvent> {
+    Some(match e {
+        Event::ThreadStarted {
+            thread,
+            parent,
+            depth,
+            label,
+            ..
+        } => thread_event(
+            index,
+            "start",
+            *thread,
+            *parent,
+            json!({"depth": depth, "label": label}),
+        ),
+        Event::Text { thread, text, .. } if *thread > 0 && !text.is_empty() => {
+            thread_event(index, "delta", *thread, None, json!({"text": text}))
+        }
+        Event::Forked {
+            thread, children, ..
+        } => thread_event(index, "fork", *thread, None, json!({"children": children})),
+        Event::Joined {
+            thread,
+            children,
+            reused_tokens,
+            appended,
+            ..
+        } => thread_event(
+            index,
+            "join",
+            *thread,
+            None,
+            json!({"children": children, "reused_tokens": reused_tokens, "appended": appended}),
+        ),
+        Event::ThreadFinished {
+            thread,
+            generated_tokens,
+            ..
+        } => thread_event(
+            index,
+            "done",
+            *thread,
+            None,
+            json!({"generated_tokens": generated_tokens}),
+        ),
+        _ => return None,
+    })
 }
 
 struct StreamState {

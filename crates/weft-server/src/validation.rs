@@ -56,6 +56,8 @@ pub struct ValidRequest {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// Stream `weft.thread` events (protocol requests).
+    pub include_threads: bool,
     /// Whether the requests run a protocol (responses carry `weft`).
     pub protocol: Option<String>,
 }
@@ -99,6 +101,11 @@ struct RawMessage {
 #[derive(Deserialize)]
 struct StreamOptions {
     include_usage: Option<bool>,
+    /// weft's extension: also stream the thread tree as `weft.thread`
+    /// events. Off by default: the official `openai` Python client (3.57)
+    /// does not skip named events, it yields them as chunks without
+    /// `choices`.
+    include_threads: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -213,12 +220,6 @@ pub fn validate(
         None => seed_source(),
     };
     let stream = raw.stream.unwrap_or(false);
-    if stream && protocol.is_some() {
-        return Err(InvalidRequest::new(
-            "stream",
-            "streaming a request with a parallel protocol is not supported yet; send \"stream\": false or \"parallel\": null",
-        ));
-    }
     let mut choices = Vec::new();
     for prompt in prompts {
         for i in 0..n as u64 {
@@ -246,7 +247,13 @@ pub fn validate(
         stream,
         include_usage: raw
             .stream_options
+            .as_ref()
             .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        include_threads: raw
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_threads)
             .unwrap_or(false),
         protocol,
     })

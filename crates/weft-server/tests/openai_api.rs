@@ -321,3 +321,59 @@ fn a_client_that_disconnects_mid_stream_frees_its_kv() {
     // 4000 tokens take far longer than this on SmolLM2.
     assert!(started.elapsed().as_secs() < 15, "{:?}", started.elapsed());
 }
+
+/// A protocol request streams the root's visible text (its own tokens and
+/// what each join appends) as standard chunks, and the tree as
+/// `event: weft.thread` events between them.
+#[test]
+fn a_protocol_stream_carries_the_text_and_the_tree() {
+    let (plain, _) = *servers();
+    let prompt = "Question: how far apart are (1, 2) and (7, -7)?\n<Parallel>\n<Outlines>\n<Outline>1: Compute (dx)^2.</Outline>\n<Outline>2: Compute (dy)^2.</Outline>\n<Outline>3: Add them.</Outline>\n</Outlines>";
+    let body = json!({
+        "prompt": prompt, "max_tokens": 12, "temperature": 0,
+        "parallel": {"protocol": "threadweaver"},
+    });
+    let (_, whole) = post(plain, "/v1/completions", body.clone());
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_threads": true});
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let raw = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{plain}/v1/completions"))
+            .json(&streamed)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    // SSE events are separated by blank lines; thread events are named.
+    let mut text = String::new();
+    let mut kinds = Vec::new();
+    for event in raw.split("\n\n").filter(|e| !e.trim().is_empty()) {
+        let data = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap_or_default();
+        if event.lines().any(|l| l == "event: weft.thread") {
+            let v: Value = serde_json::from_str(data).unwrap();
+            kinds.push(v["type"].as_str().unwrap().to_string());
+        } else if data != "[DONE]" {
+            let v: Value = serde_json::from_str(data).unwrap();
+            text.push_str(v["choices"][0]["text"].as_str().unwrap());
+        }
+    }
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap(), "{raw}");
+    for kind in ["start", "fork", "delta", "done", "join"] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} event: {kinds:?}"
+        );
+    }
+    assert!(raw.trim_end().ends_with("data: [DONE]"));
+}

@@ -247,6 +247,14 @@ impl Engine<'_> {
             return self.release_children(kids);
         };
         let ctx = self.ctx(id);
+        // What the thread's stream has shown of its generated text so far.
+        let shown = {
+            let t = &self.threads[id];
+            t.context
+                .get(t.prompt_len..t.emitted.max(t.prompt_len))
+                .unwrap_or_default()
+                .to_string()
+        };
         let join = match protocol.join(&self.threads[id].context, &fork, &results, ctx) {
             Ok(j) => j,
             Err(e) => {
@@ -290,12 +298,17 @@ impl Engine<'_> {
         let req_id = self.requests[r].id;
         let t = &mut self.threads[id];
         t.status = Status::Runnable;
+        let appended = t
+            .generated_text()
+            .strip_prefix(shown.as_str())
+            .map(String::from);
         self.events.push(Event::Joined {
             request: req_id,
             thread: t.local_id,
             depth: t.depth,
             children: kids.len(),
             reused_tokens: reused,
+            appended,
         });
         match join.then {
             AfterJoin::Continue => {}

@@ -64,17 +64,27 @@ impl TreePrinter {
                 );
             }
             Event::Joined {
+                request,
                 thread,
                 depth,
                 children,
                 reused_tokens,
-                ..
+                appended,
             } => {
+                if let Some(rest) = self.partial.remove(&(*request, *thread)) {
+                    if !rest.is_empty() {
+                        Self::line(*depth, *thread, &rest);
+                    }
+                }
                 Self::line(
                     *depth,
                     *thread,
                     &format!("── joined {children} children (KV of {reused_tokens} tokens reused)"),
                 );
+                // The joined text, as the thread now sees it.
+                for line in appended.as_deref().unwrap_or_default().lines() {
+                    Self::line(*depth, *thread, line);
+                }
             }
             Event::Forked { .. } => {}
             Event::Finished {
