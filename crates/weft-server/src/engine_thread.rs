@@ -5,6 +5,7 @@
 //! aborted and its KV freed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +27,10 @@ pub struct EngineHandle {
     tx: mpsc::UnboundedSender<Command>,
     /// The model's context length (tokens), for `/v1/models`.
     pub max_model_len: usize,
+    /// Requests added and not yet finished.
+    in_flight: Arc<AtomicUsize>,
+    /// Most requests in flight; more are refused (`SubmitError::Busy`).
+    max_in_flight: usize,
 }
 
 /// Why a request could not start.
@@ -35,16 +40,20 @@ pub enum SubmitError {
     Invalid(#[from] ValidationError),
     #[error("the engine is not running")]
     EngineGone,
+    #[error("the server is at its limit of {0} requests in flight; retry later")]
+    Busy(usize),
 }
 
 impl EngineHandle {
     /// Starts the engine thread. The thread ends when every handle is gone.
     /// Errors: the engine cannot be built (a KV budget too small for one
     /// block).
+    /// At most `max_in_flight` requests run or wait at once.
     pub fn start(
         model: Arc<Model>,
         tok: Arc<Tokenizer>,
         cfg: EngineConfig,
+        max_in_flight: usize,
     ) -> Result<EngineHandle, weft_engine::EngineError> {
         let max_model_len = model.config.max_context;
         crate::metrics::handle();
@@ -52,11 +61,18 @@ impl EngineHandle {
         // the first request.
         drop(Engine::new(&model, &tok, cfg.clone())?);
         let (tx, rx) = mpsc::unbounded_channel();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let counter = in_flight.clone();
         std::thread::Builder::new()
             .name("weft-engine".into())
-            .spawn(move || engine_loop(&model, &tok, cfg, rx))
+            .spawn(move || engine_loop(&model, &tok, cfg, rx, &counter))
             .map_err(|e| weft_engine::EngineError::Invalid(format!("engine thread: {e}")))?;
-        Ok(EngineHandle { tx, max_model_len })
+        Ok(EngineHandle {
+            tx,
+            max_model_len,
+            in_flight,
+            max_in_flight: max_in_flight.max(1),
+        })
     }
 
     /// Validates `spec` and starts it; its events arrive on the returned
@@ -66,6 +82,13 @@ impl EngineHandle {
         &self,
         spec: RequestSpec,
     ) -> Result<(RequestId, mpsc::UnboundedReceiver<Event>), SubmitError> {
+        // Reserve a place first; the engine thread gives it back when the
+        // request ends (or is refused).
+        let taken = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if taken >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Busy(self.max_in_flight));
+        }
         let (events, rx) = mpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
         self.tx
@@ -74,7 +97,10 @@ impl EngineHandle {
                 events,
                 reply,
             })
-            .map_err(|_| SubmitError::EngineGone)?;
+            .map_err(|_| {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                SubmitError::EngineGone
+            })?;
         let id = answer.await.map_err(|_| SubmitError::EngineGone)??;
         Ok((id, rx))
     }
@@ -85,6 +111,7 @@ fn engine_loop(
     tok: &Tokenizer,
     cfg: EngineConfig,
     mut rx: mpsc::UnboundedReceiver<Command>,
+    in_flight: &AtomicUsize,
 ) {
     let Ok(mut engine) = Engine::new(model, tok, cfg) else {
         return;
@@ -96,12 +123,12 @@ fn engine_loop(
         // Idle: wait for work. Busy: take what arrived, then step.
         if !engine.has_work() {
             match rx.blocking_recv() {
-                Some(c) => accept(&mut engine, &mut sinks, c),
+                Some(c) => accept(&mut engine, &mut sinks, c, in_flight),
                 None => return,
             }
         }
         while let Ok(c) = rx.try_recv() {
-            accept(&mut engine, &mut sinks, c);
+            accept(&mut engine, &mut sinks, c, in_flight);
         }
         // Clients that went away while their request waited or ran.
         let gone: Vec<RequestId> = sinks
@@ -111,7 +138,9 @@ fn engine_loop(
             .collect();
         for id in gone {
             engine.abort(id);
-            sinks.remove(&id);
+            if sinks.remove(&id).is_some() {
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
         }
         let events = match engine.step() {
             Ok(events) => events,
@@ -121,6 +150,7 @@ fn engine_loop(
                 tracing::error!("engine step failed: {e}");
                 for (id, _) in sinks.drain() {
                     engine.abort(id);
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
                 }
                 continue;
             }
@@ -150,11 +180,12 @@ fn engine_loop(
                 if sink.send(event).is_err() {
                     engine.abort(id);
                     sinks.remove(&id);
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
                     continue;
                 }
             }
-            if finished {
-                sinks.remove(&id);
+            if finished && sinks.remove(&id).is_some() {
+                in_flight.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
@@ -164,6 +195,7 @@ fn accept(
     engine: &mut Engine,
     sinks: &mut HashMap<RequestId, mpsc::UnboundedSender<Event>>,
     c: Command,
+    in_flight: &AtomicUsize,
 ) {
     match c {
         Command::Add {
@@ -176,12 +208,15 @@ fn accept(
                 if reply.send(Ok(id)).is_err() {
                     engine.abort(id);
                     sinks.remove(&id);
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
                 }
             }
             Err(weft_engine::EngineError::Validation(v)) => {
+                in_flight.fetch_sub(1, Ordering::SeqCst);
                 let _ = reply.send(Err(v));
             }
             Err(e) => {
+                in_flight.fetch_sub(1, Ordering::SeqCst);
                 tracing::error!("cannot add a request: {e}");
                 drop(reply);
             }

@@ -207,6 +207,12 @@ async fn handle(
             Err(SubmitError::EngineGone) => {
                 return error_response(500, "the engine is not running", None)
             }
+            Err(e @ SubmitError::Busy(_)) => {
+                let mut r = error_response(503, &e.to_string(), None);
+                r.headers_mut()
+                    .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                return r;
+            }
         }
     }
     let model = state.cfg.served_model_name.clone();

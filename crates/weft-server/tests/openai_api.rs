@@ -11,10 +11,11 @@ use weft_server::{EngineHandle, ServerConfig};
 
 const NAME: &str = "smollm2";
 
-/// One server for every test here (plain requests by default) and one that
-/// runs ThreadWeaver and wants an API key.
-fn servers() -> &'static (SocketAddr, SocketAddr) {
-    static S: OnceLock<(SocketAddr, SocketAddr)> = OnceLock::new();
+/// One server for every test here (plain requests by default), one that
+/// runs ThreadWeaver and wants an API key, and one that takes a single
+/// request at a time.
+fn servers() -> &'static (SocketAddr, SocketAddr, SocketAddr) {
+    static S: OnceLock<(SocketAddr, SocketAddr, SocketAddr)> = OnceLock::new();
     S.get_or_init(|| {
         let home = std::env::var_os("HOME").expect("HOME");
         let path = std::path::PathBuf::from(home)
@@ -25,7 +26,7 @@ fn servers() -> &'static (SocketAddr, SocketAddr) {
         };
         let model = Arc::new(Model::load(&path, &opts).unwrap());
         let tok = Arc::new(Tokenizer::load(&path).unwrap());
-        let start = |protocol: Option<&str>, key: Option<&str>| {
+        let start = |protocol: Option<&str>, key: Option<&str>, max_in_flight: usize| {
             let engine = EngineHandle::start(
                 model.clone(),
                 tok.clone(),
@@ -33,6 +34,7 @@ fn servers() -> &'static (SocketAddr, SocketAddr) {
                     max_tokens_per_thread: 24,
                     ..Default::default()
                 },
+                max_in_flight,
             )
             .unwrap();
             let cfg = ServerConfig {
@@ -43,8 +45,9 @@ fn servers() -> &'static (SocketAddr, SocketAddr) {
             weft_server::spawn(engine, cfg, "127.0.0.1:0".parse().unwrap()).unwrap()
         };
         (
-            start(None, None),
-            start(Some("threadweaver"), Some("sekrit")),
+            start(None, None, 64),
+            start(Some("threadweaver"), Some("sekrit"), 64),
+            start(None, None, 1),
         )
     })
 }
@@ -95,7 +98,7 @@ fn post_stream(addr: SocketAddr, path: &str, body: Value) -> Vec<String> {
 
 #[test]
 fn models_lists_the_served_model() {
-    let (plain, _) = *servers();
+    let (plain, _, _) = *servers();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -115,7 +118,7 @@ fn models_lists_the_served_model() {
 
 #[test]
 fn a_greedy_completion_is_llama_cpps_continuation() {
-    let (plain, _) = *servers();
+    let (plain, _, _) = *servers();
     let (status, v) = post(
         plain,
         "/v1/completions",
@@ -133,7 +136,7 @@ fn a_greedy_completion_is_llama_cpps_continuation() {
 
 #[test]
 fn n_choices_are_distinct_and_reproducible_with_a_seed() {
-    let (plain, _) = *servers();
+    let (plain, _, _) = *servers();
     let body = json!({
         "messages": [{"role": "user", "content": "Write a word."}],
         "max_tokens": 12, "temperature": 1.0, "seed": 11, "n": 3,
@@ -168,7 +171,7 @@ fn n_choices_are_distinct_and_reproducible_with_a_seed() {
 
 #[test]
 fn a_stream_adds_up_to_the_whole_response() {
-    let (plain, _) = *servers();
+    let (plain, _, _) = *servers();
     let body = json!({
         "messages": [{"role": "user", "content": "Name a color."}],
         "max_tokens": 16, "temperature": 0,
@@ -199,7 +202,7 @@ fn a_stream_adds_up_to_the_whole_response() {
 
 #[test]
 fn bad_requests_get_openai_errors_naming_the_field() {
-    let (plain, _) = *servers();
+    let (plain, _, _) = *servers();
     for (body, param, status) in [
         (json!({"prompt": "x", "top_p": 5}), "top_p", 400),
         (
@@ -237,7 +240,7 @@ fn bad_requests_get_openai_errors_naming_the_field() {
 
 #[test]
 fn protocol_requests_carry_their_tree_and_need_the_key() {
-    let (_, tree) = *servers();
+    let (_, tree, _) = *servers();
     let prompt = "Question: how far apart are (1, 2) and (7, -7)?\n<Parallel>\n<Outlines>\n<Outline>1: Compute (dx)^2.</Outline>\n<Outline>2: Compute (dy)^2.</Outline>\n</Outlines>";
     let body = json!({"prompt": prompt, "max_tokens": 12, "temperature": 0});
     let (status, _) = post_with(tree, "/v1/completions", body.clone(), None);
@@ -280,7 +283,7 @@ fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
 /// could have finished on its own.
 #[test]
 fn a_client_that_disconnects_mid_stream_frees_its_kv() {
-    let (plain, _) = *servers();
+    let (plain, _, _) = *servers();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -327,7 +330,7 @@ fn a_client_that_disconnects_mid_stream_frees_its_kv() {
 /// `event: weft.thread` events between them.
 #[test]
 fn a_protocol_stream_carries_the_text_and_the_tree() {
-    let (plain, _) = *servers();
+    let (plain, _, _) = *servers();
     let prompt = "Question: how far apart are (1, 2) and (7, -7)?\n<Parallel>\n<Outlines>\n<Outline>1: Compute (dx)^2.</Outline>\n<Outline>2: Compute (dy)^2.</Outline>\n<Outline>3: Add them.</Outline>\n</Outlines>";
     let body = json!({
         "prompt": prompt, "max_tokens": 12, "temperature": 0,
@@ -376,4 +379,57 @@ fn a_protocol_stream_carries_the_text_and_the_tree() {
         );
     }
     assert!(raw.trim_end().ends_with("data: [DONE]"));
+}
+
+/// Past its limit of requests in flight the server answers 503 with
+/// Retry-After, and takes requests again once one ends.
+#[test]
+fn a_full_server_says_retry_after() {
+    let (_, _, one) = *servers();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut long = client
+            .post(format!("http://{one}/v1/completions"))
+            .json(
+                &json!({"prompt": "Once", "max_tokens": 4000, "ignore_eos": true, "stream": true}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(long.chunk().await.unwrap().is_some());
+        let busy = client
+            .post(format!("http://{one}/v1/completions"))
+            .json(&json!({"prompt": "x", "max_tokens": 2}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(busy.status().as_u16(), 503);
+        assert_eq!(busy.headers()["retry-after"], "1");
+        let v: Value = busy.json().await.unwrap();
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("retry"),
+            "{v}"
+        );
+        drop(long);
+    });
+    drop(rt);
+    // The aborted request gives its place back.
+    let mut ok = false;
+    for _ in 0..100 {
+        let (status, _) = post(
+            one,
+            "/v1/completions",
+            json!({"prompt": "x", "max_tokens": 2}),
+        );
+        if status == 200 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ok, "the server stayed full");
 }

@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// max_num_seqs); more wait in the queue.
     #[arg(long, default_value_t = 256)]
     pub max_num_seqs: usize,
+    /// Most requests in flight (running or waiting); more get 503 with
+    /// Retry-After (TGI's max-concurrent-requests).
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrent_requests: usize,
     /// KV cache size in MiB.
     #[arg(long, default_value_t = 512)]
     pub kv_mib: usize,
@@ -78,7 +82,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         kv_budget_mib: args.kv_mib,
         ..Default::default()
     };
-    let engine = EngineHandle::start(Arc::new(model), Arc::new(tok), cfg)?;
+    anyhow::ensure!(
+        args.max_concurrent_requests >= 1,
+        "--max-concurrent-requests must be at least 1"
+    );
+    let engine = EngineHandle::start(
+        Arc::new(model),
+        Arc::new(tok),
+        cfg,
+        args.max_concurrent_requests,
+    )?;
     let server = ServerConfig {
         served_model_name: name.clone(),
         protocol: args.protocol.clone(),
