@@ -111,6 +111,10 @@ pub struct RequestSpec {
     pub stop_token_ids: Vec<u32>,
     /// Decode past end-of-sequence tokens (vLLM's `ignore_eos`; benchmarks).
     pub ignore_eos: bool,
+    /// Let special-token text inside chat message contents become control
+    /// tokens (`<|im_end|>` written by a user ends their turn). Off by
+    /// default: contents are encoded as text (`Tokenizer::encode_chat`).
+    pub special_tokens_in_content: bool,
     pub limits: RequestLimits,
 }
 
@@ -131,6 +135,7 @@ impl RequestSpec {
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
             ignore_eos: false,
+            special_tokens_in_content: false,
             limits: RequestLimits::default(),
         }
     }

@@ -174,10 +174,9 @@ pub fn validate(
             (text, tokens, false)
         }
         Prompt::Chat(messages) => {
-            let text = tok
-                .render_chat(&messages)
+            let (text, tokens) = tok
+                .encode_chat(&messages, spec.special_tokens_in_content)
                 .map_err(|e| ValidationError::ChatTemplate(e.to_string()))?;
-            let tokens = tokenize(&text, true)?;
             (text, tokens, true)
         }
         Prompt::Tokens(tokens) => {

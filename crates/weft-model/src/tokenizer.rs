@@ -33,6 +33,8 @@ pub struct Tokenizer {
     /// Whether encoding with special tokens prepends BOS.
     pub add_bos: bool,
     pub chat_template: Option<String>,
+    /// `inner` with special tokens read as plain text (built on first use).
+    literal: std::sync::OnceLock<tokenizers::Tokenizer>,
 }
 
 const GGUF_CONTROL: i32 = 3;
@@ -206,6 +208,7 @@ impl Tokenizer {
                 .get_bool("tokenizer.ggml.add_bos_token")
                 .unwrap_or(kind == "llama"),
             chat_template: g.get_str("tokenizer.chat_template").map(String::from),
+            literal: Default::default(),
         })
     }
 
@@ -249,6 +252,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             add_bos: cfg["add_bos_token"].as_bool().unwrap_or(false),
             chat_template: cfg["chat_template"].as_str().map(String::from),
+            literal: Default::default(),
             inner,
             bos,
             eos,
@@ -296,6 +300,70 @@ impl Tokenizer {
             .ok_or_else(|| ModelError::ChatTemplate("this model has no chat template".into()))?;
         let name = |id: Option<u32>| id.and_then(|b| self.id_to_token(b)).unwrap_or_default();
         crate::chat::render(template, messages, true, &name(self.bos), &name(self.eos))
+    }
+
+    /// Token ids of `text` with special-token text (like `<|im_end|>`) read
+    /// as ordinary text, never as the control token.
+    pub fn encode_literal(&self, text: &str) -> Result<Vec<u32>> {
+        let literal = self.literal.get_or_init(|| {
+            let mut t = self.inner.clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
+        let enc = literal
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Whether `text` holds the text of a special (control) token.
+    pub fn contains_special_text(&self, text: &str) -> bool {
+        self.inner
+            .get_added_tokens_decoder()
+            .values()
+            .any(|t| t.special && !t.content.is_empty() && text.contains(&t.content))
+    }
+
+    /// Renders `messages` with the chat template and encodes the result
+    /// (no BOS of its own: the template writes it). Text inside message
+    /// contents never becomes a control token unless
+    /// `special_tokens_in_content`: a user who writes `<|im_end|>` gets
+    /// those characters, not the end of their turn. Messages without such
+    /// text encode exactly as `transformers` encodes the rendered prompt.
+    /// Errors: no template, a failed render, or a template that rewrites a
+    /// content holding special-token text (so it cannot be found to
+    /// protect).
+    pub fn encode_chat(
+        &self,
+        messages: &[crate::chat::Message],
+        special_tokens_in_content: bool,
+    ) -> Result<(String, Vec<u32>)> {
+        let text = self.render_chat(messages)?;
+        let risky: Vec<&str> = messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .filter(|c| self.contains_special_text(c))
+            .collect();
+        if special_tokens_in_content || risky.is_empty() {
+            let ids = self.encode(&text, false)?;
+            return Ok((text, ids));
+        }
+        // Encode the template's text as usual and each risky content
+        // literally, in the order the template wrote them.
+        let mut ids = Vec::new();
+        let mut at = 0;
+        for content in risky {
+            let Some(pos) = text[at..].find(content).map(|p| p + at) else {
+                return Err(ModelError::ChatTemplate(
+                    "a message holds special-token text and the chat template rewrites it, so it cannot be kept literal".into(),
+                ));
+            };
+            ids.extend(self.encode(&text[at..pos], false)?);
+            ids.extend(self.encode_literal(content)?);
+            at = pos + content.len();
+        }
+        ids.extend(self.encode(&text[at..], false)?);
+        Ok((text, ids))
     }
 
     /// Text of `ids`, special tokens included.

@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub protocol: Option<String>,
     /// Requests to `/v1/*` must send `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// Special-token text inside chat message contents becomes control
+    /// tokens (off: it stays text; see `Tokenizer::encode_chat`).
+    pub special_tokens_in_content: bool,
 }
 
 struct AppState {
@@ -180,6 +183,7 @@ async fn handle(
     let defaults = Defaults {
         served_model_name: state.cfg.served_model_name.clone(),
         protocol: state.cfg.protocol.clone(),
+        special_tokens_in_content: state.cfg.special_tokens_in_content,
     };
     let seeds = || {
         SystemTime::now()

@@ -36,6 +36,8 @@ pub struct Defaults {
     pub served_model_name: String,
     /// `--protocol`: the protocol a request without `parallel` runs with.
     pub protocol: Option<String>,
+    /// Let special-token text in message contents become control tokens.
+    pub special_tokens_in_content: bool,
 }
 
 /// Which endpoint a request came to.
@@ -237,6 +239,7 @@ pub fn validate(
             spec.stop = stop.clone();
             spec.limits = limits;
             spec.ignore_eos = raw.ignore_eos.unwrap_or(false);
+            spec.special_tokens_in_content = defaults.special_tokens_in_content;
             choices.push(spec);
         }
     }

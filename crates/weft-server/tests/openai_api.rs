@@ -41,6 +41,7 @@ fn servers() -> &'static (SocketAddr, SocketAddr, SocketAddr) {
                 served_model_name: NAME.into(),
                 protocol: protocol.map(String::from),
                 api_key: key.map(String::from),
+                special_tokens_in_content: false,
             };
             weft_server::spawn(engine, cfg, "127.0.0.1:0".parse().unwrap()).unwrap()
         };

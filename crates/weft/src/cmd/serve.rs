@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Off by default: the same request and seed give the same text.
     #[arg(long)]
     pub shared_prefix_attention: bool,
+    /// Let special-token text that users write inside chat messages (like
+    /// `<|im_end|>`) act as control tokens. Off by default: it stays text.
+    #[arg(long)]
+    pub allow_special_tokens_in_content: bool,
     /// Require `Authorization: Bearer KEY` on /v1/* (default: no key).
     #[arg(long)]
     pub api_key: Option<String>,
@@ -96,6 +100,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         served_model_name: name.clone(),
         protocol: args.protocol.clone(),
         api_key: args.api_key.clone(),
+        special_tokens_in_content: args.allow_special_tokens_in_content,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
