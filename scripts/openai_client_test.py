@@ -92,6 +92,21 @@ def _():
     assert r.choices[0].finish_reason == "stop"
 
 
+@check("logprobs: completions and chat")
+def _():
+    r = client.completions.create(model=model, prompt="The capital of France is", max_tokens=4,
+                                  temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text, lp
+    assert len(lp.token_logprobs) == 4 and all(x <= 0 for x in lp.token_logprobs), lp
+    assert all(len(d) <= 2 for d in lp.top_logprobs), lp
+    c = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
+                                       max_tokens=3, logprobs=True, top_logprobs=2)
+    content = c.choices[0].logprobs.content
+    assert len(content) == 3 and len(content[0].top_logprobs) == 2, content
+    assert "".join(t.token for t in content) == c.choices[0].message.content
+
+
 @check("400: a value out of range names the field")
 def _():
     try:

@@ -26,7 +26,7 @@ use thread::{RequestState, Status, Thread, ThreadKv};
 use crate::config::EngineConfig;
 use crate::request::{FinishReason, RequestId, RequestSpec};
 use crate::slab::Slab;
-use crate::tree::{Event, Response, ThreadRecord};
+use crate::tree::{Event, Response, ThreadRecord, TokenLogprobs};
 use crate::validate::{validate, ValidRequest, ValidationError};
 use crate::EngineError;
 
@@ -174,6 +174,7 @@ impl<'m> Engine<'m> {
             stop: v.stop,
             stop_token_ids: v.stop_token_ids,
             ignore_eos: v.ignore_eos,
+            logprobs: v.logprobs,
             max_thread_tokens: v.max_thread_tokens,
             max_children: v.max_children,
             max_depth: v.max_depth,
@@ -473,6 +474,10 @@ impl<'m> Engine<'m> {
             self.requests[r].stats.ttft_ms = now;
         }
         let req_id = self.requests[r].id;
+        let logprobs = match self.requests[r].logprobs {
+            Some(k) if is_root => Some(self.token_logprobs(logits, next, k)),
+            _ => None,
+        };
         let t = &mut self.threads[id];
         t.tokens.push(next);
         t.generated += 1;
@@ -501,6 +506,7 @@ impl<'m> Engine<'m> {
                 depth: t.depth,
                 text,
                 token_ids: vec![next],
+                logprobs,
             });
             if let Some(pos) = hit {
                 t.context.truncate(pos);
@@ -514,6 +520,7 @@ impl<'m> Engine<'m> {
                 depth: t.depth,
                 text: piece.clone(),
                 token_ids: vec![next],
+                logprobs,
             });
         }
         // The protocol's stop for a child (or a parent's `FinishAt`): kept
@@ -611,6 +618,39 @@ impl<'m> Engine<'m> {
         }
     }
 
+    /// Log-softmax of `logits` at `token` and its `k` best tokens.
+    fn token_logprobs(&self, logits: &[f32], token: u32, k: usize) -> TokenLogprobs {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max
+            + logits
+                .iter()
+                .map(|&l| ((l - max) as f64).exp())
+                .sum::<f64>()
+                .ln() as f32;
+        let text = |id: u32| self.tok.decode(&[id]).unwrap_or_default();
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+        if k > 0 {
+            for (i, &l) in logits.iter().enumerate() {
+                if best.len() < k || l > best[best.len() - 1].1 {
+                    let at = best.partition_point(|&(_, b)| b >= l);
+                    best.insert(at, (i as u32, l));
+                    best.truncate(k);
+                }
+            }
+        }
+        TokenLogprobs {
+            id: token,
+            token: text(token),
+            logprob: logits
+                .get(token as usize)
+                .map_or(f32::NEG_INFINITY, |l| l - lse),
+            top: best
+                .into_iter()
+                .map(|(id, l)| (id, text(id), l - lse))
+                .collect(),
+        }
+    }
+
     fn critical_path(&self, id: usize) -> usize {
         let t = &self.threads[id];
         t.generated
@@ -657,6 +697,7 @@ impl<'m> Engine<'m> {
                 depth,
                 text,
                 token_ids: Vec::new(),
+                logprobs: None,
             });
         }
         let response = self.response(r, reason);

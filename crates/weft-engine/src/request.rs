@@ -115,6 +115,11 @@ pub struct RequestSpec {
     /// tokens (`<|im_end|>` written by a user ends their turn). Off by
     /// default: contents are encoded as text (`Tokenizer::encode_chat`).
     pub special_tokens_in_content: bool,
+    /// Report the log-probability of each token the root samples, and of
+    /// the `k` most likely tokens at that step (OpenAI's `logprobs` /
+    /// `top_logprobs`; at most [`crate::validate::MAX_LOGPROBS`]). `None`:
+    /// none.
+    pub logprobs: Option<usize>,
     pub limits: RequestLimits,
 }
 
@@ -136,6 +141,7 @@ impl RequestSpec {
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             special_tokens_in_content: false,
+            logprobs: None,
             limits: RequestLimits::default(),
         }
     }

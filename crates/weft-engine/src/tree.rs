@@ -73,6 +73,19 @@ pub struct Response {
     pub stats: RequestStats,
 }
 
+/// Log-probabilities (natural log, of the model's distribution before any
+/// sampling settings) of one sampled token and of the most likely tokens
+/// at that step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprobs {
+    pub id: u32,
+    /// The token's text (its bytes decoded on their own).
+    pub token: String,
+    pub logprob: f32,
+    /// The `k` most likely tokens: (id, text, log-probability), best first.
+    pub top: Vec<(u32, String, f32)>,
+}
+
 /// What [`crate::Engine::step`] reports. Thread ids are indices within
 /// their request (the trace's ids; the root is 0). Owned, so a caller can
 /// send them to another thread (the server's engine loop does).
@@ -95,6 +108,9 @@ pub enum Event {
         depth: u32,
         text: String,
         token_ids: Vec<u32>,
+        /// The sampled token's log-probability and the top alternatives,
+        /// for the root of a request that asked (`RequestSpec::logprobs`).
+        logprobs: Option<TokenLogprobs>,
     },
     /// A thread forked: `children` (thread ids) start from its context.
     Forked {

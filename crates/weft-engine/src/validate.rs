@@ -62,7 +62,13 @@ pub enum ValidationError {
     MinP(f32),
     #[error("unknown protocol `{0}` (apr, multiverse, threadweaver, npr, parallel-r1)")]
     UnknownProtocol(String),
+    #[error("logprobs must be at most {MAX_LOGPROBS}, got {0}")]
+    Logprobs(usize),
 }
+
+/// Most alternatives a request may ask log-probabilities for (vLLM's
+/// default `max_logprobs`).
+pub const MAX_LOGPROBS: usize = 20;
 
 impl ValidationError {
     /// The request field at fault.
@@ -85,6 +91,7 @@ impl ValidationError {
             TopK(_) => "top_k",
             MinP(_) => "min_p",
             UnknownProtocol(_) => "protocol",
+            Logprobs(_) => "logprobs",
         }
     }
 }
@@ -109,6 +116,7 @@ pub struct ValidRequest {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    pub logprobs: Option<usize>,
     /// Engine limits tightened by the request's own.
     pub max_children: usize,
     pub max_depth: u32,
@@ -144,6 +152,9 @@ pub fn validate(
     let vocab = tok.vocab_size();
     if let Some(&id) = spec.stop_token_ids.iter().find(|&&id| id as usize >= vocab) {
         return Err(ValidationError::StopToken { id, vocab });
+    }
+    if let Some(k) = spec.logprobs.filter(|&k| k > MAX_LOGPROBS) {
+        return Err(ValidationError::Logprobs(k));
     }
     if spec.max_tokens == Some(0) {
         return Err(ValidationError::MaxTokens);
@@ -233,6 +244,7 @@ pub fn validate(
         stop: spec.stop,
         stop_token_ids: spec.stop_token_ids,
         ignore_eos: spec.ignore_eos,
+        logprobs: spec.logprobs,
         max_children: tighten(spec.limits.max_children, cfg.max_children_per_fork),
         max_depth: spec
             .limits

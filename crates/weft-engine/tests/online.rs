@@ -516,3 +516,40 @@ fn special_token_text_in_messages_stays_text() {
     let ids = chat(injected, false);
     assert!(tok.decode(&ids).unwrap().contains(injected));
 }
+
+/// Log-probabilities of the root's tokens: greedy picks the most likely
+/// token, the alternatives come best first, and all are log-probabilities.
+#[test]
+fn logprobs_describe_the_sampled_tokens() {
+    let (model, tok) = smollm2();
+    let mut spec = plain("The capital of France is", 6);
+    spec.logprobs = Some(3);
+    let mut engine = Engine::new(&model, &tok, EngineConfig::default()).unwrap();
+    let mut seen = Vec::new();
+    let r = engine
+        .run(vec![spec], &mut |e| {
+            if let Event::Text {
+                logprobs: Some(lp),
+                token_ids,
+                ..
+            } = e
+            {
+                seen.push((token_ids.clone(), lp.clone()));
+            }
+        })
+        .unwrap()
+        .remove(0);
+    assert_eq!(seen.len(), r.threads[0].generated_tokens);
+    for (ids, lp) in &seen {
+        assert_eq!(ids, &vec![lp.id]);
+        assert_eq!(lp.top.len(), 3);
+        assert_eq!(lp.top[0].0, lp.id, "greedy takes the most likely token");
+        assert_eq!(lp.top[0].2, lp.logprob);
+        assert!(lp.top.windows(2).all(|w| w[0].2 >= w[1].2));
+        assert!(lp.logprob <= 0.0 && lp.top.iter().map(|t| t.2.exp()).sum::<f32>() <= 1.0 + 1e-4);
+    }
+    assert_eq!(seen[0].1.token, " Paris");
+    let mut bad = plain("x", 2);
+    bad.logprobs = Some(21);
+    assert_eq!(engine.validate(bad).unwrap_err().field(), "logprobs");
+}

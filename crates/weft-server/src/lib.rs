@@ -21,8 +21,11 @@
 //!
 //! `GET /metrics` gives Prometheus text ([`metrics`]).
 //!
-//! Not yet (issue "weft serve"): logprobs, streaming a protocol request,
-//! thread events in the stream, the thread-tree page.
+//! Log-probabilities come in each endpoint's shape (`logprobs: k` on
+//! completions; `logprobs: true, top_logprobs: k` on chat).
+//!
+//! Not yet (issue "weft serve"): the thread-tree page, errors as data
+//! frames after the headers.
 
 pub mod engine_thread;
 pub mod metrics;
@@ -224,18 +227,29 @@ async fn handle(
         return stream_response(valid, receivers, id, model).into_response();
     }
     let mut responses = Vec::with_capacity(receivers.len());
+    let mut token_logprobs = Vec::with_capacity(receivers.len());
     for mut rx in receivers {
         let mut done = None;
+        let mut lps = Vec::new();
         while let Some(e) = rx.recv().await {
-            if let Event::Finished { response, .. } = e {
-                done = Some(*response);
-                break;
+            match e {
+                Event::Text {
+                    thread: 0,
+                    logprobs: Some(lp),
+                    ..
+                } => lps.push(lp),
+                Event::Finished { response, .. } => {
+                    done = Some(*response);
+                    break;
+                }
+                _ => {}
             }
         }
         match done {
             Some(r) => responses.push(r),
             None => return error_response(500, "the engine dropped the request", None),
         }
+        token_logprobs.push(lps);
     }
     Json(openai::response(
         endpoint,
@@ -245,6 +259,7 @@ async fn handle(
         &responses,
         valid.n,
         valid.protocol.as_deref(),
+        valid.logprobs.map(|_| token_logprobs.as_slice()),
     ))
     .into_response()
 }
@@ -268,6 +283,7 @@ fn stream_response(
     let state = Arc::new(std::sync::Mutex::new(StreamState {
         started: vec![false; n],
         finished: vec![None; n],
+        offset: vec![0; n],
     }));
     let (id2, model2, st2) = (id.clone(), model.clone(), state.clone());
     let (id, model) = (id.clone(), model.clone());
@@ -278,18 +294,31 @@ fn stream_response(
         let Ok(mut st) = state.lock() else {
             return stream::iter(out);
         };
-        let mut chunk = |st: &mut StreamState, text: Option<&str>, finish| {
+        let mut chunk = |st: &mut StreamState,
+                         text: Option<&str>,
+                         finish,
+                         lp: Option<&weft_engine::TokenLogprobs>| {
             let first = !st.started[i];
             st.started[i] = true;
-            let v = openai::chunk(endpoint, &id, created, &model, i, text, first, finish);
+            let mut v = openai::chunk(endpoint, &id, created, &model, i, text, first, finish);
+            if let Some(lp) = lp {
+                v["choices"][0]["logprobs"] =
+                    openai::logprobs(endpoint, std::slice::from_ref(lp), st.offset[i]);
+                st.offset[i] += lp.token.len();
+            }
             out.push(Ok(SseEvent::default().data(v.to_string())));
         };
         match &e {
             // The root's visible text: what it decodes, and what its joins
             // append (after the join's own thread event).
             Event::Text {
-                thread: 0, text, ..
-            } if !text.is_empty() => chunk(&mut st, Some(text), None),
+                thread: 0,
+                text,
+                logprobs,
+                ..
+            } if !text.is_empty() || logprobs.is_some() => {
+                chunk(&mut st, Some(text), None, logprobs.as_ref())
+            }
             Event::Joined {
                 thread: 0,
                 appended: Some(text),
@@ -312,7 +341,7 @@ fn stream_response(
                 reason, response, ..
             } => {
                 st.finished[i] = Some((**response).clone());
-                chunk(&mut st, None, Some(*reason));
+                chunk(&mut st, None, Some(*reason), None);
             }
             other => {
                 if let Some(ev) = tree_event(i, other) {
@@ -412,4 +441,6 @@ struct StreamState {
     started: Vec<bool>,
     /// Each choice's response, by index.
     finished: Vec<Option<Response>>,
+    /// Each choice's text offset so far (for `text_offset`).
+    offset: Vec<usize>,
 }

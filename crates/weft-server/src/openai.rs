@@ -2,7 +2,7 @@
 //! completions, their streamed chunks, usage, models and errors.
 
 use serde_json::{json, Value};
-use weft_engine::{FinishReason, Response};
+use weft_engine::{FinishReason, Response, TokenLogprobs};
 
 use crate::validation::Endpoint;
 
@@ -39,6 +39,7 @@ pub fn weft_extension(protocol: &str, r: &Response) -> Value {
 }
 
 /// A whole (non-streamed) response.
+#[allow(clippy::too_many_arguments)] // the fields of one OpenAI object
 pub fn response(
     endpoint: Endpoint,
     id: &str,
@@ -47,6 +48,7 @@ pub fn response(
     responses: &[Response],
     n: usize,
     protocol: Option<&str>,
+    token_logprobs: Option<&[Vec<TokenLogprobs>]>,
 ) -> Value {
     let choices: Vec<Value> = responses
         .iter()
@@ -70,6 +72,9 @@ pub fn response(
             };
             if let Some(p) = protocol {
                 c["weft"] = weft_extension(p, r);
+            }
+            if let Some(lps) = token_logprobs.and_then(|all| all.get(i)) {
+                c["logprobs"] = logprobs(endpoint, lps, 0);
             }
             c
         })
@@ -165,4 +170,43 @@ pub fn error(status: u16, message: &str, param: Option<&str>) -> Value {
     json!({
         "error": {"message": message, "type": kind, "param": param, "code": status},
     })
+}
+
+/// A choice's `logprobs` object: the legacy completions shape (`tokens`,
+/// `token_logprobs`, `top_logprobs`, `text_offset`, offsets counted from
+/// `offset`) or the chat shape (`content: [{token, logprob, bytes,
+/// top_logprobs}]`).
+pub fn logprobs(endpoint: Endpoint, lps: &[TokenLogprobs], offset: usize) -> Value {
+    match endpoint {
+        Endpoint::Completions => {
+            let mut at = offset;
+            let mut offsets = Vec::with_capacity(lps.len());
+            for lp in lps {
+                offsets.push(at);
+                at += lp.token.len();
+            }
+            json!({
+                "tokens": lps.iter().map(|l| &l.token).collect::<Vec<_>>(),
+                "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+                "top_logprobs": lps.iter().map(|l| {
+                    let mut m = serde_json::Map::new();
+                    for (_, t, p) in &l.top {
+                        m.entry(t.clone()).or_insert(json!(p));
+                    }
+                    Value::Object(m)
+                }).collect::<Vec<_>>(),
+                "text_offset": offsets,
+            })
+        }
+        Endpoint::Chat => json!({
+            "content": lps.iter().map(|l| json!({
+                "token": l.token,
+                "logprob": l.logprob,
+                "bytes": l.token.as_bytes(),
+                "top_logprobs": l.top.iter().map(|(_, t, p)| json!({
+                    "token": t, "logprob": p, "bytes": t.as_bytes(),
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+    }
 }

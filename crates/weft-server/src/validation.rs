@@ -60,6 +60,8 @@ pub struct ValidRequest {
     pub include_usage: bool,
     /// Stream `weft.thread` events (protocol requests).
     pub include_threads: bool,
+    /// Alternatives per token when log-probabilities were asked for.
+    pub logprobs: Option<usize>,
     /// Whether the requests run a protocol (responses carry `weft`).
     pub protocol: Option<String>,
 }
@@ -142,17 +144,7 @@ pub fn validate(
             });
         }
     }
-    if raw
-        .logprobs
-        .as_ref()
-        .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
-        || raw.top_logprobs.as_ref().is_some_and(|v| !v.is_null())
-    {
-        return Err(InvalidRequest::new(
-            "logprobs",
-            "logprobs are not supported by this server yet",
-        ));
-    }
+    let logprobs = logprobs(endpoint, raw.logprobs.as_ref(), raw.top_logprobs.as_ref())?;
     let prompts = match endpoint {
         Endpoint::Completions => {
             if raw.messages.is_some() {
@@ -239,6 +231,7 @@ pub fn validate(
             spec.stop = stop.clone();
             spec.limits = limits;
             spec.ignore_eos = raw.ignore_eos.unwrap_or(false);
+            spec.logprobs = logprobs;
             spec.special_tokens_in_content = defaults.special_tokens_in_content;
             choices.push(spec);
         }
@@ -253,6 +246,7 @@ pub fn validate(
             .as_ref()
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
+        logprobs,
         include_threads: raw
             .stream_options
             .as_ref()
@@ -260,6 +254,49 @@ pub fn validate(
             .unwrap_or(false),
         protocol,
     })
+}
+
+/// `logprobs` as each endpoint spells it: an integer k on completions;
+/// `logprobs: true` plus `top_logprobs: k` on chat.
+fn logprobs(
+    endpoint: Endpoint,
+    logprobs: Option<&Value>,
+    top: Option<&Value>,
+) -> Result<Option<usize>, InvalidRequest> {
+    let count = |v: &Value, field: &str| {
+        v.as_u64()
+            .map(|k| k as usize)
+            .filter(|&k| k <= weft_engine::MAX_LOGPROBS)
+            .ok_or_else(|| {
+                InvalidRequest::new(
+                    field,
+                    format!(
+                        "{field} must be an integer from 0 to {}",
+                        weft_engine::MAX_LOGPROBS
+                    ),
+                )
+            })
+    };
+    let top = top.filter(|v| !v.is_null());
+    match endpoint {
+        Endpoint::Completions => match logprobs {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => count(v, "logprobs").map(Some),
+        },
+        Endpoint::Chat => match (logprobs, top) {
+            (None | Some(Value::Null) | Some(Value::Bool(false)), None) => Ok(None),
+            (Some(Value::Bool(true)), None) => Ok(Some(0)),
+            (Some(Value::Bool(true)), Some(t)) => count(t, "top_logprobs").map(Some),
+            (_, Some(_)) => Err(InvalidRequest::new(
+                "top_logprobs",
+                "top_logprobs needs \"logprobs\": true",
+            )),
+            (Some(_), None) => Err(InvalidRequest::new(
+                "logprobs",
+                "logprobs must be true or false",
+            )),
+        },
+    }
 }
 
 fn completion_prompts(prompt: Option<&Value>) -> Result<Vec<Prompt>, InvalidRequest> {

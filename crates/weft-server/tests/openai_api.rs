@@ -226,7 +226,7 @@ fn bad_requests_get_openai_errors_naming_the_field() {
             "parallel.protocol",
             400,
         ),
-        (json!({"prompt": "x", "logprobs": 2}), "logprobs", 400),
+        (json!({"prompt": "x", "logprobs": 50}), "logprobs", 400),
     ] {
         let (got, v) = post(plain, "/v1/completions", body.clone());
         assert_eq!(got, status, "{body}: {v}");
@@ -433,4 +433,46 @@ fn a_full_server_says_retry_after() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(ok, "the server stayed full");
+}
+
+#[test]
+fn logprobs_come_in_each_endpoints_shape() {
+    let (plain, _, _) = *servers();
+    let (status, v) = post(
+        plain,
+        "/v1/completions",
+        json!({"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 2}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.concat(), v["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 4);
+    assert_eq!(lp["text_offset"][0], 0);
+    assert!(lp["top_logprobs"][0].as_object().unwrap().len() <= 2);
+    assert!(lp["token_logprobs"][0].as_f64().unwrap() <= 0.0);
+    let (status, v) = post(
+        plain,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3,
+               "logprobs": true, "top_logprobs": 2}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 3);
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    let (status, v) = post(
+        plain,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 2}),
+    );
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("top_logprobs"))
+    );
 }

@@ -169,6 +169,7 @@ pub(super) struct RequestState {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    pub logprobs: Option<usize>,
     pub max_thread_tokens: usize,
     pub max_children: usize,
     pub max_depth: u32,
