@@ -26,6 +26,7 @@ def check(name):
 def _():
     ids = [m.id for m in client.models.list().data]
     assert ids == [model], ids
+    assert client.models.retrieve(model).id == model
 
 
 @check("completion, greedy")

@@ -210,6 +210,13 @@ pub fn validate(
         });
     }
     let max_tokens = match spec.max_tokens {
+        // The prompt alone is too long: its fault, not max_tokens'.
+        Some(_) if tokens.len() >= max_context => {
+            return Err(ValidationError::PromptTooLong {
+                prompt_tokens: tokens.len(),
+                context: max_context,
+            })
+        }
         Some(n) if tokens.len() + n > max_context => {
             return Err(ValidationError::ContextOverflow {
                 prompt_tokens: tokens.len(),

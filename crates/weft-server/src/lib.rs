@@ -69,6 +69,8 @@ struct AppState {
     engine: EngineHandle,
     cfg: ServerConfig,
     next: AtomicU64,
+    /// Start time (ns since the epoch), for response ids.
+    started: u64,
 }
 
 type Shared = Arc<AppState>;
@@ -80,13 +82,21 @@ pub fn router(engine: EngineHandle, cfg: ServerConfig) -> Router {
         engine,
         cfg,
         next: AtomicU64::new(0),
+        started: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
     });
     Router::new()
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/metrics", get(|| async { metrics::handle().render() }))
         .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model_info))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .fallback(|| async { error_response(404, "no such path", None) })
+        .method_not_allowed_fallback(|| async {
+            error_response(405, "this path does not take that method", None)
+        })
         .with_state(state)
 }
 
@@ -162,6 +172,31 @@ async fn models(State(state): State<Shared>, headers: HeaderMap) -> HttpResponse
     .into_response()
 }
 
+async fn model_info(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> HttpResponse {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    if name != state.cfg.served_model_name {
+        return error_response(
+            404,
+            &format!("The model `{name}` does not exist."),
+            Some("model"),
+        );
+    }
+    Json(json!({
+        "id": state.cfg.served_model_name,
+        "object": "model",
+        "created": now_secs(),
+        "owned_by": "weft",
+        "max_model_len": state.engine.max_model_len,
+    }))
+    .into_response()
+}
+
 async fn completions(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> HttpResponse {
     handle(state, headers, body, Endpoint::Completions).await
 }
@@ -197,10 +232,11 @@ async fn handle(
         Ok(v) => v,
         Err(e) => return invalid(e),
     };
+    // Unique across restarts: the server's start time, then a counter.
     let n = state.next.fetch_add(1, Ordering::Relaxed);
     let id = match endpoint {
-        Endpoint::Completions => format!("cmpl-{n}"),
-        Endpoint::Chat => format!("chatcmpl-{n}"),
+        Endpoint::Completions => format!("cmpl-{:x}-{n}", state.started),
+        Endpoint::Chat => format!("chatcmpl-{:x}-{n}", state.started),
     };
     // Every choice starts (and is validated by the engine) before any
     // answer is sent: a bad choice fails the whole request.

@@ -12,11 +12,26 @@ use weft_engine::{Engine, Response};
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
+        use metrics_exporter_prometheus::Matcher;
         let recorder = PrometheusBuilder::new()
             .set_buckets(&[
                 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
-                120.0, 300.0, 1000.0, 3000.0,
+                120.0, 300.0,
             ])
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("weft:critical_path_tokens".into()),
+                    &[
+                        16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+                    ],
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("weft:parallelism".into()),
+                    &[1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0],
+                )
+            })
             .map(PrometheusBuilder::build_recorder);
         match recorder {
             Ok(r) => {

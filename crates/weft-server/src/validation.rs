@@ -130,8 +130,16 @@ pub fn validate(
     defaults: &Defaults,
     seed_source: &dyn Fn() -> u64,
 ) -> Result<ValidRequest, InvalidRequest> {
-    let raw: Raw = serde_json::from_slice(body)
-        .map_err(|e| InvalidRequest::new("body", format!("invalid JSON body: {e}")))?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| InvalidRequest::new("body", format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(InvalidRequest::new(
+            "body",
+            "the body must be a JSON object",
+        ));
+    }
+    let raw: Raw = serde_json::from_value(value)
+        .map_err(|e| InvalidRequest::new("body", format!("a field has the wrong type: {e}")))?;
     if let Some(m) = &raw.model {
         if m != &defaults.served_model_name {
             return Err(InvalidRequest {
@@ -371,6 +379,18 @@ fn chat_prompt(messages: Option<&[RawMessage]>) -> Result<Prompt, InvalidRequest
                 ))
             }
         };
+        if !matches!(
+            m.role.as_str(),
+            "system" | "user" | "assistant" | "tool" | "developer"
+        ) {
+            return Err(InvalidRequest::new(
+                "messages",
+                format!(
+                    "message {i}: unknown role `{}` (system, user, assistant, tool, developer)",
+                    m.role
+                ),
+            ));
+        }
         out.push(Message::new(m.role.clone(), content));
     }
     Ok(Prompt::Chat(out))

@@ -237,6 +237,28 @@ fn bad_requests_get_openai_errors_naming_the_field() {
     }
     let (got, v) = post(plain, "/v1/chat/completions", json!({"messages": []}));
     assert_eq!((got, v["error"]["param"].as_str()), (400, Some("messages")));
+    let (got, v) = post(
+        plain,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "wizard", "content": "hi"}]}),
+    );
+    assert_eq!(
+        (got, v["error"]["param"].as_str()),
+        (400, Some("messages")),
+        "{v}"
+    );
+    let (got, v) = post(plain, "/v1/completions", json!([1, 2]));
+    assert_eq!(
+        (got, v["error"]["param"].as_str()),
+        (400, Some("body")),
+        "{v}"
+    );
+    // Unknown paths and methods answer in the same error shape.
+    for (path, status) in [("/v1/nope", 404), ("/v1/models", 405)] {
+        let (got, v) = post(plain, path, json!({}));
+        assert_eq!(got, status, "{path}");
+        assert!(v["error"]["message"].is_string(), "{path}: {v}");
+    }
 }
 
 #[test]
