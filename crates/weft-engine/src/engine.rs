@@ -179,6 +179,7 @@ impl<'m> Engine<'m> {
             max_children: v.max_children,
             max_depth: v.max_depth,
             max_total_tokens: v.max_total_tokens,
+            kv_merge: v.kv_merge,
         });
         self.by_id.insert(id, r);
         // At least the last prompt token is computed: its logits pick the

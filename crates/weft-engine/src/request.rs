@@ -121,6 +121,11 @@ pub struct RequestSpec {
     /// none.
     pub logprobs: Option<usize>,
     pub limits: RequestLimits,
+    /// Join by KV merge where the protocol joins that way (Multiverse, NPR)
+    /// and the engine allows it (`EngineConfig::kv_merge`). `false`:
+    /// re-prefill every join, as the methods' client loops over vLLM and
+    /// SGLang do.
+    pub kv_merge: bool,
 }
 
 impl RequestSpec {
@@ -143,6 +148,7 @@ impl RequestSpec {
             special_tokens_in_content: false,
             logprobs: None,
             limits: RequestLimits::default(),
+            kv_merge: true,
         }
     }
 

@@ -121,6 +121,8 @@ pub struct ValidRequest {
     pub max_children: usize,
     pub max_depth: u32,
     pub max_total_tokens: usize,
+    /// Join by KV merge where the protocol allows it.
+    pub kv_merge: bool,
 }
 
 /// Checks `spec` against the model (`tok`, `max_context` tokens), the KV
@@ -258,5 +260,6 @@ pub fn validate(
             .max_depth
             .map_or(cfg.max_depth, |d| d.min(cfg.max_depth)),
         max_total_tokens: tighten(spec.limits.max_total_tokens, cfg.max_tokens_per_request),
+        kv_merge: spec.kv_merge && cfg.kv_merge,
     })
 }

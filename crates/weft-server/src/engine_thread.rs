@@ -12,10 +12,14 @@ use tokio::sync::{mpsc, oneshot};
 use weft_engine::{Engine, EngineConfig, Event, RequestId, RequestSpec, ValidationError};
 use weft_model::{Model, Tokenizer};
 
+use crate::monitor::Monitor;
+
 /// What the HTTP side asks of the engine thread.
 enum Command {
     Add {
         spec: RequestSpec,
+        /// How the thread-tree page names it.
+        name: String,
         events: mpsc::UnboundedSender<Event>,
         reply: oneshot::Sender<Result<RequestId, ValidationError>>,
     },
@@ -31,6 +35,8 @@ pub struct EngineHandle {
     in_flight: Arc<AtomicUsize>,
     /// Most requests in flight; more are refused (`SubmitError::Busy`).
     max_in_flight: usize,
+    /// The thread-tree page's feed.
+    pub monitor: Arc<Monitor>,
 }
 
 /// Why a request could not start.
@@ -63,24 +69,28 @@ impl EngineHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let counter = in_flight.clone();
+        let monitor = Arc::new(Monitor::default());
+        let feed = monitor.clone();
         std::thread::Builder::new()
             .name("weft-engine".into())
-            .spawn(move || engine_loop(&model, &tok, cfg, rx, &counter))
+            .spawn(move || engine_loop(&model, &tok, cfg, rx, &counter, &feed))
             .map_err(|e| weft_engine::EngineError::Invalid(format!("engine thread: {e}")))?;
         Ok(EngineHandle {
             tx,
             max_model_len,
             in_flight,
             max_in_flight: max_in_flight.max(1),
+            monitor,
         })
     }
 
     /// Validates `spec` and starts it; its events arrive on the returned
     /// receiver, ending with `Event::Finished`. Dropping the receiver aborts
-    /// the request.
+    /// the request. `name` is how the thread-tree page shows it.
     pub async fn submit(
         &self,
         spec: RequestSpec,
+        name: String,
     ) -> Result<(RequestId, mpsc::UnboundedReceiver<Event>), SubmitError> {
         // Reserve a place first; the engine thread gives it back when the
         // request ends (or is refused).
@@ -94,6 +104,7 @@ impl EngineHandle {
         self.tx
             .send(Command::Add {
                 spec,
+                name,
                 events,
                 reply,
             })
@@ -112,6 +123,7 @@ fn engine_loop(
     cfg: EngineConfig,
     mut rx: mpsc::UnboundedReceiver<Command>,
     in_flight: &AtomicUsize,
+    monitor: &Monitor,
 ) {
     let Ok(mut engine) = Engine::new(model, tok, cfg) else {
         return;
@@ -123,12 +135,12 @@ fn engine_loop(
         // Idle: wait for work. Busy: take what arrived, then step.
         if !engine.has_work() {
             match rx.blocking_recv() {
-                Some(c) => accept(&mut engine, &mut sinks, c, in_flight),
+                Some(c) => accept(&mut engine, &mut sinks, c, in_flight, monitor),
                 None => return,
             }
         }
         while let Ok(c) = rx.try_recv() {
-            accept(&mut engine, &mut sinks, c, in_flight);
+            accept(&mut engine, &mut sinks, c, in_flight, monitor);
         }
         // Clients that went away while their request waited or ran.
         let gone: Vec<RequestId> = sinks
@@ -138,6 +150,7 @@ fn engine_loop(
             .collect();
         for id in gone {
             engine.abort(id);
+            monitor.aborted(id);
             if sinks.remove(&id).is_some() {
                 in_flight.fetch_sub(1, Ordering::SeqCst);
             }
@@ -150,12 +163,14 @@ fn engine_loop(
                 tracing::error!("engine step failed: {e}");
                 for (id, _) in sinks.drain() {
                     engine.abort(id);
+                    monitor.aborted(id);
                     in_flight.fetch_sub(1, Ordering::SeqCst);
                 }
                 continue;
             }
         };
         crate::metrics::engine_gauges(&engine);
+        monitor.apply(&events);
         for event in events {
             let id = event.request();
             let finished = matches!(event, Event::Finished { .. });
@@ -178,7 +193,9 @@ fn engine_loop(
             }
             if let Some(sink) = sinks.get(&id) {
                 if sink.send(event).is_err() {
-                    engine.abort(id);
+                    if engine.abort(id) {
+                        monitor.aborted(id);
+                    }
                     sinks.remove(&id);
                     in_flight.fetch_sub(1, Ordering::SeqCst);
                     continue;
@@ -196,30 +213,58 @@ fn accept(
     sinks: &mut HashMap<RequestId, mpsc::UnboundedSender<Event>>,
     c: Command,
     in_flight: &AtomicUsize,
+    monitor: &Monitor,
 ) {
     match c {
         Command::Add {
             spec,
+            name,
             events,
             reply,
-        } => match engine.add(spec) {
-            Ok(id) => {
-                sinks.insert(id, events);
-                if reply.send(Ok(id)).is_err() {
-                    engine.abort(id);
-                    sinks.remove(&id);
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-            Err(weft_engine::EngineError::Validation(v)) => {
+        } => {
+            let protocol = match &spec.protocol {
+                Some(weft_engine::ProtocolChoice::Name(n)) => Some(n.clone()),
+                Some(weft_engine::ProtocolChoice::Instance(p)) => Some(p.name().to_string()),
+                None => None,
+            };
+            accept_add(
+                engine, sinks, spec, name, protocol, events, reply, in_flight, monitor,
+            )
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn accept_add(
+    engine: &mut Engine,
+    sinks: &mut HashMap<RequestId, mpsc::UnboundedSender<Event>>,
+    spec: RequestSpec,
+    name: String,
+    protocol: Option<String>,
+    events: mpsc::UnboundedSender<Event>,
+    reply: oneshot::Sender<Result<RequestId, ValidationError>>,
+    in_flight: &AtomicUsize,
+    monitor: &Monitor,
+) {
+    match engine.add(spec) {
+        Ok(id) => {
+            sinks.insert(id, events);
+            monitor.start(id, name, protocol.as_deref());
+            if reply.send(Ok(id)).is_err() {
+                engine.abort(id);
+                monitor.aborted(id);
+                sinks.remove(&id);
                 in_flight.fetch_sub(1, Ordering::SeqCst);
-                let _ = reply.send(Err(v));
             }
-            Err(e) => {
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-                tracing::error!("cannot add a request: {e}");
-                drop(reply);
-            }
-        },
+        }
+        Err(weft_engine::EngineError::Validation(v)) => {
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            let _ = reply.send(Err(v));
+        }
+        Err(e) => {
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!("cannot add a request: {e}");
+            drop(reply);
+        }
     }
 }

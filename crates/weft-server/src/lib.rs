@@ -13,22 +13,22 @@
 //! `POST /v1/chat/completions` (both whole and streamed, `n` choices,
 //! `stream_options.include_usage`), with vLLM's extension fields `top_k`,
 //! `min_p`, `ignore_eos` and `parallel` (`{protocol, max_children,
-//! max_depth}`, or `null` for plain text). Protocol responses carry
+//! max_depth, kv_merge}`, or `null` for plain text). Protocol responses carry
 //! `weft: {threads, stats}`; a streamed protocol request carries the root's
 //! visible text (its tokens and what its joins append) in standard chunks,
 //! and with `stream_options.include_threads` the tree as SSE events named
 //! `weft.thread` (start, delta, fork, join, done).
 //!
-//! `GET /metrics` gives Prometheus text ([`metrics`]).
+//! `GET /metrics` gives Prometheus text ([`metrics`]). `GET /` is the live
+//! thread-tree page, fed by the SSE stream `GET /weft/tree` ([`monitor`]).
 //!
 //! Log-probabilities come in each endpoint's shape (`logprobs: k` on
 //! completions; `logprobs: true, top_logprobs: k` on chat).
 //!
-//! Not yet (issue "weft serve"): the thread-tree page, errors as data
-//! frames after the headers.
 
 pub mod engine_thread;
 pub mod metrics;
+pub mod monitor;
 pub mod openai;
 pub mod validation;
 
@@ -87,6 +87,8 @@ pub fn router(engine: EngineHandle, cfg: ServerConfig) -> Router {
             .map_or(0, |d| d.as_nanos() as u64),
     });
     Router::new()
+        .route("/", get(page))
+        .route("/weft/tree", get(tree_feed))
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/metrics", get(|| async { metrics::handle().render() }))
         .route("/v1/models", get(models))
@@ -153,6 +155,49 @@ fn unauthorized(state: &AppState, headers: &HeaderMap) -> Option<HttpResponse> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     (sent != Some(key.as_str())).then(|| error_response(401, "a valid API key is required", None))
+}
+
+/// The thread-tree page: one HTML file with its CSS and JS, built into
+/// the binary. It reads `/weft/tree` (passing on `?api_key=` from its own
+/// address when the server has a key).
+async fn page() -> HttpResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("page.html"),
+    )
+        .into_response()
+}
+
+/// The page's feed: a `snapshot` event, then every tree event as it
+/// happens ([`monitor`]). A page that falls behind gets `resync` and
+/// reconnects. With `--api-key` it needs the key, as a bearer token or as
+/// `?api_key=` (an `EventSource` cannot send headers).
+async fn tree_feed(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> HttpResponse {
+    if let Some(key) = &state.cfg.api_key {
+        let in_query = query.get("api_key") == Some(key);
+        if !in_query {
+            if let Some(refusal) = unauthorized(&state, &headers) {
+                return refusal;
+            }
+        }
+    }
+    let (snapshot, rx) = state.engine.monitor.subscribe();
+    let first = stream::once(async move {
+        Ok::<_, std::convert::Infallible>(SseEvent::default().event("snapshot").data(snapshot))
+    });
+    let live = tokio_stream::wrappers::BroadcastStream::new(rx).map(|m| {
+        Ok(match m {
+            Ok(data) => SseEvent::default().event("tree").data(data),
+            Err(_) => SseEvent::default().event("resync").data("{}"),
+        })
+    });
+    Sse::new(first.chain(live))
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response()
 }
 
 async fn models(State(state): State<Shared>, headers: HeaderMap) -> HttpResponse {
@@ -241,8 +286,8 @@ async fn handle(
     // Every choice starts (and is validated by the engine) before any
     // answer is sent: a bad choice fails the whole request.
     let mut receivers = Vec::with_capacity(valid.choices.len());
-    for spec in valid.choices.clone() {
-        match state.engine.submit(spec).await {
+    for (i, spec) in valid.choices.clone().into_iter().enumerate() {
+        match state.engine.submit(spec, format!("{id}/{i}")).await {
             Ok((_, rx)) => receivers.push(rx),
             Err(SubmitError::Invalid(v)) => {
                 return error_response(400, &v.to_string(), Some(v.field()))
@@ -407,70 +452,15 @@ fn stream_response(
     Sse::new(body.chain(tail).chain(done))
 }
 
-/// A thread event of choice `index` as an SSE event named `weft.thread`
-/// (OpenAI clients skip events they do not know).
-fn thread_event(
-    index: usize,
-    kind: &str,
-    thread: usize,
-    parent: Option<usize>,
-    extra: Value,
-) -> SseEvent {
-    let mut v = json!({"index": index, "type": kind, "thread": thread, "parent": parent});
-    if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
-        obj.extend(more);
-    }
-    SseEvent::default().event("weft.thread").data(v.to_string())
-}
-
-/// The tree events of a protocol request, for `weft.thread` SSE events.
+/// A tree event of choice `index` as an SSE event named `weft.thread`
+/// (the thread-tree page's JSON, [`monitor::tree_json`], with `index`).
 fn tree_event(index: usize, e: &Event) -> Option<SseEvent> {
-    Some(match e {
-        Event::ThreadStarted {
-            thread,
-            parent,
-            depth,
-            label,
-            ..
-        } => thread_event(
-            index,
-            "start",
-            *thread,
-            *parent,
-            json!({"depth": depth, "label": label}),
-        ),
-        Event::Text { thread, text, .. } if *thread > 0 && !text.is_empty() => {
-            thread_event(index, "delta", *thread, None, json!({"text": text}))
-        }
-        Event::Forked {
-            thread, children, ..
-        } => thread_event(index, "fork", *thread, None, json!({"children": children})),
-        Event::Joined {
-            thread,
-            children,
-            reused_tokens,
-            appended,
-            ..
-        } => thread_event(
-            index,
-            "join",
-            *thread,
-            None,
-            json!({"children": children, "reused_tokens": reused_tokens, "appended": appended}),
-        ),
-        Event::ThreadFinished {
-            thread,
-            generated_tokens,
-            ..
-        } => thread_event(
-            index,
-            "done",
-            *thread,
-            None,
-            json!({"generated_tokens": generated_tokens}),
-        ),
-        _ => return None,
-    })
+    if matches!(e, Event::Finished { .. }) {
+        return None;
+    }
+    let mut v = monitor::tree_json(e)?;
+    v["index"] = json!(index);
+    Some(SseEvent::default().event("weft.thread").data(v.to_string()))
 }
 
 struct StreamState {

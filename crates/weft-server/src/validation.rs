@@ -117,6 +117,16 @@ struct Parallel {
     protocol: Option<String>,
     max_children: Option<i64>,
     max_depth: Option<i64>,
+    /// `false`: re-prefill every join; `true` (the default for protocols
+    /// that join by KV merge): merge the children's KV.
+    kv_merge: Option<bool>,
+}
+
+/// What `parallel` asked for.
+struct ParallelChoice {
+    protocol: Option<String>,
+    limits: weft_engine::RequestLimits,
+    kv_merge: bool,
 }
 
 /// Most choices one request may ask for.
@@ -210,7 +220,11 @@ pub fn validate(
             ))
         }
     };
-    let (protocol, limits) = parallel(raw.parallel.as_ref(), defaults)?;
+    let ParallelChoice {
+        protocol,
+        limits,
+        kv_merge,
+    } = parallel(raw.parallel.as_ref(), defaults)?;
     let seed = match raw.seed {
         Some(s) if s < 0 => {
             return Err(InvalidRequest::new(
@@ -238,6 +252,7 @@ pub fn validate(
             spec.max_tokens = max_tokens;
             spec.stop = stop.clone();
             spec.limits = limits;
+            spec.kv_merge = kv_merge;
             spec.ignore_eos = raw.ignore_eos.unwrap_or(false);
             spec.logprobs = logprobs;
             spec.special_tokens_in_content = defaults.special_tokens_in_content;
@@ -396,42 +411,60 @@ fn chat_prompt(messages: Option<&[RawMessage]>) -> Result<Prompt, InvalidRequest
     Ok(Prompt::Chat(out))
 }
 
-fn parallel(
-    value: Option<&Value>,
-    defaults: &Defaults,
-) -> Result<(Option<String>, weft_engine::RequestLimits), InvalidRequest> {
-    let mut limits = weft_engine::RequestLimits::default();
+fn parallel(value: Option<&Value>, defaults: &Defaults) -> Result<ParallelChoice, InvalidRequest> {
+    let mut choice = ParallelChoice {
+        protocol: defaults.protocol.clone(),
+        limits: weft_engine::RequestLimits::default(),
+        kv_merge: true,
+    };
     let p: Parallel = match value {
-        None => return Ok((defaults.protocol.clone(), limits)),
-        Some(Value::Null) => return Ok((None, limits)),
+        None => return Ok(choice),
+        Some(Value::Null) => {
+            choice.protocol = None;
+            return Ok(choice);
+        }
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
             InvalidRequest::new(
                 "parallel",
-                format!("parallel must be null or {{protocol, max_children, max_depth}}: {e}"),
+                format!(
+                    "parallel must be null or {{protocol, max_children, max_depth, kv_merge}}: {e}"
+                ),
             )
         })?,
     };
-    let protocol = p.protocol.or_else(|| defaults.protocol.clone());
-    if let Some(name) = &protocol {
-        if weft_protocol::by_name(name).is_none() {
+    if let Some(name) = p.protocol {
+        choice.protocol = Some(name);
+    }
+    if let Some(name) = &choice.protocol {
+        let Some(proto) = weft_protocol::by_name(name) else {
             return Err(InvalidRequest::new(
                 "parallel.protocol",
                 format!(
                     "unknown protocol `{name}` (apr, multiverse, threadweaver, npr, parallel-r1)"
                 ),
             ));
+        };
+        if p.kv_merge == Some(true) && proto.rules().join_mode != weft_protocol::JoinMode::KvMerge {
+            return Err(InvalidRequest::new(
+                "parallel.kv_merge",
+                format!(
+                    "protocol `{name}` joins by re-prefilling the children's text; kv_merge \
+                     is for protocols whose children share positions (multiverse, npr)"
+                ),
+            ));
         }
     }
+    choice.kv_merge = p.kv_merge.unwrap_or(true);
     if let Some(c) = p.max_children {
-        limits.max_children = Some(usize::try_from(c).map_err(|_| {
+        choice.limits.max_children = Some(usize::try_from(c).map_err(|_| {
             InvalidRequest::new("parallel.max_children", "max_children must be >= 0")
         })?);
     }
     if let Some(d) = p.max_depth {
-        limits.max_depth =
+        choice.limits.max_depth =
             Some(u32::try_from(d).map_err(|_| {
                 InvalidRequest::new("parallel.max_depth", "max_depth must be >= 0")
             })?);
     }
-    Ok((protocol, limits))
+    Ok(choice)
 }

@@ -498,3 +498,40 @@ fn logprobs_come_in_each_endpoints_shape() {
         (400, Some("top_logprobs"))
     );
 }
+
+#[test]
+fn parallel_kv_merge_chooses_the_join_and_is_refused_where_it_cannot_apply() {
+    let (plain, _, _) = *servers();
+    let prompt = "Q: 17 * 23?\n<Parallel>\n<Goal>\n<Outline>1: 17 * 20.</Outline>\n<Outline>2: 17 * 3.</Outline>\n</Goal>";
+    let ask = |kv_merge: Option<bool>| {
+        let mut parallel = json!({"protocol": "multiverse"});
+        if let Some(m) = kv_merge {
+            parallel["kv_merge"] = json!(m);
+        }
+        let body = json!({"model": NAME, "prompt": prompt, "max_tokens": 8, "temperature": 0,
+                          "parallel": parallel});
+        let (status, v) = post(plain, "/v1/completions", body);
+        assert_eq!(status, 200, "{v}");
+        v["choices"][0]["weft"]["stats"].clone()
+    };
+    let merged = ask(None);
+    assert_eq!(merged["forks"], 1, "{merged}");
+    assert_eq!(
+        merged["kv_merge_joins"], 1,
+        "multiverse merges KV by default: {merged}"
+    );
+    assert_eq!(ask(Some(true))["kv_merge_joins"], 1);
+    let reprefilled = ask(Some(false));
+    assert_eq!(reprefilled["forks"], 1, "{reprefilled}");
+    assert_eq!(reprefilled["kv_merge_joins"], 0, "{reprefilled}");
+    // A protocol that re-prefills cannot merge.
+    let body =
+        json!({"model": NAME, "prompt": "x", "parallel": {"protocol": "apr", "kv_merge": true}});
+    let (status, v) = post(plain, "/v1/completions", body);
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "parallel.kv_merge", "{v}");
+    let body = json!({"model": NAME, "prompt": "x", "parallel": {"kv_merge": "yes"}});
+    let (status, v) = post(plain, "/v1/completions", body);
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "parallel", "{v}");
+}

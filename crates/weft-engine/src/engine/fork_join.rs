@@ -79,7 +79,7 @@ impl Engine<'_> {
                     .children
                     .iter()
                     .all(|c| matches!(c.prompt, ChildPrompt::Continue { .. }));
-            in_layout && self.cfg.kv_merge && rules.join_mode == JoinMode::KvMerge
+            in_layout && self.requests[r].kv_merge && rules.join_mode == JoinMode::KvMerge
         };
         let req_id = self.requests[r].id;
         let t = &mut self.threads[id];

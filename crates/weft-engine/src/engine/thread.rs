@@ -174,6 +174,8 @@ pub(super) struct RequestState {
     pub max_children: usize,
     pub max_depth: u32,
     pub max_total_tokens: usize,
+    /// Joins may merge KV (`RequestSpec::kv_merge` and the engine's).
+    pub kv_merge: bool,
 }
 
 impl RequestState {
