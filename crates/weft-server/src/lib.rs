@@ -45,7 +45,7 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use weft_engine::{Event, Response};
 
 pub use engine_thread::{EngineHandle, SubmitError};
@@ -327,6 +327,9 @@ async fn handle(
             }
         }
         match done {
+            Some(r) if r.finish_reason == weft_engine::FinishReason::Error => {
+                return error_response(500, &engine_error_message(&r), None)
+            }
             Some(r) => responses.push(r),
             None => return error_response(500, "the engine dropped the request", None),
         }
@@ -418,6 +421,16 @@ fn stream_response(
                     chunk(&mut st, Some(text));
                 }
             }
+            // The engine gave up on the request: headers are sent, so the
+            // error goes out as a data frame (vLLM's way), then `[DONE]`.
+            Event::Finished {
+                reason: weft_engine::FinishReason::Error,
+                response,
+                ..
+            } => {
+                st.finished[i] = Some((**response).clone());
+                out.push(Ok(error_frame(&engine_error_message(response))));
+            }
             Event::Finished {
                 reason, response, ..
             } => {
@@ -435,21 +448,48 @@ fn stream_response(
     let include_usage = valid.include_usage;
     let per_prompt = valid.n;
     let tail = stream::once(async move {
-        let usage = st2
-            .lock()
-            .map(|st| {
-                let done: Vec<Response> = st.finished.iter().flatten().cloned().collect();
-                openai::usage(&done, per_prompt)
-            })
-            .unwrap_or(Value::Null);
-        include_usage.then(|| {
-            Ok(SseEvent::default()
-                .data(openai::usage_chunk(endpoint, &id2, created, &model2, usage).to_string()))
-        })
+        let Ok(st) = st2.lock() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        // A choice whose events ended without `Finished`: the engine
+        // dropped it (it failed a step). Say so, in the stream.
+        for (i, f) in st.finished.iter().enumerate() {
+            if f.is_none() {
+                out.push(Ok(error_frame(&format!(
+                    "choice {i}: the engine stopped this request before it finished"
+                ))));
+            }
+        }
+        if include_usage {
+            let done: Vec<Response> = st.finished.iter().flatten().cloned().collect();
+            let usage = openai::usage(&done, per_prompt);
+            out.push(Ok(SseEvent::default().data(
+                openai::usage_chunk(endpoint, &id2, created, &model2, usage).to_string(),
+            )));
+        }
+        out
     })
-    .filter_map(|x| async move { x });
+    .flat_map(stream::iter);
     let done = stream::once(async { Ok(SseEvent::default().data("[DONE]")) });
     Sse::new(body.chain(tail).chain(done))
+}
+
+/// An error after the response's headers went out: a data frame in
+/// OpenAI's error shape (status 500), as vLLM sends one.
+fn error_frame(message: &str) -> SseEvent {
+    SseEvent::default().data(openai::error(500, message, None).to_string())
+}
+
+/// Why the engine ended a request with `FinishReason::Error` (the last
+/// reason it recorded).
+fn engine_error_message(r: &Response) -> String {
+    let why = r
+        .stats
+        .refused_forks
+        .last()
+        .map_or("unknown", String::as_str);
+    format!("the engine could not finish the request: {why}")
 }
 
 /// A tree event of choice `index` as an SSE event named `weft.thread`
@@ -469,4 +509,123 @@ struct StreamState {
     finished: Vec<Option<Response>>,
     /// Each choice's text offset so far (for `text_offset`).
     offset: Vec<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+    use serde_json::Value;
+    use weft_engine::{FinishReason, RequestId, RequestStats};
+
+    fn streamed(events: Vec<Event>) -> Vec<String> {
+        let defaults = Defaults {
+            served_model_name: "m".into(),
+            protocol: None,
+            special_tokens_in_content: false,
+        };
+        let body = br#"{"prompt": "x", "stream": true, "stream_options": {"include_usage": true}}"#;
+        let valid = validation::validate(body, Endpoint::Completions, &defaults, &|| 1).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for e in events {
+            tx.send(e).unwrap();
+        }
+        drop(tx);
+        let resp = stream_response(valid, vec![rx], "cmpl-1".into(), "m".into()).into_response();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = rt
+            .block_on(axum::body::to_bytes(resp.into_body(), usize::MAX))
+            .unwrap();
+        String::from_utf8(bytes.to_vec())
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: ").map(String::from))
+            .collect()
+    }
+
+    fn text(t: &str) -> Event {
+        Event::Text {
+            request: RequestId(0),
+            thread: 0,
+            depth: 0,
+            text: t.into(),
+            token_ids: vec![1],
+            logprobs: None,
+        }
+    }
+
+    fn finished(reason: FinishReason, why: Option<&str>) -> Event {
+        let mut stats = RequestStats::default();
+        stats.refused_forks.extend(why.map(String::from));
+        Event::Finished {
+            request: RequestId(0),
+            reason,
+            response: Box::new(Response {
+                id: RequestId(0),
+                text: "Hi".into(),
+                finish_reason: reason,
+                prompt_tokens: 1,
+                threads: Vec::new(),
+                stats,
+            }),
+        }
+    }
+
+    fn errors(frames: &[String]) -> Vec<Value> {
+        frames
+            .iter()
+            .filter_map(|f| serde_json::from_str::<Value>(f).ok())
+            .filter(|v| v.get("error").is_some())
+            .collect()
+    }
+
+    #[test]
+    fn a_request_the_engine_drops_mid_stream_ends_with_an_error_frame_then_done() {
+        let frames = streamed(vec![text("Hi")]);
+        assert_eq!(
+            frames.last().map(String::as_str),
+            Some("[DONE]"),
+            "{frames:?}"
+        );
+        let errs = errors(&frames);
+        assert_eq!(errs.len(), 1, "{frames:?}");
+        assert_eq!(errs[0]["error"]["code"], 500);
+        assert!(errs[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped"));
+        // The text sent before the failure stays sent.
+        assert!(frames[0].contains("\"Hi\""), "{frames:?}");
+    }
+
+    #[test]
+    fn an_engine_error_finish_is_an_error_frame_not_a_finish_reason() {
+        let frames = streamed(vec![
+            text("Hi"),
+            finished(FinishReason::Error, Some("stuck")),
+        ]);
+        let errs = errors(&frames);
+        assert_eq!(errs.len(), 1, "{frames:?}");
+        assert!(errs[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stuck"));
+        assert!(!frames
+            .iter()
+            .any(|f| f.contains("\"finish_reason\":\"error\"")));
+        assert_eq!(frames.last().map(String::as_str), Some("[DONE]"));
+    }
+
+    #[test]
+    fn a_normal_stream_has_no_error_frame() {
+        let frames = streamed(vec![text("Hi"), finished(FinishReason::Stop, None)]);
+        assert!(errors(&frames).is_empty(), "{frames:?}");
+        assert!(frames
+            .iter()
+            .any(|f| f.contains("\"finish_reason\":\"stop\"")));
+        assert!(frames.iter().any(|f| f.contains("\"usage\"")), "{frames:?}");
+    }
 }

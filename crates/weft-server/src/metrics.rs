@@ -36,6 +36,7 @@ pub fn handle() -> &'static PrometheusHandle {
         match recorder {
             Ok(r) => {
                 let h = r.handle();
+                describe();
                 // Another recorder may be installed already (an embedding
                 // program); then this handle renders only what it sees.
                 let _ = metrics::set_global_recorder(r);
@@ -44,6 +45,70 @@ pub fn handle() -> &'static PrometheusHandle {
             Err(_) => PrometheusBuilder::new().build_recorder().handle(),
         }
     })
+}
+
+/// `# HELP` lines (vLLM's wording where the metric is vLLM's).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "weft:num_requests_running",
+        "Number of requests in model execution batches."
+    );
+    describe_gauge!(
+        "weft:num_requests_waiting",
+        "Number of requests waiting to be processed."
+    );
+    describe_gauge!(
+        "weft:kv_cache_usage_perc",
+        "KV-cache usage. 1 means 100 percent usage."
+    );
+    describe_gauge!(
+        "weft:live_threads",
+        "Threads of all requests that are decoding or waiting for their children."
+    );
+    describe_counter!(
+        "weft:prompt_tokens_total",
+        "Number of prefill tokens processed."
+    );
+    describe_counter!(
+        "weft:generation_tokens_total",
+        "Number of generation tokens processed (every thread of every request)."
+    );
+    describe_counter!(
+        "weft:request_success_total",
+        "Count of successfully processed requests (one per choice), by finish reason."
+    );
+    describe_counter!(
+        "weft:forks_total",
+        "Forks: thread groups started by a protocol."
+    );
+    describe_counter!(
+        "weft:joins_total",
+        "Joins, by mode: kv_merge (children's KV kept in place) or reprefill."
+    );
+    describe_histogram!(
+        "weft:time_to_first_token_seconds",
+        Unit::Seconds,
+        "Histogram of time to first token in seconds."
+    );
+    describe_histogram!(
+        "weft:inter_token_latency_seconds",
+        Unit::Seconds,
+        "Histogram of inter-token latency in seconds (the root thread's tokens)."
+    );
+    describe_histogram!(
+        "weft:e2e_request_latency_seconds",
+        Unit::Seconds,
+        "Histogram of e2e request latency in seconds."
+    );
+    describe_histogram!(
+        "weft:critical_path_tokens",
+        "Tokens on a request's critical path: the longest chain of generated tokens."
+    );
+    describe_histogram!(
+        "weft:parallelism",
+        "A request's generated tokens divided by its critical-path tokens."
+    );
 }
 
 /// Gauges read off the engine after each step.

@@ -71,14 +71,19 @@ struct Raw {
     model: Option<String>,
     prompt: Option<Value>,
     messages: Option<Vec<RawMessage>>,
+    #[serde(default, deserialize_with = "integer")]
     max_tokens: Option<i64>,
+    #[serde(default, deserialize_with = "integer")]
     max_completion_tokens: Option<i64>,
     temperature: Option<f64>,
     top_p: Option<f64>,
+    #[serde(default, deserialize_with = "integer")]
     top_k: Option<i64>,
     min_p: Option<f64>,
+    #[serde(default, deserialize_with = "integer")]
     seed: Option<i64>,
     stop: Option<Value>,
+    #[serde(default, deserialize_with = "integer")]
     n: Option<i64>,
     stream: Option<bool>,
     /// vLLM's extension: decode past end of sequence.
@@ -89,6 +94,24 @@ struct Raw {
     /// Absent: the server's protocol; `null`: plain text; an object: these.
     #[serde(default, deserialize_with = "present")]
     parallel: Option<Value>,
+}
+
+/// An integer field that also takes a float with no fraction (`2.0`), as
+/// pydantic's lax mode does for vLLM; `null` is absent.
+fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => {
+            if let Some(i) = n.as_i64() {
+                return Ok(Some(i));
+            }
+            match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+                _ => Err(D::Error::custom(format!("expected an integer, got {n}"))),
+            }
+        }
+    }
 }
 
 /// Keeps `"parallel": null` apart from a missing field.
@@ -115,7 +138,9 @@ struct StreamOptions {
 #[derive(Deserialize)]
 struct Parallel {
     protocol: Option<String>,
+    #[serde(default, deserialize_with = "integer")]
     max_children: Option<i64>,
+    #[serde(default, deserialize_with = "integer")]
     max_depth: Option<i64>,
     /// `false`: re-prefill every join; `true` (the default for protocols
     /// that join by KV merge): merge the children's KV.
@@ -148,8 +173,17 @@ pub fn validate(
             "the body must be a JSON object",
         ));
     }
-    let raw: Raw = serde_json::from_value(value)
-        .map_err(|e| InvalidRequest::new("body", format!("a field has the wrong type: {e}")))?;
+    // The path of a field with the wrong type names it (`param`), as
+    // vLLM's pydantic errors do.
+    let raw: Raw = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let param = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        InvalidRequest::new(&param, format!("{param}: {}", e.inner()))
+    })?;
     if let Some(m) = &raw.model {
         if m != &defaults.served_model_name {
             return Err(InvalidRequest {
@@ -417,21 +451,34 @@ fn parallel(value: Option<&Value>, defaults: &Defaults) -> Result<ParallelChoice
         limits: weft_engine::RequestLimits::default(),
         kv_merge: true,
     };
-    let p: Parallel = match value {
-        None => return Ok(choice),
-        Some(Value::Null) => {
-            choice.protocol = None;
-            return Ok(choice);
-        }
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-            InvalidRequest::new(
+    let p: Parallel =
+        match value {
+            None => return Ok(choice),
+            Some(Value::Null) => {
+                choice.protocol = None;
+                return Ok(choice);
+            }
+            Some(v) if !v.is_object() => return Err(InvalidRequest::new(
                 "parallel",
-                format!(
-                    "parallel must be null or {{protocol, max_children, max_depth, kv_merge}}: {e}"
-                ),
-            )
-        })?,
-    };
+                "parallel must be null or an object {protocol, max_children, max_depth, kv_merge}",
+            )),
+            Some(v) => serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+                let path = e.path().to_string();
+                let param = if path == "." {
+                    "parallel".to_string()
+                } else {
+                    format!("parallel.{path}")
+                };
+                InvalidRequest::new(
+                    &param,
+                    format!(
+                        "{param}: {} (parallel is null or {{protocol, max_children, max_depth, \
+                     kv_merge}})",
+                        e.inner()
+                    ),
+                )
+            })?,
+        };
     if let Some(name) = p.protocol {
         choice.protocol = Some(name);
     }

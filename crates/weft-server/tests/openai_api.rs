@@ -227,6 +227,25 @@ fn bad_requests_get_openai_errors_naming_the_field() {
             400,
         ),
         (json!({"prompt": "x", "logprobs": 50}), "logprobs", 400),
+        // A field of the wrong type is named by its path.
+        (json!({"prompt": "x", "max_tokens": "8"}), "max_tokens", 400),
+        (json!({"prompt": "x", "max_tokens": 2.5}), "max_tokens", 400),
+        (
+            json!({"prompt": "x", "temperature": "hot"}),
+            "temperature",
+            400,
+        ),
+        (json!({"prompt": "x", "stream": 1}), "stream", 400),
+        (
+            json!({"prompt": "x", "stream_options": {"include_usage": "yes"}}),
+            "stream_options.include_usage",
+            400,
+        ),
+        (
+            json!({"prompt": "x", "parallel": {"max_depth": -1}}),
+            "parallel.max_depth",
+            400,
+        ),
     ] {
         let (got, v) = post(plain, "/v1/completions", body.clone());
         assert_eq!(got, status, "{body}: {v}");
@@ -247,6 +266,25 @@ fn bad_requests_get_openai_errors_naming_the_field() {
         (400, Some("messages")),
         "{v}"
     );
+    let (got, v) = post(
+        plain,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": 5, "content": "hi"}]}),
+    );
+    assert_eq!(
+        (got, v["error"]["param"].as_str()),
+        (400, Some("messages[0].role")),
+        "{v}"
+    );
+    // Integers written as floats with no fraction are integers (pydantic's
+    // lax mode, as vLLM parses them).
+    let (got, v) = post(
+        plain,
+        "/v1/completions",
+        json!({"prompt": "Hello", "max_tokens": 2.0, "n": 1.0, "seed": 3.0}),
+    );
+    assert_eq!(got, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 2, "{v}");
     let (got, v) = post(plain, "/v1/completions", json!([1, 2]));
     assert_eq!(
         (got, v["error"]["param"].as_str()),
@@ -531,6 +569,10 @@ fn parallel_kv_merge_chooses_the_join_and_is_refused_where_it_cannot_apply() {
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "parallel.kv_merge", "{v}");
     let body = json!({"model": NAME, "prompt": "x", "parallel": {"kv_merge": "yes"}});
+    let (status, v) = post(plain, "/v1/completions", body);
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "parallel.kv_merge", "{v}");
+    let body = json!({"model": NAME, "prompt": "x", "parallel": [1]});
     let (status, v) = post(plain, "/v1/completions", body);
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "parallel", "{v}");

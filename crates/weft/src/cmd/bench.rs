@@ -27,6 +27,9 @@ pub enum BenchWhat {
     /// Training tokens/s of `weft train` against PyTorch on the same model
     /// shape and batch (random tokens).
     Train(super::bench_train::TrainBenchArgs),
+    /// `weft serve` against `llama-server -np N` on one streamed request
+    /// mix: throughput, TTFT and inter-token latency at each concurrency.
+    Serve(super::bench_serve::ServeBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -146,6 +149,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchWhat::Decode(a) => decode(a),
         BenchWhat::Threads(a) => super::bench_threads::run(a).map(|()| ExitCode::SUCCESS),
         BenchWhat::Train(a) => super::bench_train::run(a).map(|()| ExitCode::SUCCESS),
+        BenchWhat::Serve(a) => super::bench_serve::run(a).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_serve;
 pub mod bench_threads;
 pub mod bench_train;
 pub mod countdown;

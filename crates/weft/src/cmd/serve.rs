@@ -111,7 +111,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!(
-            "[weft] serving `{name}` on http://{} (OpenAI API under /v1; Ctrl-C stops)",
+            "[weft] serving `{name}` on http://{} (OpenAI API under /v1, live thread trees at /; Ctrl-C stops)",
             listener.local_addr()?
         );
         weft_server::serve(listener, weft_server::router(engine, server))
