@@ -13,7 +13,11 @@
 //! `POST /v1/chat/completions` (both whole and streamed, `n` choices,
 //! `stream_options.include_usage`), with vLLM's extension fields `top_k`,
 //! `min_p`, `ignore_eos` and `parallel` (`{protocol, max_children,
-//! max_depth, kv_merge}`, or `null` for plain text). Protocol responses carry
+//! max_depth, max_thread_tokens, max_total_tokens, kv_merge}`, or `null`
+//! for plain text). `max_tokens` bounds the root and, unless
+//! `parallel.max_thread_tokens` says otherwise, each child thread;
+//! `usage.completion_tokens` counts every thread's tokens (what was
+//! computed), so a forking request's may exceed `max_tokens`. Protocol responses carry
 //! `weft: {threads, stats}`; a streamed protocol request carries the root's
 //! visible text (its tokens and what its joins append) in standard chunks,
 //! and with `stream_options.include_threads` the tree as SSE events named
@@ -472,7 +476,11 @@ fn stream_response(
     })
     .flat_map(stream::iter);
     let done = stream::once(async { Ok(SseEvent::default().data("[DONE]")) });
-    Sse::new(body.chain(tail).chain(done))
+    // Comment frames while nothing else goes out (a forked root is silent
+    // until its join), so clients and proxies do not time the stream out.
+    Sse::new(body.chain(tail).chain(done)).keep_alive(
+        axum::response::sse::KeepAlive::new().interval(std::time::Duration::from_secs(5)),
+    )
 }
 
 /// An error after the response's headers went out: a data frame in
@@ -531,13 +539,17 @@ mod tests {
             tx.send(e).unwrap();
         }
         drop(tx);
-        let resp = stream_response(valid, vec![rx], "cmpl-1".into(), "m".into()).into_response();
-        assert_eq!(resp.status(), StatusCode::OK);
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
         let bytes = rt
-            .block_on(axum::body::to_bytes(resp.into_body(), usize::MAX))
+            .block_on(async {
+                let resp =
+                    stream_response(valid, vec![rx], "cmpl-1".into(), "m".into()).into_response();
+                assert_eq!(resp.status(), StatusCode::OK);
+                axum::body::to_bytes(resp.into_body(), usize::MAX).await
+            })
             .unwrap();
         String::from_utf8(bytes.to_vec())
             .unwrap()

@@ -142,6 +142,13 @@ struct Parallel {
     max_children: Option<i64>,
     #[serde(default, deserialize_with = "integer")]
     max_depth: Option<i64>,
+    /// Tokens each child thread may generate (default: the request's
+    /// `max_tokens`, else the engine's per-thread limit).
+    #[serde(default, deserialize_with = "integer")]
+    max_thread_tokens: Option<i64>,
+    /// Tokens all threads together may generate.
+    #[serde(default, deserialize_with = "integer")]
+    max_total_tokens: Option<i64>,
     /// `false`: re-prefill every join; `true` (the default for protocols
     /// that join by KV merge): merge the children's KV.
     kv_merge: Option<bool>,
@@ -152,6 +159,7 @@ struct ParallelChoice {
     protocol: Option<String>,
     limits: weft_engine::RequestLimits,
     kv_merge: bool,
+    max_thread_tokens: Option<usize>,
 }
 
 /// Most choices one request may ask for.
@@ -258,6 +266,7 @@ pub fn validate(
         protocol,
         limits,
         kv_merge,
+        max_thread_tokens,
     } = parallel(raw.parallel.as_ref(), defaults)?;
     let seed = match raw.seed {
         Some(s) if s < 0 => {
@@ -284,6 +293,9 @@ pub fn validate(
                 seed: seed.wrapping_add(i),
             };
             spec.max_tokens = max_tokens;
+            // A child may not run longer than the request's own budget:
+            // `max_tokens` bounds every thread unless `parallel` says.
+            spec.max_thread_tokens = max_thread_tokens.or(max_tokens);
             spec.stop = stop.clone();
             spec.limits = limits;
             spec.kv_merge = kv_merge;
@@ -450,6 +462,7 @@ fn parallel(value: Option<&Value>, defaults: &Defaults) -> Result<ParallelChoice
         protocol: defaults.protocol.clone(),
         limits: weft_engine::RequestLimits::default(),
         kv_merge: true,
+        max_thread_tokens: None,
     };
     let p: Parallel =
         match value {
@@ -473,7 +486,7 @@ fn parallel(value: Option<&Value>, defaults: &Defaults) -> Result<ParallelChoice
                     &param,
                     format!(
                         "{param}: {} (parallel is null or {{protocol, max_children, max_depth, \
-                     kv_merge}})",
+                     max_thread_tokens, max_total_tokens, kv_merge}})",
                         e.inner()
                     ),
                 )
@@ -507,6 +520,18 @@ fn parallel(value: Option<&Value>, defaults: &Defaults) -> Result<ParallelChoice
             InvalidRequest::new("parallel.max_children", "max_children must be >= 0")
         })?);
     }
+    let positive = |v: Option<i64>, field: &str| -> Result<Option<usize>, InvalidRequest> {
+        match v {
+            None => Ok(None),
+            Some(n) if n >= 1 => Ok(Some(n as usize)),
+            Some(n) => Err(InvalidRequest::new(
+                &format!("parallel.{field}"),
+                format!("{field} must be at least 1, got {n}"),
+            )),
+        }
+    };
+    choice.max_thread_tokens = positive(p.max_thread_tokens, "max_thread_tokens")?;
+    choice.limits.max_total_tokens = positive(p.max_total_tokens, "max_total_tokens")?;
     if let Some(d) = p.max_depth {
         choice.limits.max_depth =
             Some(u32::try_from(d).map_err(|_| {

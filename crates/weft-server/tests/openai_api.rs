@@ -577,3 +577,41 @@ fn parallel_kv_merge_chooses_the_join_and_is_refused_where_it_cannot_apply() {
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "parallel", "{v}");
 }
+
+#[test]
+fn max_tokens_bounds_every_thread_unless_parallel_says_otherwise() {
+    let (plain, _, _) = *servers();
+    let prompt = "Question: how far apart are (1, 2) and (7, -7)?\n<Parallel>\n<Outlines>\n<Outline>1: Compute (dx)^2.</Outline>\n<Outline>2: Compute (dy)^2.</Outline>\n<Outline>3: Add them.</Outline>\n</Outlines>";
+    let children = |parallel: Value, max_tokens: usize| -> Vec<u64> {
+        let body = json!({"model": NAME, "prompt": prompt, "max_tokens": max_tokens,
+                          "temperature": 1.0, "seed": 7, "ignore_eos": true,
+                          "parallel": parallel});
+        let (status, v) = post(plain, "/v1/completions", body);
+        assert_eq!(status, 200, "{v}");
+        let threads = v["choices"][0]["weft"]["threads"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert!(threads.len() >= 4, "{v}");
+        threads[1..]
+            .iter()
+            .map(|t| t["generated_tokens"].as_u64().unwrap())
+            .collect()
+    };
+    // ignore_eos keeps each child decoding until a limit or `</Thread>`.
+    let bounded = children(json!({"protocol": "threadweaver"}), 3);
+    assert!(bounded.iter().all(|&n| n <= 3), "{bounded:?}");
+    let own = children(
+        json!({"protocol": "threadweaver", "max_thread_tokens": 5}),
+        3,
+    );
+    assert!(own.iter().all(|&n| n <= 5), "{own:?}");
+    assert!(own.iter().any(|&n| n > 3), "{own:?}");
+    let (status, v) = post(
+        plain,
+        "/v1/completions",
+        json!({"prompt": "x", "parallel": {"protocol": "threadweaver", "max_thread_tokens": 0}}),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["param"], "parallel.max_thread_tokens", "{v}");
+}

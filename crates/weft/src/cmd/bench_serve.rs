@@ -313,6 +313,13 @@ async fn level(
     }
     let wall = start.elapsed().as_secs_f64();
     let tokens: usize = samples.iter().map(|s| s.tokens).sum();
+    let short = samples.iter().filter(|s| s.tokens != max_tokens).count();
+    if short > 0 {
+        eprintln!(
+            "[weft] warning: {server}: {short} of {requests} requests did not return \
+             {max_tokens} tokens (throughput counts the tokens they did return)"
+        );
+    }
     let mut ttft: Vec<f64> = samples.iter().map(|s| s.ttft * 1e3).collect();
     let mut itl: Vec<f64> = samples
         .iter()
