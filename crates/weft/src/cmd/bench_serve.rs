@@ -279,7 +279,12 @@ async fn level(
     max_tokens: usize,
     first: usize,
 ) -> anyhow::Result<Row> {
-    let client = reqwest::Client::new();
+    // A fresh connection per request, for both servers: llama-server's
+    // HTTP library closes a kept-alive connection after a few requests, and
+    // a request racing that close fails.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
     // Warm-up: each client's connection and the server's first batch.
     let warm: Vec<_> = (0..concurrency)
         .map(|c| {
