@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """`weft serve` against the official `openai` Python client.
 
-Usage: openai_client_test.py BASE_URL API_KEY MODEL
-(`scripts/serve-client-test.sh` starts the server and runs this.)
+Usage: openai_client_test.py BASE_URL API_KEY MODEL [BUSY_URL]
+(`scripts/serve-client-test.sh` starts the servers and runs this.) BUSY_URL
+is a server started with `--max-concurrent-requests 1` and no key.
 Every check raises on failure; the exit status is 0 only if all pass.
 """
 import sys
@@ -11,6 +12,7 @@ import urllib.request
 import openai
 
 base, key, model = sys.argv[1], sys.argv[2], sys.argv[3]
+busy = sys.argv[4] if len(sys.argv) > 4 else None
 client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
 checks = []
 
@@ -149,6 +151,27 @@ def _():
         raise AssertionError("an unknown model was accepted")
 
 
+@check("503 with Retry-After when the server is full")
+def _():
+    if busy is None:
+        raise AssertionError("no BUSY_URL given")
+    full = openai.OpenAI(base_url=f"{busy}/v1", api_key="none", max_retries=0)
+    stream = full.completions.create(model=model, prompt="Once upon a time", max_tokens=2000,
+                                     temperature=0, stream=True, extra_body={"ignore_eos": True})
+    try:
+        next(iter(stream))
+        try:
+            full.completions.create(model=model, prompt="x", max_tokens=1)
+        except openai.APIStatusError as e:
+            assert e.status_code == 503, e
+            assert e.response.headers.get("retry-after"), dict(e.response.headers)
+            assert e.body["message"], e.body
+        else:
+            raise AssertionError("a second request was accepted past the limit")
+    finally:
+        stream.close()
+
+
 @check("a forced fork carries its tree in the weft extension")
 def _():
     prompt = ("Question: how far apart are (1, 2) and (7, -7)?\n<Parallel>\n<Outlines>\n"
@@ -160,6 +183,25 @@ def _():
     assert weft["protocol"] == "threadweaver"
     assert len(weft["threads"]) >= 4 and weft["stats"]["forks"] >= 1, weft
     assert [t["parent"] for t in weft["threads"][1:4]] == [0, 0, 0], weft["threads"]
+
+
+@check("a forced-fork chat request (an assistant prefill left open) holds its tree")
+def _():
+    outlines = ("<Parallel>\n<Outlines>\n<Outline>1: Compute (dx)^2.</Outline>\n"
+                "<Outline>2: Compute (dy)^2.</Outline>\n<Outline>3: Add them.</Outline>\n"
+                "</Outlines>")
+    r = client.chat.completions.create(
+        model=model, max_tokens=16, temperature=0,
+        messages=[{"role": "user", "content": "How far apart are (1, 2) and (7, -7)?"},
+                  {"role": "assistant", "content": outlines}],
+        extra_body={"parallel": {"protocol": "threadweaver"},
+                    "continue_final_message": True, "add_generation_prompt": False})
+    weft = r.choices[0].model_extra["weft"]
+    assert weft["stats"]["forks"] == 1, weft["stats"]
+    assert [t["parent"] for t in weft["threads"][1:4]] == [0, 0, 0], weft["threads"]
+    assert len(weft["threads"]) == 4, weft["threads"]
+    assert r.choices[0].finish_reason in ("stop", "length"), r.choices[0]
+    assert "<Thread>" in r.choices[0].message.content, r.choices[0].message.content
 
 
 @check("a forced-fork stream: standard chunks only, the text adds up")

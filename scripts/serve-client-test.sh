@@ -22,19 +22,31 @@ fi
 BIN="${CARGO_TARGET_DIR:-$CACHE/target}/release/weft"
 MODEL="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 LOG="$(mktemp)"
+BUSY_LOG="$(mktemp)"
 "$BIN" serve --model "$MODEL" --host 127.0.0.1 --port 0 --served-model-name smollm2 \
   --api-key test-key 2>"$LOG" &
 PID=$!
-trap 'kill $PID 2>/dev/null || true; rm -f "$LOG"' EXIT
-URL=""
-for _ in $(seq 1 100); do
-  URL="$(grep -o 'http://127.0.0.1:[0-9]*' "$LOG" || true)"
-  [ -n "$URL" ] && break
-  kill -0 $PID 2>/dev/null || { cat "$LOG" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$URL" ] || { echo "weft serve did not start" >&2; cat "$LOG" >&2; exit 1; }
-timeout 300 "$VENV/bin/python" scripts/openai_client_test.py "$URL" test-key smollm2
+# A second server that takes one request at a time (for the 503 check).
+"$BIN" serve --model "$MODEL" --host 127.0.0.1 --port 0 --served-model-name smollm2 \
+  --max-concurrent-requests 1 2>"$BUSY_LOG" &
+BUSY_PID=$!
+trap 'kill $PID $BUSY_PID 2>/dev/null || true; rm -f "$LOG" "$BUSY_LOG"' EXIT
+# Waits for a server's address in its log; prints it.
+address() {
+  local log=$1 pid=$2 url=""
+  for _ in $(seq 1 300); do
+    url="$(grep -o 'http://127.0.0.1:[0-9]*' "$log" || true)"
+    [ -n "$url" ] && { echo "$url"; return 0; }
+    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "weft serve did not start" >&2
+  cat "$log" >&2
+  return 1
+}
+URL="$(address "$LOG" $PID)"
+BUSY_URL="$(address "$BUSY_LOG" $BUSY_PID)"
+timeout 300 "$VENV/bin/python" scripts/openai_client_test.py "$URL" test-key smollm2 "$BUSY_URL"
 mkdir -p "$CACHE/artifacts"
 timeout 300 "$VENV/bin/python" scripts/tree_page_test.py "$URL" test-key smollm2 \
   "$CACHE/artifacts/tree-page.png"

@@ -121,6 +121,9 @@ pub struct RequestSpec {
     /// none.
     pub logprobs: Option<usize>,
     pub limits: RequestLimits,
+    /// How a `Prompt::Chat` is rendered (`add_generation_prompt`,
+    /// `continue_final_message`, as `transformers` takes them).
+    pub chat: weft_model::chat::ChatOptions,
     /// Join by KV merge where the protocol joins that way (Multiverse, NPR)
     /// and the engine allows it (`EngineConfig::kv_merge`). `false`:
     /// re-prefill every join, as the methods' client loops over vLLM and
@@ -149,6 +152,7 @@ impl RequestSpec {
             logprobs: None,
             limits: RequestLimits::default(),
             kv_merge: true,
+            chat: weft_model::chat::ChatOptions::default(),
         }
     }
 

@@ -188,7 +188,7 @@ pub fn validate(
         }
         Prompt::Chat(messages) => {
             let (text, tokens) = tok
-                .encode_chat(&messages, spec.special_tokens_in_content)
+                .encode_chat_with(&messages, spec.chat, spec.special_tokens_in_content)
                 .map_err(|e| ValidationError::ChatTemplate(e.to_string()))?;
             (text, tokens, true)
         }

@@ -21,6 +21,42 @@ impl Message {
     }
 }
 
+/// How a chat is rendered (`transformers`' `apply_chat_template` flags, as
+/// vLLM's chat endpoint passes them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatOptions {
+    /// End with the assistant's turn opener (default).
+    pub add_generation_prompt: bool,
+    /// Leave the final message open, so the model continues it (an
+    /// assistant prefill); cuts the render right after that message's
+    /// content. Exclusive with `add_generation_prompt`.
+    pub continue_final_message: bool,
+}
+
+impl Default for ChatOptions {
+    fn default() -> Self {
+        ChatOptions {
+            add_generation_prompt: true,
+            continue_final_message: false,
+        }
+    }
+}
+
+/// Cuts `rendered` right after the last occurrence of `final_content`, as
+/// `transformers` does for `continue_final_message` (falling back to the
+/// content with surrounding whitespace stripped, as it does). Errors: the
+/// content does not appear in the render.
+pub fn continue_final(rendered: &str, final_content: &str) -> Result<String> {
+    for needle in [final_content, final_content.trim()] {
+        if let Some(at) = rendered.rfind(needle) {
+            return Ok(rendered[..at + needle.len()].to_string());
+        }
+    }
+    Err(ModelError::ChatTemplate(
+        "continue_final_message is set but the final message does not appear in the chat after applying the chat template".into(),
+    ))
+}
+
 /// Renders `template` for `messages`, ending with the assistant's turn opener
 /// when `add_generation_prompt` is set.
 pub fn render(
@@ -67,6 +103,23 @@ mod tests {
     use super::*;
 
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn continue_final_message_leaves_the_last_turn_open() {
+        let messages = [
+            Message::new("user", "Hi"),
+            Message::new("assistant", "Hello, I"),
+        ];
+        let closed = render(CHATML, &messages, false, "", "").unwrap();
+        let open = continue_final(&closed, &messages[1].content).unwrap();
+        assert_eq!(
+            open,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello, I"
+        );
+        // A template that strips the content: the stripped form is found.
+        assert_eq!(continue_final("a: x\n", "x \n").unwrap(), "a: x");
+        assert!(continue_final("a: y", "x").is_err());
+    }
 
     #[test]
     fn renders_chatml() {

@@ -294,12 +294,41 @@ impl Tokenizer {
     /// assistant's turn opener (`add_generation_prompt`), as `transformers`
     /// does. Errors: the model has no template, or the template fails.
     pub fn render_chat(&self, messages: &[crate::chat::Message]) -> Result<String> {
+        self.render_chat_with(messages, crate::chat::ChatOptions::default())
+    }
+
+    /// [`Tokenizer::render_chat`] with `transformers`' flags
+    /// (`add_generation_prompt`, `continue_final_message`). Errors: no
+    /// template, a failed render, both flags set, or a final message the
+    /// render does not contain.
+    pub fn render_chat_with(
+        &self,
+        messages: &[crate::chat::Message],
+        opts: crate::chat::ChatOptions,
+    ) -> Result<String> {
         let template = self
             .chat_template
             .as_deref()
             .ok_or_else(|| ModelError::ChatTemplate("this model has no chat template".into()))?;
+        if opts.add_generation_prompt && opts.continue_final_message {
+            return Err(ModelError::ChatTemplate(
+                "continue_final_message and add_generation_prompt cannot both be set".into(),
+            ));
+        }
         let name = |id: Option<u32>| id.and_then(|b| self.id_to_token(b)).unwrap_or_default();
-        crate::chat::render(template, messages, true, &name(self.bos), &name(self.eos))
+        let text = crate::chat::render(
+            template,
+            messages,
+            opts.add_generation_prompt,
+            &name(self.bos),
+            &name(self.eos),
+        )?;
+        match messages.last() {
+            Some(last) if opts.continue_final_message => {
+                crate::chat::continue_final(&text, &last.content)
+            }
+            _ => Ok(text),
+        }
     }
 
     /// Token ids of `text` with special-token text (like `<|im_end|>`) read
@@ -338,7 +367,22 @@ impl Tokenizer {
         messages: &[crate::chat::Message],
         special_tokens_in_content: bool,
     ) -> Result<(String, Vec<u32>)> {
-        let text = self.render_chat(messages)?;
+        self.encode_chat_with(
+            messages,
+            crate::chat::ChatOptions::default(),
+            special_tokens_in_content,
+        )
+    }
+
+    /// [`Tokenizer::encode_chat`] with `transformers`' flags (see
+    /// [`Tokenizer::render_chat_with`]).
+    pub fn encode_chat_with(
+        &self,
+        messages: &[crate::chat::Message],
+        opts: crate::chat::ChatOptions,
+        special_tokens_in_content: bool,
+    ) -> Result<(String, Vec<u32>)> {
+        let text = self.render_chat_with(messages, opts)?;
         let risky: Vec<&str> = messages
             .iter()
             .map(|m| m.content.as_str())

@@ -88,6 +88,11 @@ struct Raw {
     stream: Option<bool>,
     /// vLLM's extension: decode past end of sequence.
     ignore_eos: Option<bool>,
+    /// vLLM's chat extensions, `transformers`' template flags: a final
+    /// assistant message left open is an assistant prefill the model
+    /// continues (a way to force a fork from chat).
+    add_generation_prompt: Option<bool>,
+    continue_final_message: Option<bool>,
     stream_options: Option<StreamOptions>,
     logprobs: Option<Value>,
     top_logprobs: Option<Value>,
@@ -278,6 +283,17 @@ pub fn validate(
         Some(s) => s as u64,
         None => seed_source(),
     };
+    let continue_final_message = raw.continue_final_message.unwrap_or(false);
+    let chat = weft_model::chat::ChatOptions {
+        continue_final_message,
+        add_generation_prompt: raw.add_generation_prompt.unwrap_or(!continue_final_message),
+    };
+    if chat.continue_final_message && chat.add_generation_prompt {
+        return Err(InvalidRequest::new(
+            "continue_final_message",
+            "continue_final_message and add_generation_prompt cannot both be true",
+        ));
+    }
     let stream = raw.stream.unwrap_or(false);
     let mut choices = Vec::new();
     for prompt in prompts {
@@ -299,6 +315,7 @@ pub fn validate(
             spec.stop = stop.clone();
             spec.limits = limits;
             spec.kv_merge = kv_merge;
+            spec.chat = chat;
             spec.ignore_eos = raw.ignore_eos.unwrap_or(false);
             spec.logprobs = logprobs;
             spec.special_tokens_in_content = defaults.special_tokens_in_content;

@@ -276,6 +276,17 @@ fn bad_requests_get_openai_errors_naming_the_field() {
         (400, Some("messages[0].role")),
         "{v}"
     );
+    let (got, v) = post(
+        plain,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "hi"}],
+               "continue_final_message": true, "add_generation_prompt": true}),
+    );
+    assert_eq!(
+        (got, v["error"]["param"].as_str()),
+        (400, Some("continue_final_message")),
+        "{v}"
+    );
     // Integers written as floats with no fraction are integers (pydantic's
     // lax mode, as vLLM parses them).
     let (got, v) = post(
