@@ -167,6 +167,57 @@ struct ParallelChoice {
     max_thread_tokens: Option<usize>,
 }
 
+/// OpenAI and vLLM fields that would change the result and that weft does
+/// not implement, each with the values that mean "off". Such a field with
+/// any other value is refused (400 naming it) rather than silently ignored;
+/// fields that change nothing (`user`, `metadata`, `service_tier`, ...)
+/// are ignored, as OpenAI-compatible servers do.
+const UNSUPPORTED: &[(&str, &[&str])] = &[
+    ("presence_penalty", &["0", "0.0"]),
+    ("frequency_penalty", &["0", "0.0"]),
+    ("repetition_penalty", &["1", "1.0"]),
+    ("logit_bias", &["{}"]),
+    ("best_of", &["1"]),
+    ("echo", &["false"]),
+    ("suffix", &["\"\""]),
+    ("tools", &["[]"]),
+    ("tool_choice", &["\"none\"", "\"auto\""]),
+    ("functions", &["[]"]),
+    ("function_call", &["\"none\"", "\"auto\""]),
+    ("response_format", &["{\"type\":\"text\"}"]),
+    ("guided_json", &[]),
+    ("guided_regex", &[]),
+    ("guided_choice", &[]),
+    ("guided_grammar", &[]),
+    ("structured_outputs", &[]),
+    ("prompt_logprobs", &["0"]),
+    ("min_tokens", &["0"]),
+    ("bad_words", &["[]"]),
+    ("allowed_token_ids", &[]),
+    ("use_beam_search", &["false"]),
+    ("length_penalty", &["1", "1.0"]),
+    ("audio", &[]),
+    ("modalities", &["[\"text\"]"]),
+    ("prediction", &[]),
+    ("web_search_options", &[]),
+];
+
+/// Refuses a field from [`UNSUPPORTED`] set to anything but `null` or its
+/// "off" value.
+fn unsupported(body: &Value) -> Result<(), InvalidRequest> {
+    for (field, off) in UNSUPPORTED {
+        let Some(v) = body.get(*field) else { continue };
+        if v.is_null() || off.contains(&v.to_string().as_str()) {
+            continue;
+        }
+        return Err(InvalidRequest::new(
+            field,
+            format!("{field} is not supported by this server (weft); leave it out or null"),
+        ));
+    }
+    Ok(())
+}
+
 /// Most choices one request may ask for.
 pub const MAX_N: i64 = 16;
 
@@ -186,6 +237,7 @@ pub fn validate(
             "the body must be a JSON object",
         ));
     }
+    unsupported(&value)?;
     // The path of a field with the wrong type names it (`param`), as
     // vLLM's pydantic errors do.
     let raw: Raw = serde_path_to_error::deserialize(value).map_err(|e| {

@@ -227,6 +227,24 @@ fn bad_requests_get_openai_errors_naming_the_field() {
             400,
         ),
         (json!({"prompt": "x", "logprobs": 50}), "logprobs", 400),
+        // Fields that would change the result and are not implemented are
+        // refused, not ignored.
+        (
+            json!({"prompt": "x", "presence_penalty": 0.5}),
+            "presence_penalty",
+            400,
+        ),
+        (
+            json!({"prompt": "x", "logit_bias": {"1": 5}}),
+            "logit_bias",
+            400,
+        ),
+        (
+            json!({"prompt": "x", "response_format": {"type": "json_object"}}),
+            "response_format",
+            400,
+        ),
+        (json!({"prompt": "x", "echo": true}), "echo", 400),
         // A field of the wrong type is named by its path.
         (json!({"prompt": "x", "max_tokens": "8"}), "max_tokens", 400),
         (json!({"prompt": "x", "max_tokens": 2.5}), "max_tokens", 400),
@@ -287,6 +305,15 @@ fn bad_requests_get_openai_errors_naming_the_field() {
         (400, Some("continue_final_message")),
         "{v}"
     );
+    // Their "off" values and fields that change nothing are accepted.
+    let (got, v) = post(
+        plain,
+        "/v1/completions",
+        json!({"prompt": "Hi", "max_tokens": 1, "presence_penalty": 0, "frequency_penalty": 0.0,
+               "logit_bias": {}, "echo": false, "best_of": 1, "user": "u1",
+               "response_format": {"type": "text"}, "tools": null}),
+    );
+    assert_eq!(got, 200, "{v}");
     // Integers written as floats with no fraction are integers (pydantic's
     // lax mode, as vLLM parses them).
     let (got, v) = post(
