@@ -103,6 +103,7 @@ pub fn router(engine: EngineHandle, cfg: ServerConfig) -> Router {
         .method_not_allowed_fallback(|| async {
             error_response(405, "this path does not take that method", None)
         })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -246,27 +247,39 @@ async fn model_info(
     .into_response()
 }
 
-async fn completions(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+/// The largest request body taken (bytes); a larger one is refused with
+/// 413 in OpenAI's error shape.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+async fn completions(State(state): State<Shared>, headers: HeaderMap, body: Body) -> HttpResponse {
     handle(state, headers, body, Endpoint::Completions).await
 }
 
 async fn chat_completions(
     State(state): State<Shared>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> HttpResponse {
     handle(state, headers, body, Endpoint::Chat).await
 }
 
-async fn handle(
-    state: Shared,
-    headers: HeaderMap,
-    body: Bytes,
-    endpoint: Endpoint,
-) -> HttpResponse {
+async fn handle(state: Shared, headers: HeaderMap, body: Body, endpoint: Endpoint) -> HttpResponse {
     if let Some(refusal) = unauthorized(&state, &headers) {
         return refusal;
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let message = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("the request body is over the server's limit of {MAX_BODY_BYTES} bytes")
+            } else {
+                format!("cannot read the request body: {}", e.body_text())
+            };
+            return error_response(e.status().as_u16(), &message, Some("body"));
+        }
+    };
     let defaults = Defaults {
         served_model_name: state.cfg.served_model_name.clone(),
         protocol: state.cfg.protocol.clone(),

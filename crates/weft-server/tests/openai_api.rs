@@ -329,6 +329,14 @@ fn bad_requests_get_openai_errors_naming_the_field() {
         (400, Some("body")),
         "{v}"
     );
+    // A body over the limit: 413 in the same shape.
+    let huge = "x".repeat(weft_server::MAX_BODY_BYTES + 1);
+    let (got, v) = post(plain, "/v1/completions", json!({"prompt": huge}));
+    assert_eq!(
+        (got, v["error"]["param"].as_str()),
+        (413, Some("body")),
+        "{v}"
+    );
     // Unknown paths and methods answer in the same error shape.
     for (path, status) in [("/v1/nope", 404), ("/v1/models", 405)] {
         let (got, v) = post(plain, path, json!({}));
