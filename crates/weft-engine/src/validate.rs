@@ -37,9 +37,15 @@ pub enum ValidationError {
         prompt_tokens: usize,
         context: usize,
     },
-    #[error("the prompt ({prompt_tokens} tokens) does not fit the KV cache ({kv_tokens} tokens); raise the KV budget")]
+    #[error("the prompt ({prompt_tokens} tokens) does not fit the KV cache ({kv_tokens} tokens); give the engine more KV memory (EngineConfig::kv_budget_mib, --kv-mib)")]
     KvCapacity {
         prompt_tokens: usize,
+        kv_tokens: usize,
+    },
+    #[error("the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is more than the KV cache holds ({kv_tokens} tokens), so the request could never finish; lower max_tokens, or give the engine more KV memory (EngineConfig::kv_budget_mib, --kv-mib)")]
+    KvOverflow {
+        prompt_tokens: usize,
+        max_tokens: usize,
         kv_tokens: usize,
     },
     #[error("max_tokens must be at least 1")]
@@ -80,6 +86,7 @@ impl ValidationError {
             | Tokenizer(_)
             | PromptTooLong { .. }
             | KvCapacity { .. } => "prompt",
+            KvOverflow { .. } => "max_tokens",
             ChatTemplate(_) => "messages",
             ContextOverflow { .. } | MaxTokens => "max_tokens",
             MaxThreadTokens => "max_thread_tokens",
@@ -205,12 +212,6 @@ pub fn validate(
     if tokens.is_empty() {
         return Err(ValidationError::EmptyPrompt);
     }
-    if tokens.len() >= kv_tokens {
-        return Err(ValidationError::KvCapacity {
-            prompt_tokens: tokens.len(),
-            kv_tokens,
-        });
-    }
     let max_tokens = match spec.max_tokens {
         // The prompt alone is too long: its fault, not max_tokens'.
         Some(_) if tokens.len() >= max_context => {
@@ -233,8 +234,29 @@ pub fn validate(
                 context: max_context,
             })
         }
-        None => cfg.max_tokens_per_thread.min(max_context - tokens.len()),
+        // A prompt over the context is the context's fault, whatever the
+        // KV cache holds (checked next).
+        None if tokens.len() >= kv_tokens => 0,
+        // The default: the engine's per-thread limit, cut to what the
+        // context and the KV cache leave.
+        None => cfg
+            .max_tokens_per_thread
+            .min(max_context - tokens.len())
+            .min(kv_tokens - tokens.len()),
     };
+    if tokens.len() >= kv_tokens {
+        return Err(ValidationError::KvCapacity {
+            prompt_tokens: tokens.len(),
+            kv_tokens,
+        });
+    }
+    if tokens.len() + max_tokens > kv_tokens {
+        return Err(ValidationError::KvOverflow {
+            prompt_tokens: tokens.len(),
+            max_tokens,
+            kv_tokens,
+        });
+    }
     let tighten = |own: Option<usize>, engine: usize| own.map_or(engine, |n| n.min(engine));
     Ok(ValidRequest {
         text,

@@ -553,3 +553,46 @@ fn logprobs_describe_the_sampled_tokens() {
     bad.logprobs = Some(21);
     assert_eq!(engine.validate(bad).unwrap_err().field(), "logprobs");
 }
+
+/// A request that could never finish in the KV cache is refused at `add`,
+/// naming `max_tokens`; without `max_tokens` its default fits what is left.
+#[test]
+fn a_request_larger_than_the_kv_cache_is_refused_and_the_default_fits() {
+    let (model, tok) = smollm2();
+    let cfg = EngineConfig {
+        kv_budget_mib: 3,
+        max_tokens_per_thread: model.config.max_context,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(&model, &tok, cfg).unwrap();
+    let kv_tokens = engine.kv_blocks_total() * engine.config().block_size;
+    assert!(
+        kv_tokens < model.config.max_context,
+        "the test needs a small cache"
+    );
+    let mut spec = plain("Hello", kv_tokens);
+    spec.ignore_eos = true;
+    match engine.add(spec.clone()) {
+        Err(EngineError::Validation(v)) => {
+            assert!(matches!(v, ValidationError::KvOverflow { .. }), "{v}");
+            assert_eq!(v.field(), "max_tokens");
+        }
+        other => panic!("expected a KV overflow, got {other:?}"),
+    }
+    spec.max_tokens = None;
+    engine.add(spec).unwrap();
+    let done = drain(&mut engine);
+    let r = done.values().next().unwrap();
+    assert_eq!(r.finish_reason, FinishReason::Length);
+    assert!(
+        r.prompt_tokens + r.stats.total_tokens <= kv_tokens,
+        "{:?}",
+        r.stats
+    );
+    assert!(
+        r.stats.total_tokens + r.prompt_tokens >= kv_tokens - 1,
+        "{:?}",
+        r.stats
+    );
+    assert_eq!(r.stats.preemptions, 0);
+}

@@ -29,7 +29,8 @@ enum Command {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::UnboundedSender<Command>,
-    /// The model's context length (tokens), for `/v1/models`.
+    /// The longest request (prompt + output, tokens): the model's context,
+    /// or the KV cache's size when that is smaller; for `/v1/models`.
     pub max_model_len: usize,
     /// Requests added and not yet finished.
     in_flight: Arc<AtomicUsize>,
@@ -61,11 +62,23 @@ impl EngineHandle {
         cfg: EngineConfig,
         max_in_flight: usize,
     ) -> Result<EngineHandle, weft_engine::EngineError> {
-        let max_model_len = model.config.max_context;
         crate::metrics::handle();
         // Build once here so a bad configuration fails at start-up, not on
         // the first request.
-        drop(Engine::new(&model, &tok, cfg.clone())?);
+        let probe = Engine::new(&model, &tok, cfg.clone())?;
+        let kv_tokens = probe.kv_blocks_total() * probe.config().block_size;
+        drop(probe);
+        // What one request can use: the context, or less when the KV cache
+        // is smaller (vLLM refuses to start then; weft says so and serves
+        // shorter requests).
+        let max_model_len = model.config.max_context.min(kv_tokens);
+        if kv_tokens < model.config.max_context {
+            tracing::warn!(
+                "the KV cache holds {kv_tokens} tokens, less than the model's context of {}: \
+                 requests are limited to {kv_tokens} tokens",
+                model.config.max_context
+            );
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let counter = in_flight.clone();

@@ -36,10 +36,11 @@ pub fn handle() -> &'static PrometheusHandle {
         match recorder {
             Ok(r) => {
                 let h = r.handle();
-                describe();
                 // Another recorder may be installed already (an embedding
                 // program); then this handle renders only what it sees.
                 let _ = metrics::set_global_recorder(r);
+                // After the recorder is in place, or the descriptions are lost.
+                describe();
                 h
             }
             Err(_) => PrometheusBuilder::new().build_recorder().handle(),
@@ -131,6 +132,7 @@ pub fn finished(r: &Response) {
     metrics::counter!("weft:request_success_total", "finished_reason" => r.finish_reason.as_str())
         .increment(1);
     metrics::counter!("weft:forks_total").increment(s.forks as u64);
+    metrics::counter!("weft:num_preemptions_total").increment(s.preemptions as u64);
     let reprefill = s.forks.saturating_sub(s.kv_merge_joins);
     metrics::counter!("weft:joins_total", "mode" => "kv_merge").increment(s.kv_merge_joins as u64);
     metrics::counter!("weft:joins_total", "mode" => "reprefill").increment(reprefill as u64);

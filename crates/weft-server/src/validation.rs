@@ -88,6 +88,8 @@ struct Raw {
     stream: Option<bool>,
     /// vLLM's extension: decode past end of sequence.
     ignore_eos: Option<bool>,
+    /// vLLM's extension: token ids that end the request like EOS.
+    stop_token_ids: Option<Vec<u32>>,
     /// vLLM's chat extensions, `transformers`' template flags: a final
     /// assistant message left open is an assistant prefill the model
     /// continues (a way to force a fork from chat).
@@ -173,9 +175,9 @@ struct ParallelChoice {
 /// fields that change nothing (`user`, `metadata`, `service_tier`, ...)
 /// are ignored, as OpenAI-compatible servers do.
 const UNSUPPORTED: &[(&str, &[&str])] = &[
-    ("presence_penalty", &["0", "0.0"]),
-    ("frequency_penalty", &["0", "0.0"]),
-    ("repetition_penalty", &["1", "1.0"]),
+    ("presence_penalty", &["0"]),
+    ("frequency_penalty", &["0"]),
+    ("repetition_penalty", &["1"]),
     ("logit_bias", &["{}"]),
     ("best_of", &["1"]),
     ("echo", &["false"]),
@@ -192,10 +194,21 @@ const UNSUPPORTED: &[(&str, &[&str])] = &[
     ("structured_outputs", &[]),
     ("prompt_logprobs", &["0"]),
     ("min_tokens", &["0"]),
+    ("typical_p", &["1"]),
     ("bad_words", &["[]"]),
     ("allowed_token_ids", &[]),
     ("use_beam_search", &["false"]),
-    ("length_penalty", &["1", "1.0"]),
+    ("length_penalty", &["1"]),
+    ("include_stop_str_in_output", &["false"]),
+    // weft's text keeps special tokens, as vLLM's `skip_special_tokens:
+    // false` does.
+    ("skip_special_tokens", &["false"]),
+    ("spaces_between_special_tokens", &["true"]),
+    ("truncate_prompt_tokens", &[]),
+    ("return_tokens_as_token_ids", &["false"]),
+    ("chat_template", &[]),
+    ("chat_template_kwargs", &["{}"]),
+    ("documents", &[]),
     ("audio", &[]),
     ("modalities", &["[\"text\"]"]),
     ("prediction", &[]),
@@ -203,11 +216,15 @@ const UNSUPPORTED: &[(&str, &[&str])] = &[
 ];
 
 /// Refuses a field from [`UNSUPPORTED`] set to anything but `null` or its
-/// "off" value.
+/// "off" value (numbers compare by value: `0`, `0.0` and `-0.0` are one).
 fn unsupported(body: &Value) -> Result<(), InvalidRequest> {
     for (field, off) in UNSUPPORTED {
         let Some(v) = body.get(*field) else { continue };
-        if v.is_null() || off.contains(&v.to_string().as_str()) {
+        let is_off = |o: &&str| match (v.as_f64(), o.parse::<f64>()) {
+            (Some(a), Ok(b)) => a == b,
+            _ => serde_json::from_str::<Value>(o).is_ok_and(|o| *v == o),
+        };
+        if v.is_null() || off.iter().any(is_off) {
             continue;
         }
         return Err(InvalidRequest::new(
@@ -347,6 +364,12 @@ pub fn validate(
         ));
     }
     let stream = raw.stream.unwrap_or(false);
+    if raw.stream_options.is_some() && !stream {
+        return Err(InvalidRequest::new(
+            "stream_options",
+            "stream_options is only allowed when stream is true",
+        ));
+    }
     let mut choices = Vec::new();
     for prompt in prompts {
         for i in 0..n as u64 {
@@ -369,6 +392,7 @@ pub fn validate(
             spec.kv_merge = kv_merge;
             spec.chat = chat;
             spec.ignore_eos = raw.ignore_eos.unwrap_or(false);
+            spec.stop_token_ids = raw.stop_token_ids.clone().unwrap_or_default();
             spec.logprobs = logprobs;
             spec.special_tokens_in_content = defaults.special_tokens_in_content;
             choices.push(spec);

@@ -14,12 +14,15 @@ const NAME: &str = "smollm2";
 /// One server for every test here (plain requests by default), one that
 /// runs ThreadWeaver and wants an API key, and one that takes a single
 /// request at a time.
+fn model_path() -> std::path::PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME");
+    std::path::PathBuf::from(home).join(".cache/weft/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
 fn servers() -> &'static (SocketAddr, SocketAddr, SocketAddr) {
     static S: OnceLock<(SocketAddr, SocketAddr, SocketAddr)> = OnceLock::new();
     S.get_or_init(|| {
-        let home = std::env::var_os("HOME").expect("HOME");
-        let path = std::path::PathBuf::from(home)
-            .join(".cache/weft/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let path = model_path();
         let opts = LoadOptions {
             batch_invariant: true,
             ..Default::default()
@@ -245,6 +248,11 @@ fn bad_requests_get_openai_errors_naming_the_field() {
             400,
         ),
         (json!({"prompt": "x", "echo": true}), "echo", 400),
+        (
+            json!({"prompt": "x", "skip_special_tokens": true}),
+            "skip_special_tokens",
+            400,
+        ),
         // A field of the wrong type is named by its path.
         (json!({"prompt": "x", "max_tokens": "8"}), "max_tokens", 400),
         (json!({"prompt": "x", "max_tokens": 2.5}), "max_tokens", 400),
@@ -305,12 +313,41 @@ fn bad_requests_get_openai_errors_naming_the_field() {
         (400, Some("continue_final_message")),
         "{v}"
     );
+    let (got, v) = post(
+        plain,
+        "/v1/completions",
+        json!({"prompt": "x", "stream_options": {"include_usage": true}}),
+    );
+    assert_eq!(
+        (got, v["error"]["param"].as_str()),
+        (400, Some("stream_options")),
+        "{v}"
+    );
+    // vLLM's stop_token_ids: the first greedy token of this prompt ends it.
+    let greedy = json!({"prompt": "The capital of France is", "max_tokens": 4,
+                        "temperature": 0, "logprobs": 0});
+    let (_, v) = post(plain, "/v1/completions", greedy.clone());
+    let first = v["choices"][0]["logprobs"]["tokens"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tok = weft_model::Tokenizer::load(&model_path()).unwrap();
+    let id = tok
+        .token_to_id(&first.replace(' ', "Ġ"))
+        .expect("the first token's id");
+    let mut stopped = greedy;
+    stopped["stop_token_ids"] = json!([id]);
+    let (got, v) = post(plain, "/v1/completions", stopped);
+    assert_eq!(got, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], "", "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
     // Their "off" values and fields that change nothing are accepted.
     let (got, v) = post(
         plain,
         "/v1/completions",
         json!({"prompt": "Hi", "max_tokens": 1, "presence_penalty": 0, "frequency_penalty": 0.0,
-               "logit_bias": {}, "echo": false, "best_of": 1, "user": "u1",
+               "logit_bias": {}, "echo": false, "best_of": 1, "user": "u1", "typical_p": 1.0,
+               "repetition_penalty": 1, "skip_special_tokens": false,
                "response_format": {"type": "text"}, "tools": null}),
     );
     assert_eq!(got, 200, "{v}");
@@ -383,6 +420,51 @@ fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_carry_help_lines_and_vllms_names() {
+    let (plain, _, _) = *servers();
+    let (status, _) = post(
+        plain,
+        "/v1/completions",
+        json!({"prompt": "Hi", "max_tokens": 2}),
+    );
+    assert_eq!(status, 200);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let text = rt.block_on(async {
+        reqwest::get(format!("http://{plain}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    for name in [
+        "weft:num_requests_running",
+        "weft:num_requests_waiting",
+        "weft:kv_cache_usage_perc",
+        "weft:prompt_tokens_total",
+        "weft:generation_tokens_total",
+        "weft:time_to_first_token_seconds",
+        "weft:e2e_request_latency_seconds",
+        "weft:request_success_total",
+        "weft:live_threads",
+        "weft:critical_path_tokens",
+        "weft:parallelism",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name} in:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "no TYPE for {name}"
+        );
+    }
 }
 
 /// A client that goes away mid-stream: its request is aborted and the KV

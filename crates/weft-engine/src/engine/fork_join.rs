@@ -302,6 +302,9 @@ impl Engine<'_> {
             .generated_text()
             .strip_prefix(shown.as_str())
             .map(String::from);
+        // A root that forked before writing anything shows its first text
+        // here: that is its time to first token.
+        let first_text = t.parent.is_none() && !t.generated_text().is_empty();
         self.events.push(Event::Joined {
             request: req_id,
             thread: t.local_id,
@@ -310,6 +313,11 @@ impl Engine<'_> {
             reused_tokens: reused,
             appended,
         });
+        if first_text && self.requests[r].stats.ttft_ms == 0.0 {
+            let now = self.requests[r].now_ms();
+            self.requests[r].stats.ttft_ms = now;
+        }
+        let t = &mut self.threads[id];
         match join.then {
             AfterJoin::Continue => {}
             AfterJoin::FinishAt(s) => t.stop = Some(s),

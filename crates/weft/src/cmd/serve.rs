@@ -84,6 +84,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = EngineConfig {
         max_live_threads: args.max_num_seqs,
         kv_budget_mib: args.kv_mib,
+        // A request without max_tokens may use the rest of the context, as
+        // vLLM allows.
+        max_tokens_per_thread: model.config.max_context,
         ..Default::default()
     };
     anyhow::ensure!(
