@@ -60,6 +60,7 @@ struct NewThread {
     no_bos: bool,
     kv: ThreadKv,
     stop: Option<&'static str>,
+    keep_after: u32,
     sampling: SamplingParams,
     max_generated: usize,
 }
@@ -202,6 +203,7 @@ impl<'m> Engine<'m> {
             no_bos: v.no_bos,
             kv: ThreadKv::sequential(table),
             stop: None,
+            keep_after: 0,
             sampling: v.sampling,
             max_generated: v.max_tokens,
         });
@@ -374,6 +376,8 @@ impl<'m> Engine<'m> {
             max_generated: n.max_generated,
             decoder: StreamDecoder::default(),
             stop: n.stop,
+            keep_after: n.keep_after,
+            after_stop: None,
             end: ChildEnd::Eos,
             seed: n.sampling.seed,
             sampler: Sampler::new(n.sampling),
@@ -463,7 +467,12 @@ impl<'m> Engine<'m> {
         }
         let r = self.threads[id].request;
         let is_root = self.threads[id].parent.is_none();
-        let next = self.threads[id].sampler.sample(logits);
+        let next = {
+            // A repetition penalty counts the thread's own tokens only.
+            let t = &mut self.threads[id];
+            let own = &t.tokens[t.tokens.len().saturating_sub(t.generated)..];
+            t.sampler.sample_with_history(logits, own)
+        };
         let req = &self.requests[r];
         if (self.tok.is_stop(next) && !req.ignore_eos)
             || (is_root && req.stop_token_ids.contains(&next))
@@ -525,9 +534,14 @@ impl<'m> Engine<'m> {
             });
         }
         // The protocol's stop for a child (or a parent's `FinishAt`): kept
-        // in the text.
+        // in the text, and with `keep_after`, so are the tokens after it.
         let t = &mut self.threads[id];
-        if let Some(stop) = t.stop {
+        if let Some(left) = t.after_stop {
+            if left <= 1 {
+                return self.finish(id, ChildEnd::Stop);
+            }
+            t.after_stop = Some(left - 1);
+        } else if let Some(stop) = t.stop {
             let mut from = t
                 .context
                 .len()
@@ -537,9 +551,13 @@ impl<'m> Engine<'m> {
                 from -= 1;
             }
             if let Some(pos) = t.context[from..].find(stop).map(|p| p + from) {
-                t.context.truncate(pos + stop.len());
-                t.emitted = t.emitted.min(t.context.len());
-                return self.finish(id, ChildEnd::Stop);
+                if t.keep_after > 0 {
+                    t.after_stop = Some(t.keep_after);
+                } else {
+                    t.context.truncate(pos + stop.len());
+                    t.emitted = t.emitted.min(t.context.len());
+                    return self.finish(id, ChildEnd::Stop);
+                }
             }
         }
         let t = &self.threads[id];

@@ -269,6 +269,7 @@ pub fn validate(
             top_p: s.top_p,
             min_p: s.min_p,
             seed: s.seed,
+            repetition_penalty: 1.0,
         },
         max_tokens,
         max_thread_tokens: spec.max_thread_tokens.unwrap_or(cfg.max_tokens_per_thread),

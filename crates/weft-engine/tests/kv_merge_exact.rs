@@ -16,6 +16,9 @@ const MV_PROMPT: &str = "Question: what is 17 * 23?\n<Parallel>\n<Goal>\n<Outlin
 #[derive(Clone, Copy, PartialEq)]
 enum Part {
     Prefix,
+    /// The lead `\n` every child's KV begins with (kept once, child 0's):
+    /// every child saw its own identical copy, so all see this one.
+    Lead,
     Child(usize),
     Parent,
 }
@@ -69,6 +72,10 @@ fn parent_after_a_kv_merge_join_decodes_as_the_masked_dense_forward() {
     let mut positions: Vec<usize> = (0..p).collect();
     let mut parts = vec![Part::Prefix; p];
     let mut longest = 0;
+    // The authors' engine keeps the lead `\n` of the child prompt once
+    // (child 0's): children 1.. are merged from their `<Path>` on, at the
+    // same positions (Multiverse-Engine `scheduler.py` 1536-1577).
+    let lead = tok.encode("\n", false).unwrap().len();
     for (i, child) in r.threads[1..].iter().enumerate() {
         assert_eq!(
             child.tokens[..p],
@@ -76,13 +83,18 @@ fn parent_after_a_kv_merge_join_decodes_as_the_masked_dense_forward() {
             "child {i} did not fork from the prompt"
         );
         let own = &child.tokens[p..];
-        tokens.extend(own);
-        positions.extend(p..p + own.len());
-        parts.extend(std::iter::repeat_n(Part::Child(i), own.len()));
+        let skip = if i == 0 { 0 } else { lead };
+        tokens.extend(&own[skip..]);
+        positions.extend(p + skip..p + own.len());
+        if i == 0 {
+            parts.extend(std::iter::repeat_n(Part::Lead, lead));
+        }
+        let first = if i == 0 { lead } else { skip };
+        parts.extend(std::iter::repeat_n(Part::Child(i), own.len() - first));
         longest = longest.max(own.len());
     }
     let root = &r.threads[0];
-    let append = tok.encode("<Conclusion>", false).unwrap();
+    let append = tok.encode("<Conclusion>\n", false).unwrap();
     assert_eq!(root.tokens[..append.len()], append[..]);
     assert!(
         root.tokens.len() >= append.len() + 3,

@@ -34,6 +34,7 @@ impl Protocol for CommaFork {
             max_children: Some(2),
             max_fork_rounds: Some(4),
             child_temperature: None,
+            child_repetition_penalty: None,
         }
     }
     fn on_trigger(
@@ -64,7 +65,10 @@ impl Protocol for CommaFork {
         })
     }
     fn child_stop(&self) -> ChildStop {
-        ChildStop { stop: Some(".") }
+        ChildStop {
+            stop: Some("."),
+            keep_after: 0,
+        }
     }
     fn child_result(&self, generated: &str, end: ChildEnd) -> ChildResult {
         ChildResult {
@@ -100,6 +104,7 @@ impl Protocol for CommaFork {
             layout: Layout::Merged {
                 fork_at: fork.segment_end,
                 append: " so".into(),
+                lead: String::new(),
             },
             then: AfterJoin::Continue,
         })

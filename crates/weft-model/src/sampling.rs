@@ -15,6 +15,11 @@ pub struct SamplingParams {
     /// 0.0 disables.
     pub min_p: f32,
     pub seed: u64,
+    /// 1.0 disables. Applied as `transformers` and SGLang apply it, to the
+    /// raw logits before temperature, once per distinct token of the
+    /// history [`Sampler::sample_with_history`] is given: a positive logit
+    /// is divided by it, a negative one multiplied.
+    pub repetition_penalty: f32,
 }
 
 impl Default for SamplingParams {
@@ -25,6 +30,7 @@ impl Default for SamplingParams {
             top_p: 1.0,
             min_p: 0.0,
             seed: 0,
+            repetition_penalty: 1.0,
         }
     }
 }
@@ -33,6 +39,8 @@ pub struct Sampler {
     params: SamplingParams,
     rng: rand::rngs::StdRng,
     candidates: Vec<(u32, f32)>,
+    /// Penalized logits (only with a repetition penalty).
+    scratch: Vec<f32>,
 }
 
 /// Index of the largest value (the first one on ties).
@@ -60,7 +68,33 @@ impl Sampler {
             rng: rand::rngs::StdRng::seed_from_u64(params.seed),
             params,
             candidates: Vec::new(),
+            scratch: Vec::new(),
         }
+    }
+
+    /// [`Sampler::sample`] after the repetition penalty on the tokens of
+    /// `history` (the thread's own generated tokens, as SGLang's penalizer
+    /// counts them: its prompt is not penalized). Ids outside the
+    /// vocabulary are skipped.
+    pub fn sample_with_history(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let penalty = self.params.repetition_penalty;
+        if penalty == 1.0 || history.is_empty() {
+            return self.sample(logits);
+        }
+        let mut penalized = std::mem::take(&mut self.scratch);
+        penalized.clear();
+        penalized.extend_from_slice(logits);
+        let mut seen = std::collections::HashSet::with_capacity(history.len());
+        for &id in history {
+            if let Some(v) = penalized.get_mut(id as usize) {
+                if seen.insert(id) {
+                    *v = if *v < 0.0 { *v * penalty } else { *v / penalty };
+                }
+            }
+        }
+        let next = self.sample(&penalized);
+        self.scratch = penalized;
+        next
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
@@ -119,6 +153,23 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repetition_penalty_scales_seen_tokens_once_each() {
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        });
+        // Greedy: token 0 (3.0) wins until penalized to 1.5 < 2.0.
+        assert_eq!(s.sample_with_history(&[3.0, 2.0, -1.0], &[]), 0);
+        assert_eq!(s.sample_with_history(&[3.0, 2.0, -1.0], &[0]), 1);
+        // Once per distinct token, not per occurrence: 3.0 / 2 = 1.5 > 1.4.
+        assert_eq!(s.sample_with_history(&[3.0, 1.4, -1.0], &[0, 0, 0]), 0);
+        // A negative logit is multiplied: -1 * 2 < -1.5.
+        assert_eq!(s.sample_with_history(&[-1.0, -1.5], &[0]), 1);
+        // Ids outside the vocabulary are ignored.
+        assert_eq!(s.sample_with_history(&[1.0, 0.0], &[7]), 0);
+    }
 
     #[test]
     fn greedy_is_argmax() {

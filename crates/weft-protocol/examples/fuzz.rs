@@ -187,7 +187,9 @@ fn drive(rng: &mut Rng, protocol: &dyn Protocol, text: &str) -> Result<usize, St
                             return Err("re-prefill join changed the kept prefix".into());
                         }
                     }
-                    Layout::Merged { fork_at, append } => {
+                    Layout::Merged {
+                        fork_at, append, ..
+                    } => {
                         if !join.text.starts_with(&view[..*fork_at])
                             || !join.text.ends_with(append.as_str())
                         {

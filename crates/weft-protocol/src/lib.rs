@@ -38,7 +38,8 @@
 //!     .map(|g| tw.child_result(g, ChildEnd::Stop))
 //!     .collect();
 //! let join = tw.join(text, &fork, &results, ForkContext::default()).unwrap();
-//! assert!(join.text.ends_with("\n<Thread>\n1: x</Thread><Thread>\n2: y</Thread>\n<Conclusion>\n"));
+//! // The released checkpoints join with `\n` (ThreadWeaver's `no_conclusion`).
+//! assert!(join.text.ends_with("\n<Thread>\n1: x</Thread><Thread>\n2: y</Thread>\n"));
 //! ```
 //!
 //! # Architecture invariant

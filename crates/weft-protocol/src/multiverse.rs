@@ -1,28 +1,35 @@
-//! Multiverse (Infini-AI-Lab/Multiverse): `<Parallel><Goal><Outline>..`
-//! `</Goal><Path>..</Path>..<Conclusion>..</Conclusion></Parallel>`, special
+//! Multiverse (Infini-AI-Lab/Multiverse): `<Parallel>\n<Goal>\n<Outline>\n1:`
+//! `..</Outline>..</Goal>\n<Path>\n1:..</Path>\n..<Conclusion>\n..`, special
 //! tokens, nesting allowed (path ids like `1.1`), KV-merge join.
 //!
-//! - Fork trigger `</Goal>`; one child per `<Outline>`, child prompt =
-//!   context + `<Path>{label}:` with the outline's own number as label;
-//!   child stop `</Path>`.
-//! - Valid only with `<Goal>` first in its `<Parallel>` block, every
-//!   `<Outline>` closed and numbered, at least one outline; otherwise the
-//!   trigger is refused and the thread decodes on sequentially.
-//! - Join: KV merge. Paths start at the fork position, are masked from each
-//!   other; `<Conclusion>` starts after the longest path and sees all.
-//!
-//! Source check: the files `PROTOCOLS.md` names (`data/prompt/step3-prompt.txt`,
-//! `data/parse.py`, `train/utils.py`) are not in the searchable index; the
-//! index holds the repository's data scripts (`data/afterwards.py` strips
-//! exactly the tags above) and the engine README (a SGLang fork). So the
-//! strings follow `PROTOCOLS.md`, unverified against code. The reference
-//! engine has no nesting guard; the depth limit here is policy. A path that
-//! ends without `</Path>` (end of sequence, length) is closed with `</Path>`
-//! at its own positions (defined here; the reference behaviour is unknown).
-
+//! Follows the authors' engine, Multiverse-Engine's SGLang fork
+//! (`managers/schedule_batch.py` = MVE/sb, `managers/scheduler.py` = MVE/sch,
+//! commit `6828f07`; see `shared/reference/protocols-verified.md` §2):
+//! - Fork trigger `</Goal>` (MVE/sb 697-708); labels by
+//!   `<Outline>\s*([0-9]+(?:\.[0-9]+)*)\s*:` over the text from the last
+//!   `<Goal>` (MVE/sb 1560-1570). weft is stricter than the engine: a
+//!   `<Goal>` not first in its `<Parallel>` block, unbalanced or unnumbered
+//!   outlines, or none, are refused and the thread decodes on.
+//! - Child prompt = context + `\n<Path>\n{label}:` (MVE/sb 1584-1585,
+//!   `encode(f"\n<Path>\n{e}")` with `e = "1:"`).
+//! - Child stop `</Path>`, then one more sampled token (normally `\n`) is
+//!   kept in text and KV (MVE/sb 709-715, MVE/sch 1562-1565:
+//!   `output_ids[:-1]` of `</Path>`, t1, t2). A child that ends on end of
+//!   sequence or its length gets nothing appended (MVE/sb 720-730).
+//! - Join: KV merge. The leading `\n` of the child prompt is kept once,
+//!   child 0's; children 1.. are merged from their `<Path>` on (MVE/sb 1581,
+//!   MVE/sch 1536-1577); `<Conclusion>\n` is appended (MVE/sch 1435, 1577)
+//!   at p + the longest child, its kept token included.
+//! - Nesting: the engine refuses a fork when the stack of open paths is
+//!   longer than 5 (`len(parent_start_path_idx_stack) > 5`, MVE/sb
+//!   1540-1547), so threads at depths 0..5 fork: `max_depth` 6; a refused
+//!   fork decodes on, as there.
+//! - Positions follow the engine, which places paths one position later
+//!   (and `<Conclusion>` two) than the training layout (`train/utils.py`
+//!   182-253); see the verification notes.
 use crate::protocol::{
-    closed_result, malformed, Action, AfterJoin, ChildEnd, ChildResult, ChildStop, Fork,
-    ForkContext, Join, JoinMode, Protocol, Rules, Scan,
+    malformed, Action, AfterJoin, ChildEnd, ChildResult, ChildStop, Fork, ForkContext, Join,
+    JoinMode, Protocol, Rules, Scan,
 };
 use crate::tags::{concat_join, count, fork_per_label, last_open, numbered_labels, segment};
 use crate::ProtocolError;
@@ -37,13 +44,17 @@ pub const PATH_OPEN: &str = "<Path>";
 /// A child's stop string.
 pub const PATH_CLOSE: &str = "</Path>";
 /// What the join appends after the merged paths.
-pub const CONCLUSION_OPEN: &str = "<Conclusion>";
+pub const CONCLUSION_OPEN: &str = "<Conclusion>\n";
+/// The text every child's prompt begins with, kept once at the merge.
+pub const LEAD: &str = "\n";
+/// The authors' engine lets threads at depths 0..5 fork.
+pub const MAX_DEPTH: u32 = 6;
 
 /// Multiverse with its nesting limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Multiverse {
-    /// Threads at depth < `max_depth` may fork. The reference has no limit
-    /// (a known pain point); 4 keeps runaway nesting bounded.
+    /// Threads at depth < `max_depth` may fork ([`MAX_DEPTH`], as the
+    /// authors' engine).
     pub max_depth: u32,
     pub max_children: Option<usize>,
 }
@@ -51,7 +62,7 @@ pub struct Multiverse {
 impl Default for Multiverse {
     fn default() -> Self {
         Self {
-            max_depth: 4,
+            max_depth: MAX_DEPTH,
             max_children: None,
         }
     }
@@ -104,17 +115,25 @@ impl Protocol for Multiverse {
         if let Some(r) = self.rules().check(ctx, labels.len(), end, seq.clone(), seq) {
             return Scan::Refuse(r);
         }
-        fork_per_label(end, labels, |label| format!("{PATH_OPEN}{label}:"))
+        fork_per_label(end, labels, |label| format!("{LEAD}{PATH_OPEN}\n{label}:"))
     }
 
     fn child_stop(&self) -> ChildStop {
         ChildStop {
             stop: Some(PATH_CLOSE),
+            keep_after: 1,
         }
     }
 
     fn child_result(&self, generated: &str, end: ChildEnd) -> ChildResult {
-        closed_result(generated, end, PATH_CLOSE, PATH_CLOSE)
+        // Nothing is appended, whatever the end (the engine merges what the
+        // child wrote: `</Path>` and the kept token, or its text up to end
+        // of sequence or the length limit).
+        ChildResult {
+            text: Some(generated.to_string()),
+            close: String::new(),
+            end,
+        }
     }
 
     fn join(
@@ -129,7 +148,7 @@ impl Protocol for Multiverse {
             fork,
             children,
             CONCLUSION_OPEN,
-            true,
+            Some(LEAD),
             AfterJoin::Continue,
         )
     }

@@ -1,30 +1,38 @@
 //! NPR, Native Parallel Reasoner (bigai-nlco/Native-Parallel-Reasoner):
-//! `<guideline><plan>1: ..</plan>..</guideline><step>\n1: ..\n</step>..`
-//! `<takeaway>..</takeaway>`, KV-merge join.
+//! `<guideline>\n<plan>\n1: ..</plan>..</guideline>\n<step>\n1: ..\n</step>\n..`
+//! `<takeaway>\n..</takeaway>`, KV-merge join.
 //!
-//! - Fork trigger `</guideline>`; one child per numbered `<plan>` of the
-//!   last `<guideline>` block; child prompt = context + `\n<step>\n{label}`;
-//!   child stop `</step>`.
-//! - Join: KV merge with no re-prefill: prefix KV plus each child's KV;
-//!   the continuation starts at the rightmost child end; the engine appends
-//!   `<takeaway>\n`. Steps are masked from each other.
-//! - A `</guideline>` with no `<guideline>` or no numbered plan is refused
-//!   and the thread decodes on sequentially.
-//!
-//! Source check: the repository's code (`evals/prompts/npr.txt`, the
-//! patched SGLang `scheduler.py`) is not in the searchable index (only its
-//! README and site are), so the strings follow `PROTOCOLS.md`. A third-party
-//! reimplementation of NPR's scheduler found in the index differs in one
-//! place: its child suffix is `\n<step>\n{label}:` (with the colon, which the
-//! model otherwise writes itself); it also caps plans at 5 and depth at 5
-//! and parses plan labels with `<plan>\s*([0-9]+(?:\.[0-9]+)*)\s*:`, which
-//! we use. [`STEP_HEADER_COLON`] switches the colon on.
-
+//! Follows the authors' engine, the SGLang that NPR vendors under
+//! `npr-rl/verl/workers/rollout/sglang_rollout/sglang/` (`managers/
+//! schedule_batch.py` = NPR/sb, `managers/scheduler.py` = NPR/sch, commit
+//! `e148ad5d`; see `shared/reference/protocols-verified.md` §4); its
+//! evaluation runs the same engine (`evals/evaluate.py:591-729`):
+//! - Fork trigger `</guideline>` (NPR/sb 709-741); labels by
+//!   `<plan>\s*([0-9]+(?:\.[0-9]+)*)\s*:` over the text from the last
+//!   `<guideline>` (NPR/sb 729-735); plans without a number are skipped.
+//! - No numbered plan, more than 5, or no `<guideline>`: the thread ends
+//!   at the trigger (`FINISH_MATCHED_TOKEN`, NPR/sb 723-739). The engine
+//!   looks only at the request's generated tokens for `<guideline>`; weft
+//!   reads the whole text, so a prompt can force a fork.
+//! - Child prompt = context + `\n<step>\n{label}:` (NPR/sb 1623-1624).
+//! - Child stop `</step>`, then one more sampled token (normally `\n`) is
+//!   kept in text and KV (NPR/sb 743-754, NPR/sch 1462-1464); a child that
+//!   ends on end of sequence or its length gets nothing appended.
+//! - Children sample with repetition penalty 1.02 on their own tokens; the
+//!   engine sets it at the fork and resets it at the merge (NPR/sb 1614,
+//!   NPR/sch 1475, 1613).
+//! - Join: KV merge as Multiverse's: the leading `\n` kept once (child
+//!   0's), children 1.. merged from `<step>` (NPR/sb 1620, NPR/sch
+//!   1445-1472, 1574-1610), then `<takeaway>\n` (NPR/sch 1471, 1609) at p +
+//!   the longest child, its kept token included.
+//! - Nesting: `len(parent_start_path_idx_stack) > 5` refuses (NPR/sb
+//!   1586-1593): threads at depths 0..5 fork, `max_depth` 6; a refused fork
+//!   decodes on. The engine's token-budget guards are not modelled.
 use crate::protocol::{
-    closed_result, malformed, Action, AfterJoin, ChildEnd, ChildResult, ChildStop, Fork,
-    ForkContext, Join, JoinMode, Protocol, Rules, Scan,
+    malformed, Action, AfterJoin, ChildEnd, ChildResult, ChildStop, Fork, ForkContext, Join,
+    JoinMode, Protocol, Rules, Scan,
 };
-use crate::tags::{concat_join, count, fork_per_label, last_open, numbered_labels, segment};
+use crate::tags::{concat_join, fork_per_label, numbered_labels, segment};
 use crate::ProtocolError;
 
 pub const GUIDELINE_OPEN: &str = "<guideline>";
@@ -36,24 +44,29 @@ pub const STEP_OPEN: &str = "<step>";
 pub const STEP_CLOSE: &str = "</step>";
 /// What the join appends after the merged steps.
 pub const TAKEAWAY_OPEN: &str = "<takeaway>\n";
-/// Whether the child suffix ends `{label}:` (third-party engine) instead of
-/// `{label}` (`PROTOCOLS.md`).
-pub const STEP_HEADER_COLON: bool = false;
+/// The text every child's prompt begins with, kept once at the merge.
+pub const LEAD: &str = "\n";
+/// Plans one guideline may have; more end the thread.
+pub const MAX_PLANS: usize = 5;
+/// The authors' engine lets threads at depths 0..5 fork.
+pub const MAX_DEPTH: u32 = 6;
+/// The children's repetition penalty.
+pub const CHILD_REPETITION_PENALTY: f32 = 1.02;
 
 /// NPR with its limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Npr {
-    /// Threads at depth < `max_depth` may fork (policy; unverified in the
-    /// reference, 5 in the third-party engine).
+    /// Threads at depth < `max_depth` may fork ([`MAX_DEPTH`]).
     pub max_depth: u32,
+    /// More plans than this end the thread ([`MAX_PLANS`]).
     pub max_children: Option<usize>,
 }
 
 impl Default for Npr {
     fn default() -> Self {
         Self {
-            max_depth: 5,
-            max_children: None,
+            max_depth: MAX_DEPTH,
+            max_children: Some(MAX_PLANS),
         }
     }
 }
@@ -68,49 +81,54 @@ impl Protocol for Npr {
     }
 
     fn rules(&self) -> Rules {
-        Rules::nested(JoinMode::KvMerge, self.max_depth, self.max_children)
+        Rules {
+            child_repetition_penalty: Some(CHILD_REPETITION_PENALTY),
+            ..Rules::nested(JoinMode::KvMerge, self.max_depth, self.max_children)
+        }
     }
 
     fn on_trigger(&self, text: &str, _trigger: &'static str, end: usize, ctx: ForkContext) -> Scan {
-        let seq = Action::Sequential;
+        let finish = Action::Finish { truncate_to: end };
         let segment = match segment(text, end) {
             Ok(s) => s,
             Err(refusal) => return refusal,
         };
-        let open = match last_open(
-            segment,
-            GUIDELINE_OPEN,
-            GUIDELINE_CLOSE,
-            "`</guideline>` without `<guideline>`",
-        ) {
-            Ok(at) => at,
-            Err(refusal) => return refusal,
+        let Some(open) = segment.rfind(GUIDELINE_OPEN) else {
+            return malformed(end, segment, "`</guideline>` without `<guideline>`", finish);
         };
         let block = &segment[open..];
         let labels = numbered_labels(block, PLAN_OPEN);
         if labels.is_empty() {
-            return malformed(end, block, "a `<guideline>` with no numbered `<plan>`", seq);
+            return malformed(
+                end,
+                block,
+                "a `<guideline>` with no numbered `<plan>`",
+                finish,
+            );
         }
-        if labels.len() != count(block, PLAN_OPEN) {
-            return malformed(end, block, "a `<plan>` without a `{n}:` number", seq);
-        }
-        if let Some(r) = self.rules().check(ctx, labels.len(), end, seq.clone(), seq) {
+        if let Some(r) = self
+            .rules()
+            .check(ctx, labels.len(), end, Action::Sequential, finish)
+        {
             return Scan::Refuse(r);
         }
-        let colon = if STEP_HEADER_COLON { ":" } else { "" };
-        fork_per_label(end, labels, |label| {
-            format!("\n{STEP_OPEN}\n{label}{colon}")
-        })
+        fork_per_label(end, labels, |label| format!("{LEAD}{STEP_OPEN}\n{label}:"))
     }
 
     fn child_stop(&self) -> ChildStop {
         ChildStop {
             stop: Some(STEP_CLOSE),
+            keep_after: 1,
         }
     }
 
     fn child_result(&self, generated: &str, end: ChildEnd) -> ChildResult {
-        closed_result(generated, end, STEP_CLOSE, STEP_CLOSE)
+        // Nothing is appended, whatever the end (as Multiverse).
+        ChildResult {
+            text: Some(generated.to_string()),
+            close: String::new(),
+            end,
+        }
     }
 
     fn join(
@@ -125,7 +143,7 @@ impl Protocol for Npr {
             fork,
             children,
             TAKEAWAY_OPEN,
-            true,
+            Some(LEAD),
             AfterJoin::Continue,
         )
     }

@@ -76,6 +76,7 @@ impl Protocol for ParallelR1 {
             max_children: Some(self.num_paths),
             max_fork_rounds: Some(self.max_blocks),
             child_temperature: Some(1.0),
+            child_repetition_penalty: None,
         }
     }
 
@@ -100,6 +101,7 @@ impl Protocol for ParallelR1 {
     fn child_stop(&self) -> ChildStop {
         ChildStop {
             stop: Some(PATH_CLOSE),
+            keep_after: 0,
         }
     }
 
@@ -119,6 +121,6 @@ impl Protocol for ParallelR1 {
         } else {
             AfterJoin::Continue
         };
-        concat_join(parent, fork, children, JOIN_APPEND, false, then)
+        concat_join(parent, fork, children, JOIN_APPEND, None, then)
     }
 }

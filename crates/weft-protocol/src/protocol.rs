@@ -119,6 +119,11 @@ impl ChildPrompt {
 pub struct ChildStop {
     /// Stop string, kept in the child's text; `None`: end of sequence only.
     pub stop: Option<&'static str>,
+    /// Tokens the child samples after the stop string and keeps (0: it
+    /// ends on the stop). Multiverse's and NPR's engines keep one, normally
+    /// `\n`, in text and KV (`schedule_batch.py` `output_ids[:-1]`); with
+    /// a kept token nothing after the stop string is cut.
+    pub keep_after: u32,
 }
 
 /// How a child's decoding ended.
@@ -180,7 +185,17 @@ pub enum Layout {
     /// sit at p .. p + L_i and attend to the prefix and themselves only
     /// (children are masked from each other); `append` starts at
     /// p + max_i L_i and attends to the prefix and every child.
-    Merged { fork_at: usize, append: String },
+    ///
+    /// `lead` is text every child's prompt suffix begins with (Multiverse's
+    /// and NPR's `\n` before `<Path>`/`<step>`): its tokens hold the same
+    /// KV in every child, and the merge keeps them once, child 0's, as the
+    /// reference engines do (children 1.. are merged from just after it;
+    /// `MVE/sch` 1536-1577). [`Join::text`] holds it once too.
+    Merged {
+        fork_at: usize,
+        append: String,
+        lead: String,
+    },
 }
 
 /// What the parent does after a join.
@@ -245,6 +260,9 @@ pub struct Rules {
     pub max_fork_rounds: Option<u32>,
     /// Children sample at this temperature, whatever the request's.
     pub child_temperature: Option<f32>,
+    /// Children sample with this repetition penalty on their own tokens
+    /// (NPR's engine sets 1.02 at a fork and resets it at the merge).
+    pub child_repetition_penalty: Option<f32>,
 }
 
 impl Rules {
@@ -259,6 +277,7 @@ impl Rules {
             max_children,
             max_fork_rounds: None,
             child_temperature: None,
+            child_repetition_penalty: None,
         }
     }
 
@@ -347,16 +366,23 @@ pub(crate) fn closed_result(
 
 /// Parent prefix, then each child's prompt suffix, text and close in fork
 /// order, then `append`: the text view of a KV-merge join, and the
-/// re-prefill join of protocols that concatenate their children.
+/// re-prefill join of protocols that concatenate their children. `lead`
+/// (see [`Layout::Merged`]) is kept once: children after the first drop it
+/// from their suffix.
 pub(crate) fn concat_children(
     segment: &str,
     fork: &Fork,
     children: &[ChildResult],
     append: &str,
+    lead: &str,
 ) -> String {
     let mut out = String::from(segment);
-    for (spec, child) in fork.children.iter().zip(children) {
+    for (i, (spec, child)) in fork.children.iter().zip(children).enumerate() {
         if let ChildPrompt::Continue { suffix } = &spec.prompt {
+            let suffix = match suffix.strip_prefix(lead) {
+                Some(rest) if i > 0 => rest,
+                _ => suffix,
+            };
             out.push_str(suffix);
         }
         out.push_str(child.text.as_deref().unwrap_or(""));

@@ -64,28 +64,30 @@ pub(crate) fn fork_per_label(
 /// and close to the parent's segment in fork order, then `append`: with
 /// `merged`, a KV-merge layout (children at the fork position), else a
 /// re-prefill of the text after the segment.
+/// `merged: Some(lead)` gives the KV-merge layout with that shared lead
+/// (see [`Layout::Merged`]); `None` a re-prefill.
 pub(crate) fn concat_join(
     parent: &str,
     fork: &Fork,
     children: &[ChildResult],
     append: &str,
-    merged: bool,
+    merged: Option<&str>,
     then: AfterJoin,
 ) -> Result<Join, ProtocolError> {
     check_count(fork, children)?;
     let segment = prefix(parent, fork.segment_end)?;
-    let layout = if merged {
-        Layout::Merged {
+    let layout = match merged {
+        Some(lead) => Layout::Merged {
             fork_at: fork.segment_end,
             append: append.to_string(),
-        }
-    } else {
-        Layout::Sequential {
+            lead: lead.to_string(),
+        },
+        None => Layout::Sequential {
             kept_prefix: fork.segment_end,
-        }
+        },
     };
     Ok(Join {
-        text: concat_children(segment, fork, children, append),
+        text: concat_children(segment, fork, children, append, merged.unwrap_or("")),
         layout,
         then,
     })

@@ -14,7 +14,8 @@
 //!   gets `\n</Thread>` appended.
 //! - Join: the first child's text is preceded by `\n<Thread>\n{label}:`,
 //!   the others by `<Thread>\n{label}:` (no newline between threads). The
-//!   join then appends `\n<Conclusion>\n` (or `\n` with `no_conclusion`),
+//!   join then appends `\n` (`no_conclusion`, the released checkpoints'
+//!   setting and the default here) or `\n<Conclusion>\n`,
 //!   not `</Parallel>`: the model writes the conclusion and `</Parallel>`
 //!   itself. If any child hit end of sequence or its length limit, the join
 //!   closes with `\n<Conclusion>\n</Conclusion>\n</Parallel>` (or
@@ -47,7 +48,12 @@ pub const MAX_FORK_ROUNDS: u32 = 16;
 /// ThreadWeaver with the reference's options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThreadWeaver {
-    /// The reference's `no_conclusion` option (default false).
+    /// The reference's `no_conclusion` option: the join appends `\n`
+    /// instead of `\n<Conclusion>\n`. On by default, as every published
+    /// RL launch sets it (`threadweaver_rl/README.md:67,72`,
+    /// `train_par.slurm:65`, `multinode_run.slurm:133`) and the SFT
+    /// evaluation joins (`threadweaver_sft/src/simple_eval.py:647-661`);
+    /// the config's own default is false (`rollout.yaml:219`).
     pub no_conclusion: bool,
     pub max_fork_rounds: u32,
 }
@@ -55,7 +61,7 @@ pub struct ThreadWeaver {
 impl Default for ThreadWeaver {
     fn default() -> Self {
         Self {
-            no_conclusion: false,
+            no_conclusion: true,
             max_fork_rounds: MAX_FORK_ROUNDS,
         }
     }
@@ -78,6 +84,7 @@ impl Protocol for ThreadWeaver {
             max_children: None,
             max_fork_rounds: Some(self.max_fork_rounds),
             child_temperature: None,
+            child_repetition_penalty: None,
         }
     }
 
@@ -110,6 +117,7 @@ impl Protocol for ThreadWeaver {
     fn child_stop(&self) -> ChildStop {
         ChildStop {
             stop: Some(THREAD_CLOSE),
+            keep_after: 0,
         }
     }
 

@@ -176,7 +176,12 @@ fn check_fork(
         (Layout::Sequential { kept_prefix }, Some("sequential") | None) => {
             assert_eq!(join.text[..*kept_prefix], parent[..*kept_prefix], "{name}");
         }
-        (Layout::Merged { fork_at, append }, Some("merged")) => {
+        (
+            Layout::Merged {
+                fork_at, append, ..
+            },
+            Some("merged"),
+        ) => {
             assert_eq!(*fork_at, fork.segment_end, "{name}");
             assert!(join.text.ends_with(append.as_str()), "{name}");
         }

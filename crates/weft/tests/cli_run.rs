@@ -171,8 +171,9 @@ fn stop_works_in_protocol_mode() {
         String::from_utf8(out.stdout).unwrap()
     };
     let full = run(&[]);
-    // The join writes `<Conclusion>`; the root writes after it.
-    let after = full.find("<Conclusion>").expect(&full) + "<Conclusion>".len();
+    // The join ends with the last `</Thread>` and `\n` (the released
+    // checkpoints' `no_conclusion`); the root writes after it.
+    let after = full.rfind("</Thread>\n").expect(&full) + "</Thread>\n".len();
     let stop: String = full[after..].trim_start().chars().take(4).collect();
     assert!(!stop.is_empty(), "{full:?}");
     let stopped = run(&["--stop", &stop]);

@@ -66,7 +66,7 @@ impl Engine<'_> {
             return Ok(());
         };
         let rules = protocol.rules();
-        let stop = protocol.child_stop().stop;
+        let stop = protocol.child_stop();
         self.register(id)?;
         let full = std::mem::take(&mut self.threads[id].context);
         let result = self.fork_children(id, &fork, &full, rules, stop);
@@ -108,7 +108,7 @@ impl Engine<'_> {
         fork: &Fork,
         full: &str,
         rules: weft_protocol::Rules,
-        stop: Option<&'static str>,
+        stop: weft_protocol::ChildStop,
     ) -> Result<Vec<usize>, EngineError> {
         let r = self.threads[id].request;
         let at_end = fork.segment_end >= full.len();
@@ -166,6 +166,9 @@ impl Engine<'_> {
             if let Some(t) = rules.child_temperature {
                 sampling.temperature = t;
             }
+            if let Some(p) = rules.child_repetition_penalty {
+                sampling.repetition_penalty = p;
+            }
             let kid = self.spawn(NewThread {
                 request: r,
                 parent: Some(id),
@@ -174,7 +177,8 @@ impl Engine<'_> {
                 tokens,
                 no_bos,
                 kv,
-                stop,
+                stop: stop.stop,
+                keep_after: stop.keep_after,
                 sampling,
                 max_generated: self.requests[r].max_thread_tokens,
             });
@@ -268,13 +272,14 @@ impl Engine<'_> {
             }
         };
         let merged = match (merge_at, &join.layout) {
-            (Some(p), Layout::Merged { append, .. }) => self.merge_join(&MergeJoin {
+            (Some(p), Layout::Merged { append, lead, .. }) => self.merge_join(&MergeJoin {
                 thread: id,
                 kids,
                 fork: &fork,
                 results: &results,
                 text: &join.text,
                 append,
+                lead,
                 fork_tokens: p,
             })?,
             _ => None,

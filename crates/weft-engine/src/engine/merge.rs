@@ -92,6 +92,9 @@ pub(super) struct MergeJoin<'a> {
     /// The joined text: the parent's, each child's, then `append`.
     pub text: &'a str,
     pub append: &'a str,
+    /// Text every child's suffix begins with, kept once (child 0's); see
+    /// `Layout::Merged`.
+    pub lead: &'a str,
     /// The parent's own token count at the fork.
     pub fork_tokens: usize,
 }
@@ -123,7 +126,7 @@ impl Engine<'_> {
     /// `None` when the merge cannot be exact (the caller then re-prefills,
     /// after giving back the children's KV).
     pub(super) fn merge_join(&mut self, m: &MergeJoin) -> Result<Option<usize>, EngineError> {
-        let Some(tails) = self.merge_plan(m)? else {
+        let Some((tails, lead_tokens)) = self.merge_plan(m)? else {
             return Ok(None);
         };
         let MergeJoin {
@@ -187,7 +190,7 @@ impl Engine<'_> {
             end: p,
         });
         let mut longest = 0;
-        for &k in kids {
+        for (i, &k) in kids.iter().enumerate() {
             let kid = &mut self.threads[k];
             kid.n_cached = kid.tokens.len();
             // Positions the child's part spans past the fork point.
@@ -199,8 +202,9 @@ impl Engine<'_> {
                 end: kid.n_cached,
             });
             // The first slots of a child's first own segment are the
-            // parent's prefix (a forked table): already in `segments`.
-            own[0].start = p;
+            // parent's prefix (a forked table): already in `segments`. The
+            // lead's tokens, identical in every child, are kept once.
+            own[0].start = if i == 0 { p } else { p + lead_tokens };
             free_segments(&mut self.pool, &mut kid.segments)?;
             for mut s in own {
                 if s.len() == 0 {
@@ -227,8 +231,10 @@ impl Engine<'_> {
     }
 
     /// Checks that the merged KV will hold exactly `text`, and returns each
-    /// child's tokens still to compute; `None` when it would not.
-    fn merge_plan(&self, m: &MergeJoin) -> Result<Option<Vec<ChildTail>>, EngineError> {
+    /// child's tokens still to compute and the lead's token count; `None`
+    /// when it would not.
+    #[allow(clippy::type_complexity)]
+    fn merge_plan(&self, m: &MergeJoin) -> Result<Option<(Vec<ChildTail>, usize)>, EngineError> {
         let MergeJoin {
             thread: id,
             kids,
@@ -236,8 +242,14 @@ impl Engine<'_> {
             results,
             text,
             append,
+            lead,
             fork_tokens: p,
         } = *m;
+        let lead_ids = if lead.is_empty() {
+            Vec::new()
+        } else {
+            self.tok.encode(lead, false)?
+        };
         let parent = &self.threads[id];
         if append.is_empty()
             || kids.len() != results.len()
@@ -250,8 +262,19 @@ impl Engine<'_> {
         }
         let mut expect = parent.context.clone();
         let mut tails = Vec::with_capacity(kids.len());
-        for (&k, result) in kids.iter().zip(results) {
+        for (i, (&k, result)) in kids.iter().zip(results).enumerate() {
             let kid = &self.threads[k];
+            // Every child's KV must begin with the lead's tokens, so that
+            // keeping child 0's copy keeps the same KV at the same places.
+            if kid.tokens.get(p..p + lead_ids.len()) != Some(&lead_ids[..])
+                || !kid
+                    .context
+                    .get(fork.segment_end..)
+                    .is_some_and(|c| c.starts_with(lead))
+            {
+                return Ok(None);
+            }
+            let skip = if i == 0 { 0 } else { lead.len() };
             let own_first_end = kid
                 .segments
                 .get(parent.segments.len())
@@ -263,7 +286,7 @@ impl Engine<'_> {
                 && kid.own_tok_start <= kid.n_cached
                 && result.text.as_deref() == Some(kid.generated_text());
             let (Some(piece), Some(tail)) = (
-                kid.context.get(fork.segment_end..),
+                kid.context.get(fork.segment_end + skip..),
                 kid.context.get(kid.own_text_start..),
             ) else {
                 return Ok(None);
@@ -285,14 +308,19 @@ impl Engine<'_> {
             let Some(rest) = target.strip_prefix(done.as_str()) else {
                 return Ok(None);
             };
+            let sampled = &kid.tokens[kid.n_cached..];
             let rest = if rest.is_empty() {
                 Vec::new()
+            } else if !sampled.is_empty() && self.tok.decode(sampled).is_ok_and(|t| t == rest) {
+                // The tokens the child sampled (its last one, and the token
+                // kept after a stop): the ids as sampled, not re-encoded.
+                sampled.to_vec()
             } else {
                 self.tok.encode(rest, false)?
             };
             tails.push(ChildTail { thread: k, rest });
         }
         expect.push_str(append);
-        Ok((expect == text).then_some(tails))
+        Ok((expect == text).then_some((tails, lead_ids.len())))
     }
 }

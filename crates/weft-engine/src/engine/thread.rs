@@ -72,6 +72,12 @@ pub(super) struct Thread {
     pub detector: Detector,
     /// Child stop string, or a parent's `FinishAt`.
     pub stop: Option<&'static str>,
+    /// Tokens to sample and keep after the stop string
+    /// (`ChildStop::keep_after`).
+    pub keep_after: u32,
+    /// Set once the stop string is written with `keep_after` > 0: tokens
+    /// still to sample before the thread ends.
+    pub after_stop: Option<u32>,
     pub end: ChildEnd,
     /// The seed of this thread's sampler (children derive theirs from it).
     pub seed: u64,

@@ -13,10 +13,15 @@
 //!   the text); when it matches, the reference appends `<Calling Sub
 //!   Searches>` (no newline) and decodes on. Children are decoded by the
 //!   same function, so the guard holds for them too.
-//! - Conditioning: the children's prefix is the raw text before `Moving to
-//!   Node` on the root's first line: repeated when it starts with `Token
-//!   Budget: `, dropped for `Sub Call Budget: `, any other prefix raises in
-//!   the reference (here: a malformed fork, the thread finishes).
+//! - Conditioning (from `tinyrl/rollout/apr_utils.py:404-421`, the RL
+//!   rollout, not `parallel_infernce_utils.py`): the children's prefix is
+//!   the raw text before `Moving to Node` on the root's first line:
+//!   repeated when it starts with `Token Budget: `, dropped for `Sub Call
+//!   Budget: `, any other prefix raises in the reference (here: a malformed
+//!   fork, the thread finishes). `src/eval/eval_apr.py:349` calls
+//!   `call_search(..., budget=None)`, so evaluation children get no prefix;
+//!   evaluation roots only use `Sub Call Budget:`, which is dropped anyway,
+//!   so the two agree there.
 //! - A fork block that does not parse raises in the reference and the whole
 //!   solve returns no solution; here the thread finishes at the block.
 //! - Join: the reference writes `Sub Search {i}` with i the enumeration
@@ -87,6 +92,7 @@ impl Protocol for Apr {
             max_children: None,
             max_fork_rounds: self.max_fork_rounds,
             child_temperature: None,
+            child_repetition_penalty: None,
         }
     }
 
@@ -146,7 +152,10 @@ impl Protocol for Apr {
     }
 
     fn child_stop(&self) -> ChildStop {
-        ChildStop { stop: None }
+        ChildStop {
+            stop: None,
+            keep_after: 0,
+        }
     }
 
     fn child_result(&self, generated: &str, end: ChildEnd) -> ChildResult {
