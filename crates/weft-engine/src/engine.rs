@@ -459,6 +459,34 @@ impl<'m> Engine<'m> {
         }
     }
 
+    /// Writes `text` where the thread sampled end of sequence: its tokens
+    /// are prefilled at the next step and decoding goes on, unless `text`
+    /// completes the thread's own stop string (a `FinishAt` join), which
+    /// ends it.
+    fn write_instead_of_eos(&mut self, id: usize, text: &str) -> Result<(), EngineError> {
+        let ids = self.tok.encode(text, false)?;
+        let r = self.threads[id].request;
+        let req_id = self.requests[r].id;
+        let t = &mut self.threads[id];
+        t.tokens.extend(&ids);
+        t.context.push_str(text);
+        // Text held back for a possible stop string goes out with it.
+        let shown = t.context[t.emitted.min(t.context.len())..].to_string();
+        t.emitted = t.context.len();
+        self.events.push(Event::Text {
+            request: req_id,
+            thread: t.local_id,
+            depth: t.depth,
+            text: shown,
+            token_ids: ids,
+            logprobs: None,
+        });
+        if t.stop.is_some_and(|s| t.context.ends_with(s)) {
+            return self.finish(id, ChildEnd::Stop);
+        }
+        Ok(())
+    }
+
     /// After a thread's context is fully computed: look for a trigger, else
     /// sample its next token.
     fn advance(&mut self, id: usize, logits: &[f32]) -> Result<(), EngineError> {
@@ -474,9 +502,19 @@ impl<'m> Engine<'m> {
             t.sampler.sample_with_history(logits, own)
         };
         let req = &self.requests[r];
-        if (self.tok.is_stop(next) && !req.ignore_eos)
-            || (is_root && req.stop_token_ids.contains(&next))
-        {
+        if self.tok.is_stop(next) && !req.ignore_eos {
+            // A protocol may write text in place of end of sequence and go
+            // on (Parallel-R1 closes an open `<Summary>`).
+            let replace = req
+                .protocol
+                .as_ref()
+                .and_then(|p| p.on_end_of_sequence(&self.threads[id].context));
+            if let Some(text) = replace {
+                return self.write_instead_of_eos(id, text);
+            }
+            return self.finish(id, ChildEnd::Eos);
+        }
+        if is_root && req.stop_token_ids.contains(&next) {
             return self.finish(id, ChildEnd::Eos);
         }
         if req.stats.ttft_ms == 0.0 && is_root {

@@ -342,3 +342,143 @@ fn a_reused_engine_answers_each_batch_with_its_own_responses() {
         assert_eq!(engine.kv_blocks_available(), before, "blocks leaked");
     }
 }
+
+/// A re-prefill join keeps each child's ids as it sampled them (as
+/// ThreadWeaver's loop concatenates ids), even where re-encoding the joined
+/// text would split it otherwise. Sampling finds children with such
+/// non-canonical splits; the test fails if none turns up, so it checks
+/// what it claims.
+#[test]
+fn a_reprefill_join_keeps_the_ids_children_sampled() {
+    let (model, tok) = model();
+    let cfg = EngineConfig {
+        max_tokens_per_thread: 24,
+        max_depth: 1,
+        ..Default::default()
+    };
+    let mut non_canonical = 0;
+    for seed in 0..24u64 {
+        let mut spec = RequestSpec::text(TW_PROMPT.to_string())
+            .with_protocol(Arc::from(weft_protocol::by_name("threadweaver").unwrap()));
+        spec.sampling.temperature = 1.0;
+        spec.sampling.seed = seed;
+        spec.max_tokens = Some(4);
+        let mut engine = Engine::new(&model, &tok, cfg.clone()).unwrap();
+        let r = engine.run(vec![spec], &mut |_| {}).unwrap().remove(0);
+        assert_eq!(r.stats.forks, 1, "{:?}", r.stats);
+        let root = &r.threads[0].tokens;
+        for child in &r.threads[1..] {
+            let ids = &child.tokens[child.tokens.len() - child.generated_tokens..];
+            if tok.decode(ids).unwrap() != child.text {
+                continue; // a stop string cut the last token's text
+            }
+            if tok.encode(&child.text, false).unwrap() != ids {
+                non_canonical += 1;
+            }
+            assert!(
+                root.windows(ids.len()).any(|w| w == ids),
+                "seed {seed}: the joined ids lost child {}'s sampled ids {ids:?} ({:?})",
+                child.id,
+                child.text
+            );
+        }
+        if non_canonical >= 2 && seed >= 3 {
+            break;
+        }
+    }
+    assert!(
+        non_canonical > 0,
+        "no child sampled a non-canonical split: the test checked nothing"
+    );
+}
+
+/// A protocol that writes text in place of the first end of sequence
+/// (`Protocol::on_end_of_sequence`, Parallel-R1's hook) and otherwise
+/// behaves as Parallel-R1.
+#[derive(Debug, Default)]
+struct EosOnce(weft_protocol::parallel_r1::ParallelR1);
+
+const MARK: &str = " Also, here are three colours:";
+
+impl weft_protocol::Protocol for EosOnce {
+    fn name(&self) -> &'static str {
+        "eos-once"
+    }
+    fn triggers(&self) -> &'static [&'static str] {
+        self.0.triggers()
+    }
+    fn rules(&self) -> weft_protocol::Rules {
+        self.0.rules()
+    }
+    fn on_trigger(
+        &self,
+        text: &str,
+        trigger: &'static str,
+        end: usize,
+        ctx: weft_protocol::ForkContext,
+    ) -> weft_protocol::Scan {
+        self.0.on_trigger(text, trigger, end, ctx)
+    }
+    fn child_stop(&self) -> weft_protocol::ChildStop {
+        self.0.child_stop()
+    }
+    fn child_result(
+        &self,
+        generated: &str,
+        end: weft_protocol::ChildEnd,
+    ) -> weft_protocol::ChildResult {
+        self.0.child_result(generated, end)
+    }
+    fn on_end_of_sequence(&self, text: &str) -> Option<&'static str> {
+        (!text.contains(MARK)).then_some(MARK)
+    }
+    fn join(
+        &self,
+        parent: &str,
+        fork: &weft_protocol::Fork,
+        children: &[weft_protocol::ChildResult],
+        ctx: weft_protocol::ForkContext,
+    ) -> Result<weft_protocol::Join, weft_protocol::ProtocolError> {
+        self.0.join(parent, fork, children, ctx)
+    }
+}
+
+/// End of sequence a protocol replaces (Parallel-R1 inside an open
+/// `<Summary>`; here any first one) becomes that text, as one text event
+/// carrying all its ids (a sampled token comes alone), and the thread
+/// decodes on from it.
+#[test]
+fn text_written_in_place_of_end_of_sequence_is_decoded_on() {
+    let (model, tok) = model();
+    let prompt = tok
+        .render_chat(&[weft_model::chat::Message::new("user", "Say OK.")])
+        .unwrap();
+    let mut engine = Engine::new(&model, &tok, EngineConfig::default()).unwrap();
+    let mut spec = RequestSpec::text(prompt).with_protocol(Arc::new(EosOnce::default()));
+    spec.max_tokens = Some(60);
+    let mark = tok.encode(MARK, false).unwrap();
+    let mut replaced = 0;
+    let r = engine
+        .run(vec![spec], &mut |e| {
+            if let weft_engine::Event::Text {
+                thread: 0,
+                token_ids,
+                ..
+            } = e
+            {
+                if *token_ids == mark {
+                    replaced += 1;
+                }
+            }
+        })
+        .unwrap()
+        .remove(0);
+    assert_eq!(replaced, 1, "{:?}", r.text);
+    let at = r.text.find(MARK).expect("the replacement is in the text") + MARK.len();
+    // Decoding went on from it.
+    assert!(!r.text[at..].trim().is_empty(), "{:?}", r.text);
+    assert!(
+        r.finish_reason == weft_engine::FinishReason::Stop
+            || r.finish_reason == weft_engine::FinishReason::Length
+    );
+}

@@ -18,6 +18,9 @@
 //!   right after the 4th block's summary: that join says
 //!   [`AfterJoin::FinishAt`]`("</Summary>")`. A further `<Parallel>` finishes
 //!   the thread without it.
+//! - End of sequence inside an open `<Summary>` is replaced by `</Summary>`
+//!   and the main decode resumes (`parallel_thinking_loop_v3.py` 400-416);
+//!   elsewhere it ends the request.
 //! - Training lays the paths out at shared positions (each path starts at
 //!   the position after `<Parallel>`, `</Parallel>` at base + longest + 1,
 //!   cross-path masks), but the rollout re-prefills the joined tokens with
@@ -39,6 +42,7 @@ pub const PATH_OPEN: &str = "<Path>";
 pub const PATH_CLOSE: &str = "</Path>";
 /// What the join appends after the paths.
 pub const JOIN_APPEND: &str = "</Parallel>\n<Summary>";
+pub const SUMMARY_OPEN: &str = "<Summary>";
 pub const SUMMARY_CLOSE: &str = "</Summary>";
 
 /// Parallel-R1 with the reference's rollout settings.
@@ -109,6 +113,11 @@ impl Protocol for ParallelR1 {
         closed_result(generated, end, PATH_CLOSE, PATH_CLOSE)
     }
 
+    fn on_end_of_sequence(&self, text: &str) -> Option<&'static str> {
+        let open = text.rfind(SUMMARY_OPEN)?;
+        (!text[open..].contains(SUMMARY_CLOSE)).then_some(SUMMARY_CLOSE)
+    }
+
     fn join(
         &self,
         parent: &str,
@@ -122,5 +131,20 @@ impl Protocol for ParallelR1 {
             AfterJoin::Continue
         };
         concat_join(parent, fork, children, JOIN_APPEND, None, then)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_of_sequence_inside_an_open_summary_closes_it() {
+        let p = ParallelR1::default();
+        let open = "<Parallel><Path>a</Path><Path>b</Path></Parallel>\n<Summary> so";
+        assert_eq!(p.on_end_of_sequence(open), Some(SUMMARY_CLOSE));
+        let closed = format!("{open}</Summary> then");
+        assert_eq!(p.on_end_of_sequence(&closed), None);
+        assert_eq!(p.on_end_of_sequence("no summary"), None);
     }
 }

@@ -37,6 +37,15 @@ pub trait Protocol: Send + Sync + std::fmt::Debug {
     /// stopped on one, never the end-of-sequence token.
     fn child_result(&self, generated: &str, end: ChildEnd) -> ChildResult;
 
+    /// A thread sampled end of sequence with this `text`: `Some(s)` means
+    /// the reference writes `s` in its place and decoding goes on
+    /// (Parallel-R1 inside an open `<Summary>`); `None` (the default): the
+    /// thread ends.
+    fn on_end_of_sequence(&self, text: &str) -> Option<&'static str> {
+        let _ = text;
+        None
+    }
+
     /// The parent's context after its children finished. `parent` is the
     /// parent's text up to at least `fork.segment_end`; `children[i]` is
     /// child i's [`Protocol::child_result`]. A count that differs from the

@@ -18,6 +18,94 @@ impl Engine<'_> {
     /// layout is dropped: its text is re-prefilled as one sequence.
     pub(super) fn retext(&mut self, id: usize, full: String) -> Result<usize, EngineError> {
         let tokens = self.tok.encode_prompt(&full, self.threads[id].no_bos)?;
+        self.retext_tokens(id, full, tokens)
+    }
+
+    /// The token ids of a re-prefill join's `text`, built as the reference
+    /// loops build them (ThreadWeaver's `single_turn_agent_loop.py` 278-305,
+    /// Parallel-R1's `parallel_thinking_loop_v3.py` 369-394): the parent's
+    /// ids up to the fork, each child's ids as it sampled them, and the text
+    /// between them (headers, closings, what the join appends) encoded
+    /// piece by piece. Re-encoding the whole text instead would change the
+    /// ids wherever a child sampled a non-canonical split, and the parent
+    /// would continue from ids the model never produced. Where the pieces
+    /// are not found in order (a join that rewrites text, as APR's), the
+    /// whole text is encoded, as APR's reference does.
+    fn join_tokens(
+        &self,
+        id: usize,
+        kids: &[usize],
+        fork: &Fork,
+        text: &str,
+    ) -> Result<Vec<u32>, EngineError> {
+        let parent = &self.threads[id];
+        let whole = || self.tok.encode_prompt(text, parent.no_bos);
+        let sequential = parent.segments.is_empty() && parent.pos_base == 0;
+        if !sequential
+            || fork.segment_end != parent.context.len()
+            || !text.starts_with(parent.context.as_str())
+        {
+            return Ok(whole()?);
+        }
+        // The parent's ids must spell its text (BOS included) for them to
+        // stand for it.
+        let spelled = self.tok.decode(&parent.tokens)?;
+        let expected = self
+            .tok
+            .decode(&self.tok.encode_prompt(&parent.context, parent.no_bos)?)?;
+        if spelled != expected {
+            return Ok(whole()?);
+        }
+        let mut out = parent.tokens.clone();
+        let mut at = fork.segment_end;
+        let gap = |out: &mut Vec<u32>, piece: &str| -> Result<(), EngineError> {
+            if !piece.is_empty() {
+                out.extend(self.tok.encode(piece, false)?);
+            }
+            Ok(())
+        };
+        for &k in kids {
+            let kid = &self.threads[k];
+            let own = kid.generated_text();
+            if own.is_empty() {
+                continue;
+            }
+            let Some(found) = text[at..].find(own).map(|p| p + at) else {
+                return Ok(whole()?);
+            };
+            gap(&mut out, &text[at..found])?;
+            let ids = &kid.tokens[kid.tokens.len().saturating_sub(kid.generated)..];
+            // The sampled ids; when a stop string cut the last token's
+            // text, its kept part is encoded.
+            let mut used = ids.len();
+            while used > 0
+                && !self
+                    .tok
+                    .decode(&ids[..used])
+                    .is_ok_and(|t| own.starts_with(&t))
+            {
+                used -= 1;
+            }
+            out.extend(&ids[..used]);
+            let shown = self.tok.decode(&ids[..used])?;
+            gap(&mut out, &own[shown.len()..])?;
+            at = found + own.len();
+        }
+        gap(&mut out, &text[at..])?;
+        // Whatever the pieces, the ids must spell the text.
+        if self.tok.decode(&out)? != self.tok.decode(&whole()?)? {
+            return Ok(whole()?);
+        }
+        Ok(out)
+    }
+
+    /// [`Engine::retext`] with the new text's token ids given.
+    fn retext_tokens(
+        &mut self,
+        id: usize,
+        full: String,
+        tokens: Vec<u32>,
+    ) -> Result<usize, EngineError> {
         self.register(id)?;
         let t = &mut self.threads[id];
         t.in_layout = false;
@@ -292,8 +380,9 @@ impl Engine<'_> {
             None => {
                 // Re-prefill: the joined text after the common token prefix
                 // is computed again.
+                let tokens = self.join_tokens(id, kids, &fork, &join.text)?;
                 self.release_children(kids)?;
-                let reused = self.retext(id, join.text)?;
+                let reused = self.retext_tokens(id, join.text, tokens)?;
                 let t = &self.threads[id];
                 self.requests[r].stats.join_tokens_computed += t.tokens.len() - reused;
                 reused
