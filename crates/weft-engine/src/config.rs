@@ -37,7 +37,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             max_children_per_fork: 16,
-            max_depth: 4,
+            max_depth: 6,
             max_live_threads_per_request: 64,
             max_live_threads: 256,
             max_tokens_per_thread: 1024,

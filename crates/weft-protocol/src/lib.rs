@@ -51,6 +51,7 @@ pub mod apr;
 mod detect;
 pub mod multiverse;
 pub mod npr;
+pub mod options;
 pub mod parallel_r1;
 mod protocol;
 mod pyrepr;
@@ -58,6 +59,7 @@ mod tags;
 pub mod threadweaver;
 
 pub use detect::Detector;
+pub use options::{with_options, OptionError};
 pub use protocol::{
     Action, AfterJoin, ChildEnd, ChildPrompt, ChildResult, ChildSpec, ChildStop, Fork, ForkContext,
     Join, JoinMode, Layout, Protocol, Refusal, RefuseReason, Rules, Scan,

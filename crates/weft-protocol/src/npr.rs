@@ -54,12 +54,14 @@ pub const MAX_DEPTH: u32 = 6;
 pub const CHILD_REPETITION_PENALTY: f32 = 1.02;
 
 /// NPR with its limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Npr {
     /// Threads at depth < `max_depth` may fork ([`MAX_DEPTH`]).
     pub max_depth: u32,
     /// More plans than this end the thread ([`MAX_PLANS`]).
     pub max_children: Option<usize>,
+    /// The children's repetition penalty ([`CHILD_REPETITION_PENALTY`]).
+    pub repetition_penalty: f32,
 }
 
 impl Default for Npr {
@@ -67,6 +69,7 @@ impl Default for Npr {
         Self {
             max_depth: MAX_DEPTH,
             max_children: Some(MAX_PLANS),
+            repetition_penalty: CHILD_REPETITION_PENALTY,
         }
     }
 }
@@ -82,7 +85,7 @@ impl Protocol for Npr {
 
     fn rules(&self) -> Rules {
         Rules {
-            child_repetition_penalty: Some(CHILD_REPETITION_PENALTY),
+            child_repetition_penalty: Some(self.repetition_penalty),
             ..Rules::nested(JoinMode::KvMerge, self.max_depth, self.max_children)
         }
     }

@@ -67,6 +67,8 @@ pub struct ServerConfig {
     /// Special-token text inside chat message contents becomes control
     /// tokens (off: it stays text; see `Tokenizer::encode_chat`).
     pub special_tokens_in_content: bool,
+    /// `--protocol-option`: settings of `protocol` (`weft_protocol::options`).
+    pub protocol_options: Vec<(String, String)>,
 }
 
 struct AppState {
@@ -284,6 +286,7 @@ async fn handle(state: Shared, headers: HeaderMap, body: Body, endpoint: Endpoin
         served_model_name: state.cfg.served_model_name.clone(),
         protocol: state.cfg.protocol.clone(),
         special_tokens_in_content: state.cfg.special_tokens_in_content,
+        protocol_options: state.cfg.protocol_options.clone(),
     };
     let seeds = || {
         SystemTime::now()
@@ -544,6 +547,7 @@ mod tests {
             served_model_name: "m".into(),
             protocol: None,
             special_tokens_in_content: false,
+            protocol_options: Vec::new(),
         };
         let body = br#"{"prompt": "x", "stream": true, "stream_options": {"include_usage": true}}"#;
         let valid = validation::validate(body, Endpoint::Completions, &defaults, &|| 1).unwrap();

@@ -38,6 +38,9 @@ pub struct Defaults {
     pub protocol: Option<String>,
     /// Let special-token text in message contents become control tokens.
     pub special_tokens_in_content: bool,
+    /// `--protocol-option`: settings of `protocol` (requests that name
+    /// another protocol do not get them).
+    pub protocol_options: Vec<(String, String)>,
 }
 
 /// Which endpoint a request came to.
@@ -156,6 +159,9 @@ struct Parallel {
     /// Tokens all threads together may generate.
     #[serde(default, deserialize_with = "integer")]
     max_total_tokens: Option<i64>,
+    /// The protocol's own settings by their reference names
+    /// (`weft_protocol::options`), e.g. `{"no_conclusion": false}`.
+    options: Option<serde_json::Map<String, Value>>,
     /// `false`: re-prefill every join; `true` (the default for protocols
     /// that join by KV merge): merge the children's KV.
     kv_merge: Option<bool>,
@@ -164,6 +170,8 @@ struct Parallel {
 /// What `parallel` asked for.
 struct ParallelChoice {
     protocol: Option<String>,
+    /// The protocol's settings (`key`, `value`), server defaults first.
+    options: Vec<(String, String)>,
     limits: weft_engine::RequestLimits,
     kv_merge: bool,
     max_thread_tokens: Option<usize>,
@@ -338,6 +346,7 @@ pub fn validate(
     };
     let ParallelChoice {
         protocol,
+        options,
         limits,
         kv_merge,
         max_thread_tokens,
@@ -352,6 +361,19 @@ pub fn validate(
         Some(s) => s as u64,
         None => seed_source(),
     };
+    let engine_protocol =
+        match (&protocol, options.is_empty()) {
+            (Some(name), false) => Some(ProtocolChoice::Instance(std::sync::Arc::from(
+                weft_protocol::with_options(name, &options)
+                    .map_err(|e| InvalidRequest::new("parallel.options", e.to_string()))?,
+            ))),
+            (Some(name), true) => Some(ProtocolChoice::Name(name.clone())),
+            (None, false) => return Err(InvalidRequest::new(
+                "parallel.options",
+                "parallel.options needs a protocol (parallel.protocol or the server's --protocol)",
+            )),
+            (None, true) => None,
+        };
     let continue_final_message = raw.continue_final_message.unwrap_or(false);
     let chat = weft_model::chat::ChatOptions {
         continue_final_message,
@@ -374,7 +396,7 @@ pub fn validate(
     for prompt in prompts {
         for i in 0..n as u64 {
             let mut spec = RequestSpec::new(prompt.clone());
-            spec.protocol = protocol.clone().map(ProtocolChoice::Name);
+            spec.protocol = engine_protocol.clone();
             spec.sampling = Sampling {
                 temperature: raw.temperature.unwrap_or(1.0) as f32,
                 top_p: raw.top_p.unwrap_or(1.0) as f32,
@@ -553,6 +575,7 @@ fn chat_prompt(messages: Option<&[RawMessage]>) -> Result<Prompt, InvalidRequest
 fn parallel(value: Option<&Value>, defaults: &Defaults) -> Result<ParallelChoice, InvalidRequest> {
     let mut choice = ParallelChoice {
         protocol: defaults.protocol.clone(),
+        options: defaults.protocol_options.clone(),
         limits: weft_engine::RequestLimits::default(),
         kv_merge: true,
         max_thread_tokens: None,
@@ -579,14 +602,30 @@ fn parallel(value: Option<&Value>, defaults: &Defaults) -> Result<ParallelChoice
                     &param,
                     format!(
                         "{param}: {} (parallel is null or {{protocol, max_children, max_depth, \
-                     max_thread_tokens, max_total_tokens, kv_merge}})",
+                     max_thread_tokens, max_total_tokens, kv_merge, options}})",
                         e.inner()
                     ),
                 )
             })?,
         };
     if let Some(name) = p.protocol {
+        if choice.protocol.as_deref() != Some(name.as_str()) {
+            choice.options.clear();
+        }
         choice.protocol = Some(name);
+    }
+    for (k, v) in p.options.unwrap_or_default() {
+        let v = match v {
+            Value::String(s) => s,
+            Value::Bool(_) | Value::Number(_) => v.to_string(),
+            other => {
+                return Err(InvalidRequest::new(
+                    "parallel.options",
+                    format!("option `{k}` must be a string, number or boolean, got {other}"),
+                ))
+            }
+        };
+        choice.options.push((k, v));
     }
     if let Some(name) = &choice.protocol {
         let Some(proto) = weft_protocol::by_name(name) else {

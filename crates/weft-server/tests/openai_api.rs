@@ -45,6 +45,7 @@ fn servers() -> &'static (SocketAddr, SocketAddr, SocketAddr) {
                 protocol: protocol.map(String::from),
                 api_key: key.map(String::from),
                 special_tokens_in_content: false,
+                protocol_options: Vec::new(),
             };
             weft_server::spawn(engine, cfg, "127.0.0.1:0".parse().unwrap()).unwrap()
         };
@@ -742,4 +743,38 @@ fn max_tokens_bounds_every_thread_unless_parallel_says_otherwise() {
     );
     assert_eq!(status, 400);
     assert_eq!(v["error"]["param"], "parallel.max_thread_tokens", "{v}");
+}
+
+#[test]
+fn parallel_options_set_the_protocols_reference_settings() {
+    let (plain, _, _) = *servers();
+    let prompt = "Question: how far apart are (1, 2) and (7, -7)?\n<Parallel>\n<Outlines>\n<Outline>1: Compute (dx)^2.</Outline>\n<Outline>2: Compute (dy)^2.</Outline>\n</Outlines>";
+    let ask = |options: Value| {
+        let body = json!({"model": NAME, "prompt": prompt, "max_tokens": 6, "temperature": 0,
+                          "parallel": {"protocol": "threadweaver", "options": options}});
+        post(plain, "/v1/completions", body)
+    };
+    // The released checkpoints' join (`no_conclusion`) by default, the
+    // config's own on request.
+    let (status, v) = ask(json!({}));
+    assert_eq!(status, 200, "{v}");
+    let released = v["choices"][0]["text"].as_str().unwrap().to_string();
+    assert!(!released.contains("<Conclusion>"), "{released:?}");
+    let (status, v) = ask(json!({"no_conclusion": false}));
+    assert_eq!(status, 200, "{v}");
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert!(text.contains("</Thread>\n<Conclusion>\n"), "{text:?}");
+    for (options, what) in [
+        (json!({"no_conclusoin": false}), "no_conclusoin"),
+        (json!({"no_conclusion": "maybe"}), "maybe"),
+        (json!({"no_conclusion": [1]}), "[1]"),
+    ] {
+        let (status, v) = ask(options);
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["param"], "parallel.options", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(what),
+            "{v}"
+        );
+    }
 }

@@ -87,3 +87,11 @@ impl ModelArgs {
         Ok((model, tokenizer))
     }
 }
+
+/// Parses `KEY=VALUE` (clap value parser).
+pub fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}

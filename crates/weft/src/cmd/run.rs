@@ -71,9 +71,19 @@ pub struct RunArgs {
     /// With --protocol: most children one fork may start.
     #[arg(long, default_value_t = 16)]
     pub max_children: usize,
-    /// With --protocol: threads at this depth may not fork (root = 0).
-    #[arg(long, default_value_t = 4)]
+    /// With --protocol: threads at this depth may not fork (root = 0). The
+    /// protocol's own limit applies too (multiverse and npr: 6, as their
+    /// authors' engines).
+    #[arg(long, default_value_t = 6)]
     pub max_depth: u32,
+    /// With --protocol: a setting of the protocol, as its reference names
+    /// it (repeatable): threadweaver `no_conclusion=false`,
+    /// `max_fork_rounds=N`; parallel-r1 `num_paths=N`,
+    /// `max_iterations_for_parallel_thinking=N`; multiverse/npr/apr
+    /// `max_depth=N`; multiverse/npr `max_children=N`; npr
+    /// `repetition_penalty=X`; apr `max_fork_rounds=N`.
+    #[arg(long = "protocol-option", value_name = "KEY=VALUE", requires = "protocol", value_parser = super::model_args::key_value)]
+    pub protocol_options: Vec<(String, String)>,
     /// With --protocol: KV cache budget in MiB.
     #[arg(long, default_value_t = 512)]
     pub kv_mib: usize,
@@ -115,7 +125,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         Prompt::Text(prompt)
     });
-    spec.protocol = args.protocol.clone().map(ProtocolChoice::Name);
+    spec.protocol = match &args.protocol {
+        Some(name) if !args.protocol_options.is_empty() => Some(ProtocolChoice::Instance(
+            std::sync::Arc::from(weft_protocol::with_options(name, &args.protocol_options)?),
+        )),
+        other => other.clone().map(ProtocolChoice::Name),
+    };
     spec.sampling = Sampling {
         temperature: args.temperature,
         top_k: args.top_k,

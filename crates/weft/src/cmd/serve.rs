@@ -19,6 +19,11 @@ pub struct ServeArgs {
     /// parallel-r1. `"parallel": null` in a request runs it as plain text.
     #[arg(long)]
     pub protocol: Option<String>,
+    /// A setting of --protocol, as its reference names it (repeatable; see
+    /// `weft run --help`), e.g. `no_conclusion=false`. Requests may set
+    /// their own in `parallel.options`.
+    #[arg(long = "protocol-option", value_name = "KEY=VALUE", requires = "protocol", value_parser = super::model_args::key_value)]
+    pub protocol_options: Vec<(String, String)>,
     /// Address to listen on (127.0.0.1: this machine only).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -57,10 +62,8 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = &args.protocol {
-        anyhow::ensure!(
-            weft_protocol::by_name(p).is_some(),
-            "unknown protocol `{p}` (apr, multiverse, threadweaver, npr, parallel-r1)"
-        );
+        // Checks the name and every option.
+        weft_protocol::with_options(p, &args.protocol_options)?;
     }
     anyhow::ensure!(args.max_num_seqs >= 1, "--max-num-seqs must be at least 1");
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
@@ -104,6 +107,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         protocol: args.protocol.clone(),
         api_key: args.api_key.clone(),
         special_tokens_in_content: args.allow_special_tokens_in_content,
+        protocol_options: args.protocol_options.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
