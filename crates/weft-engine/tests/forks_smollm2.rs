@@ -203,6 +203,26 @@ fn multiverse_join_merges_kv_without_recomputing_children() {
         at = pos.unwrap() + piece.len();
     }
     assert!(r.text[at..].starts_with("<Conclusion>\n"), "{:?}", r.text);
+    // A path that wrote `</Path>` kept exactly one more sampled token, as
+    // the authors' engine does (`output_ids[:-1]` of `</Path>`, t1, t2).
+    let mut closed = 0;
+    for child in &r.threads[1..] {
+        let own = &child.tokens[child.tokens.len() - child.generated_tokens..];
+        let Some(k) = (1..=own.len()).find(|&k| tok.decode(&own[..k]).unwrap().contains("</Path>"))
+        else {
+            continue;
+        };
+        closed += 1;
+        assert_eq!(
+            own.len() - k,
+            1,
+            "child {} kept {} tokens after `</Path>`: {:?}",
+            child.id,
+            own.len() - k,
+            child.text
+        );
+    }
+    assert!(closed > 0, "no path wrote `</Path>`: {:?}", r.text);
 
     // The same request re-prefilled at the join recomputes every child's
     // tokens; the merge computes only closing text and `<Conclusion>`.

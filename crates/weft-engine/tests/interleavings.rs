@@ -9,61 +9,11 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use rand::{Rng, SeedableRng};
 use weft_engine::{Engine, EngineConfig, Event, FinishReason, RequestId, RequestSpec, Sampling};
 use weft_model::{LoadOptions, Model, Tokenizer};
 
-/// A 2-layer Llama with SmolLM2's vocabulary and random weights.
-fn write_tiny(dir: &Path, vocab: usize) {
-    let (d, ff, heads, kv_heads, layers) = (32, 48, 4, 2, 2);
-    let hd = d / heads;
-    let config = serde_json::json!({
-        "model_type": "llama", "hidden_size": d, "intermediate_size": ff,
-        "num_hidden_layers": layers, "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads, "vocab_size": vocab, "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0, "max_position_embeddings": 384, "tie_word_embeddings": true,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut add = |name: String, shape: Vec<usize>, offset: f32| {
-        let n: usize = shape.iter().product();
-        let bytes = (0..n)
-            .flat_map(|_| (offset + 0.3 * rng.gen_range(-1.0f32..1.0)).to_le_bytes())
-            .collect();
-        tensors.push((name, shape, bytes));
-    };
-    add("model.embed_tokens.weight".into(), vec![vocab, d], 0.0);
-    add("model.norm.weight".into(), vec![d], 1.0);
-    for l in 0..layers {
-        let p = format!("model.layers.{l}.");
-        add(format!("{p}input_layernorm.weight"), vec![d], 1.0);
-        add(format!("{p}post_attention_layernorm.weight"), vec![d], 1.0);
-        add(format!("{p}self_attn.q_proj.weight"), vec![d, d], 0.0);
-        add(
-            format!("{p}self_attn.k_proj.weight"),
-            vec![kv_heads * hd, d],
-            0.0,
-        );
-        add(
-            format!("{p}self_attn.v_proj.weight"),
-            vec![kv_heads * hd, d],
-            0.0,
-        );
-        add(format!("{p}self_attn.o_proj.weight"), vec![d, d], 0.0);
-        add(format!("{p}mlp.gate_proj.weight"), vec![ff, d], 0.0);
-        add(format!("{p}mlp.up_proj.weight"), vec![ff, d], 0.0);
-        add(format!("{p}mlp.down_proj.weight"), vec![d, ff], 0.0);
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
-            (n.clone(), view.unwrap())
-        })
-        .collect();
-    safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-}
+mod common;
+use common::write_tiny;
 
 fn tiny() -> &'static (Model, Tokenizer) {
     static TINY: OnceLock<(Model, Tokenizer)> = OnceLock::new();
@@ -72,7 +22,7 @@ fn tiny() -> &'static (Model, Tokenizer) {
         let gguf = Path::new(&home).join(".cache/weft/models/SmolLM2-135M-Instruct.Q4_1.gguf");
         let tok = Tokenizer::load(&gguf).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        write_tiny(dir.path(), tok.vocab_size());
+        write_tiny(dir.path(), tok.vocab_size(), None);
         let opts = LoadOptions {
             threads: Some(1),
             ..Default::default()

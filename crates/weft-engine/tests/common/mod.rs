@@ -1,0 +1,105 @@
+//! Test helpers shared by the engine's integration tests.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+
+/// Writes a 2-layer Llama (`config.json` + `model.safetensors`) with a
+/// `vocab`-token vocabulary and random weights into `dir`.
+///
+/// With `rig: Some(id)` the model is built to predict token `id` after any
+/// input: attention and MLP outputs are zero (the residual stream is the
+/// embedding), every embedding has +1 in dimension 0, the final norm keeps
+/// only dimension 0, and an untied `lm_head` scores only `id`, on it.
+pub fn write_tiny(dir: &Path, vocab: usize, rig: Option<u32>) {
+    let (d, ff, heads, kv_heads, layers) = (32, 48, 4, 2, 2);
+    let hd = d / heads;
+    let config = serde_json::json!({
+        "model_type": "llama", "hidden_size": d, "intermediate_size": ff,
+        "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "vocab_size": vocab, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "max_position_embeddings": 384,
+        "tie_word_embeddings": rig.is_none(),
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut add =
+        |name: String, shape: Vec<usize>, offset: f32, fill: &dyn Fn(usize) -> Option<f32>| {
+            let n: usize = shape.iter().product();
+            let bytes = (0..n)
+                .flat_map(|i| {
+                    let random = offset + 0.3 * rng.gen_range(-1.0f32..1.0);
+                    fill(i).unwrap_or(random).to_le_bytes()
+                })
+                .collect();
+            tensors.push((name, shape, bytes));
+        };
+    let random = |_: usize| None;
+    let zero = |_: usize| if rig.is_some() { Some(0.0) } else { None };
+    let embed = move |i: usize| (rig.is_some() && i.is_multiple_of(d)).then_some(1.0);
+    add(
+        "model.embed_tokens.weight".into(),
+        vec![vocab, d],
+        0.0,
+        &embed,
+    );
+    let norm = move |i: usize| rig.map(|_| if i == 0 { 1.0 } else { 0.0 });
+    add("model.norm.weight".into(), vec![d], 1.0, &norm);
+    if let Some(id) = rig {
+        let head = move |i: usize| Some(if i == id as usize * d { 1.0 } else { 0.0 });
+        add("lm_head.weight".into(), vec![vocab, d], 0.0, &head);
+    }
+    for l in 0..layers {
+        let p = format!("model.layers.{l}.");
+        add(format!("{p}input_layernorm.weight"), vec![d], 1.0, &random);
+        add(
+            format!("{p}post_attention_layernorm.weight"),
+            vec![d],
+            1.0,
+            &random,
+        );
+        add(
+            format!("{p}self_attn.q_proj.weight"),
+            vec![d, d],
+            0.0,
+            &random,
+        );
+        add(
+            format!("{p}self_attn.k_proj.weight"),
+            vec![kv_heads * hd, d],
+            0.0,
+            &random,
+        );
+        add(
+            format!("{p}self_attn.v_proj.weight"),
+            vec![kv_heads * hd, d],
+            0.0,
+            &random,
+        );
+        add(
+            format!("{p}self_attn.o_proj.weight"),
+            vec![d, d],
+            0.0,
+            &zero,
+        );
+        add(
+            format!("{p}mlp.gate_proj.weight"),
+            vec![ff, d],
+            0.0,
+            &random,
+        );
+        add(format!("{p}mlp.up_proj.weight"), vec![ff, d], 0.0, &random);
+        add(format!("{p}mlp.down_proj.weight"), vec![d, ff], 0.0, &zero);
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+            (n.clone(), view.unwrap())
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}

@@ -1,0 +1,225 @@
+//! Multiverse and NPR as their authors' engines run them, on a tiny model
+//! whose vocabulary has the protocols' tags as added special tokens (as
+//! the released checkpoints' tokenizers do: Multiverse `train/utils.py`
+//! 11-14, NPR `npr-beta/train/utils.py` 20-29), so every tag is one token
+//! and the reference's token sequences can be written down exactly:
+//! - a child's prompt is the parent's ids, then `\n`, `<Path>`, `\n`,
+//!   label, `:` (Multiverse-Engine `schedule_batch.py` 1584-1585);
+//! - a child that writes `</Path>` keeps one more sampled token (1562-1565);
+//! - the merge keeps child 0 from its `\n`, children 1.. from `<Path>`, and
+//!   the parent continues with `<Conclusion>`, `\n` at p + the longest
+//!   child (`scheduler.py` 1536-1577);
+//! - the parent after the merge decodes what one dense forward over those
+//!   ids, at those positions, with those visibilities predicts.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use weft_engine::{Engine, EngineConfig, RequestSpec, Response};
+use weft_model::sampling::argmax;
+use weft_model::{LoadOptions, Model, Tokenizer};
+
+mod common;
+
+const TAGS: &[&str] = &[
+    "<Parallel>",
+    "</Parallel>",
+    "<Goal>",
+    "</Goal>",
+    "<Outline>",
+    "</Outline>",
+    "<Path>",
+    "</Path>",
+    "<Conclusion>",
+    "</Conclusion>",
+    "<guideline>",
+    "</guideline>",
+    "<plan>",
+    "</plan>",
+    "<step>",
+    "</step>",
+    "<takeaway>",
+    "</takeaway>",
+];
+
+/// SmolLM2's tokenizer with the protocols' tags added as special tokens,
+/// saved as an HF folder in `dir`; returns the vocabulary size.
+fn write_tokenizer(dir: &Path) -> usize {
+    let home = std::env::var_os("HOME").expect("HOME");
+    let gguf = Path::new(&home).join(".cache/weft/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut inner = Tokenizer::load(&gguf).unwrap().inner().clone();
+    let added: Vec<tokenizers::AddedToken> = TAGS
+        .iter()
+        .map(|t| tokenizers::AddedToken::from(*t, true))
+        .collect();
+    inner.add_special_tokens(&added);
+    inner.save(dir.join("tokenizer.json"), false).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"eos_token": "<|im_end|>"}"#,
+    )
+    .unwrap();
+    inner.get_vocab_size(true)
+}
+
+/// A tiny model and the tokenizer above; `rig`: the tag the model always
+/// predicts (see `common::write_tiny`).
+fn tiny(rig: Option<&str>) -> (Model, Tokenizer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let vocab = write_tokenizer(dir.path());
+    let tok = Tokenizer::load(dir.path()).unwrap();
+    let rig = rig.map(|t| tok.token_to_id(t).unwrap());
+    common::write_tiny(dir.path(), vocab, rig);
+    let opts = LoadOptions {
+        threads: Some(1),
+        batch_invariant: true,
+        ..Default::default()
+    };
+    (Model::load(dir.path(), &opts).unwrap(), tok, dir)
+}
+
+const MV_PROMPT: &str = "Q: 17 * 23?\n<Parallel>\n<Goal>\n<Outline>\n1: 17 * 20.\n</Outline>\n<Outline>\n2: 17 * 3.\n</Outline>\n</Goal>";
+
+fn run(model: &Model, tok: &Tokenizer, protocol: &str, prompt: &str, gen: usize) -> Response {
+    let cfg = EngineConfig {
+        max_tokens_per_thread: gen,
+        max_depth: 1,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(model, tok, cfg).unwrap();
+    let spec = RequestSpec::text(prompt.to_string())
+        .with_protocol(Arc::from(weft_protocol::by_name(protocol).unwrap()));
+    engine.run(vec![spec], &mut |_| {}).unwrap().remove(0)
+}
+
+fn id(tok: &Tokenizer, t: &str) -> u32 {
+    tok.token_to_id(t).unwrap()
+}
+
+/// A model that always predicts `</Path>`: each child writes `</Path>`,
+/// keeps one more sampled token (`</Path>` again), and the join appends
+/// `<Conclusion>` `\n`: the reference engine's ids exactly.
+#[test]
+fn multiverse_children_and_join_are_the_reference_engines_ids() {
+    let (model, tok, _dir) = tiny(Some("</Path>"));
+    let r = run(&model, &tok, "multiverse", MV_PROMPT, 8);
+    assert_eq!(r.stats.forks, 1, "{:?}", r.stats);
+    assert_eq!(r.stats.kv_merge_joins, 1, "{:?}", r.stats);
+    let prefix = tok.encode(MV_PROMPT, true).unwrap();
+    let nl = tok.encode("\n", false).unwrap();
+    assert_eq!(nl.len(), 1);
+    let close = id(&tok, "</Path>");
+    for (i, child) in r.threads[1..].iter().enumerate() {
+        let label = tok.encode(&format!("{}:", i + 1), false).unwrap();
+        let mut want = prefix.clone();
+        want.extend(&nl);
+        want.push(id(&tok, "<Path>"));
+        want.extend(&nl);
+        want.extend(&label);
+        want.extend([close, close]);
+        assert_eq!(child.tokens, want, "child {i}");
+        assert_eq!(child.text, "</Path></Path>", "child {i}");
+    }
+    let joined =
+        format!("{MV_PROMPT}\n<Path>\n1:</Path></Path><Path>\n2:</Path></Path><Conclusion>\n");
+    let root = &r.threads[0];
+    assert_eq!(
+        root.tokens[..2],
+        [id(&tok, "<Conclusion>"), nl[0]],
+        "the parent continues with `<Conclusion>` `\\n`"
+    );
+    assert!(
+        r.text.starts_with(&joined[MV_PROMPT.len()..]),
+        "{:?}",
+        r.text
+    );
+    // Computed at the join: each child's kept token (sampled, no KV yet)
+    // and the two appended tokens; nothing of the children recomputed.
+    assert_eq!(r.stats.join_tokens_computed, 2 + 2, "{:?}", r.stats);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    Prefix,
+    Lead,
+    Child(usize),
+    Parent,
+}
+
+/// Random weights: after the merge the parent decodes exactly what the
+/// dense forward over the reference layout predicts (child 0 from its
+/// `\n` at p, children 1.. from `<Path>`/`<step>` at p+1, masked from each
+/// other; the parent at p + the longest child), for both protocols.
+#[test]
+fn after_a_merge_the_parent_decodes_as_the_reference_layout_predicts() {
+    static MODEL: OnceLock<(Model, Tokenizer, tempfile::TempDir)> = OnceLock::new();
+    let (model, tok, _) = MODEL.get_or_init(|| tiny(None));
+    let npr_prompt = "Q: x?\n<guideline>\n<plan>\n1: Try x = 1.\n</plan>\n<plan>\n2: Try x = 2.\n</plan>\n<plan>\n3: Try x = 3.\n</plan>\n</guideline>";
+    for (protocol, prompt, append, tag) in [
+        ("multiverse", MV_PROMPT, "<Conclusion>\n", "<Path>"),
+        ("npr", npr_prompt, "<takeaway>\n", "<step>"),
+    ] {
+        let r = run(model, tok, protocol, prompt, 6);
+        assert_eq!(r.stats.kv_merge_joins, 1, "{protocol}: {:?}", r.stats);
+        let prefix = tok.encode(prompt, true).unwrap();
+        let p = prefix.len();
+        let mut tokens = prefix.clone();
+        let mut positions: Vec<usize> = (0..p).collect();
+        let mut parts = vec![Part::Prefix; p];
+        let mut longest = 0;
+        for (i, child) in r.threads[1..].iter().enumerate() {
+            let own = &child.tokens[p..];
+            assert_eq!(
+                own[1],
+                id(tok, tag),
+                "{protocol}: child {i} starts `\\n{tag}`"
+            );
+            let skip = usize::from(i > 0);
+            tokens.extend(&own[skip..]);
+            positions.extend(p + skip..p + own.len());
+            if i == 0 {
+                parts.push(Part::Lead);
+            }
+            parts.extend(std::iter::repeat_n(Part::Child(i), own.len() - 1));
+            longest = longest.max(own.len());
+        }
+        let root = &r.threads[0];
+        let appended = tok.encode(append, false).unwrap();
+        assert_eq!(root.tokens[..appended.len()], appended[..], "{protocol}");
+        assert!(
+            root.tokens.len() > appended.len() + 2,
+            "{protocol}: {:?}",
+            r.text
+        );
+        let parent_at = tokens.len();
+        tokens.extend(&root.tokens);
+        positions.extend(p + longest..p + longest + root.tokens.len());
+        parts.extend(std::iter::repeat_n(Part::Parent, root.tokens.len()));
+        let visible = |i: usize, j: usize| {
+            j <= i
+                && match (parts[i], parts[j]) {
+                    (Part::Child(a), Part::Child(b)) => a == b,
+                    _ => true,
+                }
+        };
+        let vocab = model.config.vocab_size;
+        let wrong = |positions: &[usize], mask: &dyn Fn(usize, usize) -> bool| {
+            let logits = model.forward_masked(&tokens, positions, mask).unwrap();
+            (parent_at + appended.len()..tokens.len())
+                .filter(|&i| argmax(&logits[(i - 1) * vocab..i * vocab]) != tokens[i])
+                .count()
+        };
+        assert_eq!(wrong(&positions, &visible), 0, "{protocol}: {:?}", r.text);
+        // The check can fail: weft's old layout (every child's `\n` kept,
+        // the parent one position earlier) predicts other tokens.
+        let shifted: Vec<usize> = positions
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| if i >= parent_at { q - 1 } else { q })
+            .collect();
+        assert!(
+            wrong(&shifted, &visible) > 0,
+            "{protocol}: the layouts look alike"
+        );
+    }
+}
