@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}"
 bash scripts/fetch-model.sh
 cargo fmt --all -- --check
+# The protocol fixtures derived from the reference implementations are
+# what scripts/protocol_reference_fixtures.py writes.
+python3 scripts/protocol_reference_fixtures.py --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked
 # The server against the official `openai` Python client (venv under ~/.cache/weft).

@@ -502,3 +502,51 @@ fn text_written_in_place_of_end_of_sequence_is_decoded_on() {
             || r.finish_reason == weft_engine::FinishReason::Length
     );
 }
+
+/// NPR's children sample with the protocol's repetition penalty (1.02 by
+/// default, as its engine sets at the fork); the root does not. A strong
+/// penalty changes the children's greedy text and leaves the root's own
+/// text before the fork alone.
+#[test]
+fn npr_children_sample_with_the_protocols_repetition_penalty() {
+    let (model, tok) = model();
+    let prompt = "Solve x^2 = 4.\n<guideline>\n<plan>\n1: Try x = 2 and check it again and again.\n</plan>\n<plan>\n2: Try x = -2 and check it again and again.\n</plan>\n</guideline>";
+    let run_with = |penalty: &str| {
+        let protocol = weft_protocol::with_options(
+            "npr",
+            &[("repetition_penalty".to_string(), penalty.to_string())],
+        )
+        .unwrap();
+        let cfg = EngineConfig {
+            max_tokens_per_thread: 24,
+            max_depth: 1,
+            ..Default::default()
+        };
+        let mut engine = Engine::new(&model, &tok, cfg).unwrap();
+        let mut spec = RequestSpec::text(prompt.to_string()).with_protocol(Arc::from(protocol));
+        spec.max_tokens = Some(8);
+        engine.run(vec![spec], &mut |_| {}).unwrap().remove(0)
+    };
+    let off = run_with("1.0");
+    let strong = run_with("3.0");
+    assert_eq!(off.stats.forks, 1, "{:?}", off.stats);
+    assert_eq!(strong.stats.forks, 1, "{:?}", strong.stats);
+    let children =
+        |r: &Response| -> Vec<String> { r.threads[1..].iter().map(|t| t.text.clone()).collect() };
+    assert_ne!(
+        children(&off),
+        children(&strong),
+        "the penalty changed nothing"
+    );
+    // Under a strong penalty a child repeats no token of its own.
+    for child in &strong.threads[1..] {
+        let own = &child.tokens[child.tokens.len() - child.generated_tokens..];
+        let distinct: std::collections::HashSet<&u32> = own.iter().collect();
+        assert!(
+            distinct.len() + 2 >= own.len(),
+            "child {} repeats under penalty 3: {:?}",
+            child.id,
+            child.text
+        );
+    }
+}
