@@ -161,6 +161,10 @@ impl<'m> Engine<'m> {
     pub fn add_valid(&mut self, v: ValidRequest) -> Result<RequestId, EngineError> {
         let id = RequestId(self.next_id);
         self.next_id += 1;
+        let fork_penalty = v
+            .protocol
+            .as_ref()
+            .and_then(|p| p.rules().child_repetition_penalty);
         let r = self.requests.insert(RequestState {
             id,
             protocol: v.protocol,
@@ -181,6 +185,8 @@ impl<'m> Engine<'m> {
             max_depth: v.max_depth,
             max_total_tokens: v.max_total_tokens,
             kv_merge: v.kv_merge,
+            fork_penalty,
+            penalty_on: false,
         });
         self.by_id.insert(id, r);
         // At least the last prompt token is computed: its logits pick the
@@ -340,6 +346,7 @@ impl<'m> Engine<'m> {
             in_layout,
         } = n.kv;
         let n_cached = table.len();
+        let prompt_len_tokens = n.tokens.len();
         let local_id = self.requests[n.request].threads.len();
         let depth = n.parent.map_or(0, |p| self.threads[p].depth + 1);
         let id = self.threads.insert(Thread {
@@ -378,6 +385,7 @@ impl<'m> Engine<'m> {
             stop: n.stop,
             keep_after: n.keep_after,
             after_stop: None,
+            history_start: prompt_len_tokens,
             end: ChildEnd::Eos,
             seed: n.sampling.seed,
             sampler: Sampler::new(n.sampling),
@@ -467,8 +475,10 @@ impl<'m> Engine<'m> {
         let ids = self.tok.encode(text, false)?;
         let r = self.threads[id].request;
         let req_id = self.requests[r].id;
+        self.requests[r].generated += ids.len();
         let t = &mut self.threads[id];
         t.tokens.extend(&ids);
+        t.generated += ids.len();
         t.context.push_str(text);
         // Text held back for a possible stop string goes out with it.
         let shown = t.context[t.emitted.min(t.context.len())..].to_string();
@@ -496,10 +506,15 @@ impl<'m> Engine<'m> {
         let r = self.threads[id].request;
         let is_root = self.threads[id].parent.is_none();
         let next = {
-            // A repetition penalty counts the thread's own tokens only.
+            // A repetition penalty counts the thread's own output only.
+            let req = &self.requests[r];
+            let penalty = match req.fork_penalty {
+                Some(p) if req.penalty_on => p,
+                _ => 1.0,
+            };
             let t = &mut self.threads[id];
-            let own = &t.tokens[t.tokens.len().saturating_sub(t.generated)..];
-            t.sampler.sample_with_history(logits, own)
+            let own = &t.tokens[t.history_start.min(t.tokens.len())..];
+            t.sampler.sample_penalized(logits, own, penalty)
         };
         let req = &self.requests[r];
         if self.tok.is_stop(next) && !req.ignore_eos {
@@ -508,6 +523,7 @@ impl<'m> Engine<'m> {
             let replace = req
                 .protocol
                 .as_ref()
+                .filter(|_| is_root)
                 .and_then(|p| p.on_end_of_sequence(&self.threads[id].context));
             if let Some(text) = replace {
                 return self.write_instead_of_eos(id, text);

@@ -504,9 +504,8 @@ fn text_written_in_place_of_end_of_sequence_is_decoded_on() {
 }
 
 /// NPR's children sample with the protocol's repetition penalty (1.02 by
-/// default, as its engine sets at the fork); the root does not. A strong
-/// penalty changes the children's greedy text and leaves the root's own
-/// text before the fork alone.
+/// default, as its engine sets at the fork and resets at the merge): a
+/// strong penalty changes the children's greedy text.
 #[test]
 fn npr_children_sample_with_the_protocols_repetition_penalty() {
     let (model, tok) = model();
@@ -549,4 +548,42 @@ fn npr_children_sample_with_the_protocols_repetition_penalty() {
             child.text
         );
     }
+}
+
+/// The round cap counts the fork being joined: ThreadWeaver with
+/// `max_fork_rounds=1` ends right after its first join, with 2 it decodes
+/// on (the reference allows 16 forks: its 32 iterations).
+#[test]
+fn the_round_cap_ends_the_request_after_the_last_allowed_join() {
+    let (model, tok) = model();
+    let after_join = |rounds: &str| {
+        let protocol = weft_protocol::with_options(
+            "threadweaver",
+            &[("max_fork_rounds".to_string(), rounds.to_string())],
+        )
+        .unwrap();
+        let cfg = EngineConfig {
+            max_tokens_per_thread: 40,
+            max_depth: 1,
+            ..Default::default()
+        };
+        let mut engine = Engine::new(&model, &tok, cfg).unwrap();
+        // Short threads that close themselves (a thread cut by its limit
+        // ends the request at the join whatever the cap).
+        let prompt = "Q: distance?\n<Parallel>\n<Outlines>\n<Outline>1: dx.</Outline>\n<Outline>2: dy.</Outline>\n</Outlines>";
+        let mut spec = RequestSpec::text(prompt.to_string()).with_protocol(Arc::from(protocol));
+        spec.max_tokens = Some(8);
+        let r = engine.run(vec![spec], &mut |_| {}).unwrap().remove(0);
+        assert_eq!(r.stats.forks, 1, "{:?}", r.stats);
+        for child in &r.threads[1..] {
+            assert!(child.text.ends_with("</Thread>"), "{:?}", child.text);
+        }
+        r.threads[0].generated_tokens
+    };
+    assert_eq!(
+        after_join("1"),
+        0,
+        "the last allowed join must end the request"
+    );
+    assert!(after_join("2") > 0, "a join below the cap must decode on");
 }

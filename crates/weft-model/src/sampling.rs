@@ -77,7 +77,13 @@ impl Sampler {
     /// counts them: its prompt is not penalized). Ids outside the
     /// vocabulary are skipped.
     pub fn sample_with_history(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let penalty = self.params.repetition_penalty;
+        self.sample_penalized(logits, history, self.params.repetition_penalty)
+    }
+
+    /// [`Sampler::sample_with_history`] with the repetition penalty given
+    /// here instead of the sampler's own (one that changes while a thread
+    /// decodes, as NPR's engine changes it at forks and merges).
+    pub fn sample_penalized(&mut self, logits: &[f32], history: &[u32], penalty: f32) -> u32 {
         if penalty == 1.0 || history.is_empty() {
             return self.sample(logits);
         }

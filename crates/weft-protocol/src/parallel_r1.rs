@@ -42,7 +42,6 @@ pub const PATH_OPEN: &str = "<Path>";
 pub const PATH_CLOSE: &str = "</Path>";
 /// What the join appends after the paths.
 pub const JOIN_APPEND: &str = "</Parallel>\n<Summary>";
-pub const SUMMARY_OPEN: &str = "<Summary>";
 pub const SUMMARY_CLOSE: &str = "</Summary>";
 
 /// Parallel-R1 with the reference's rollout settings.
@@ -114,7 +113,9 @@ impl Protocol for ParallelR1 {
     }
 
     fn on_end_of_sequence(&self, text: &str) -> Option<&'static str> {
-        let open = text.rfind(SUMMARY_OPEN)?;
+        // Only in the summary a join opened (the reference's summary call
+        // is its own loop state; a `<Summary>` elsewhere is text).
+        let open = text.rfind(JOIN_APPEND)?;
         (!text[open..].contains(SUMMARY_CLOSE)).then_some(SUMMARY_CLOSE)
     }
 
@@ -125,7 +126,7 @@ impl Protocol for ParallelR1 {
         children: &[ChildResult],
         ctx: ForkContext,
     ) -> Result<Join, ProtocolError> {
-        let then = if ctx.rounds + 1 >= self.max_blocks {
+        let then = if ctx.rounds >= self.max_blocks {
             AfterJoin::FinishAt(SUMMARY_CLOSE)
         } else {
             AfterJoin::Continue
@@ -146,5 +147,7 @@ mod tests {
         let closed = format!("{open}</Summary> then");
         assert_eq!(p.on_end_of_sequence(&closed), None);
         assert_eq!(p.on_end_of_sequence("no summary"), None);
+        // A `<Summary>` the join did not open (in a prompt) is text.
+        assert_eq!(p.on_end_of_sequence("Put it after <Summary>. OK"), None);
     }
 }

@@ -37,10 +37,10 @@ pub trait Protocol: Send + Sync + std::fmt::Debug {
     /// stopped on one, never the end-of-sequence token.
     fn child_result(&self, generated: &str, end: ChildEnd) -> ChildResult;
 
-    /// A thread sampled end of sequence with this `text`: `Some(s)` means
-    /// the reference writes `s` in its place and decoding goes on
-    /// (Parallel-R1 inside an open `<Summary>`); `None` (the default): the
-    /// thread ends.
+    /// The request's root sampled end of sequence with this `text`:
+    /// `Some(s)` means the reference writes `s` in its place and decoding
+    /// goes on (Parallel-R1 inside the `<Summary>` a join opened); `None`
+    /// (the default): it ends. Children always end on end of sequence.
     fn on_end_of_sequence(&self, text: &str) -> Option<&'static str> {
         let _ = text;
         None
@@ -64,7 +64,9 @@ pub trait Protocol: Send + Sync + std::fmt::Debug {
 pub struct ForkContext {
     /// 0 for the request's root thread, parent depth + 1 for a child.
     pub depth: u32,
-    /// Forks the request has already executed (all threads together).
+    /// Forks the request has executed (all threads together): at a
+    /// trigger, those before it; at a join, including the fork being
+    /// joined (the engine counts a fork when it starts its children).
     pub rounds: u32,
 }
 

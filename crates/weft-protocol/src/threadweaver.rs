@@ -160,7 +160,7 @@ impl Protocol for ThreadWeaver {
             ),
             (true, true) => ("\n</Parallel>", AfterJoin::Finish),
             (false, no_conclusion) => {
-                let then = if ctx.rounds + 1 >= self.max_fork_rounds {
+                let then = if ctx.rounds >= self.max_fork_rounds {
                     AfterJoin::Finish
                 } else {
                     AfterJoin::Continue

@@ -170,6 +170,11 @@ fn check_fork(
     let Some(joined) = s.get("joined") else {
         return;
     };
+    // At a join the engine's count includes the fork being joined.
+    let ctx = ForkContext {
+        rounds: ctx.rounds + 1,
+        ..ctx
+    };
     let join = protocol.join(parent, &fork, &results, ctx).unwrap();
     assert_eq!(&join.text, joined, "{name}: joined text");
     match (&join.layout, s.get("layout").map(|l| l.trim())) {

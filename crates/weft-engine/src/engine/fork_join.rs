@@ -131,6 +131,7 @@ impl Engine<'_> {
         }
         t.n_cached = t.table.len();
         t.set_context(full);
+        t.history_start = tokens.len();
         t.tokens = tokens;
         Ok(t.n_cached)
     }
@@ -185,6 +186,7 @@ impl Engine<'_> {
         });
         self.requests[r].rounds += 1;
         self.requests[r].stats.forks += 1;
+        self.requests[r].penalty_on = true;
         Ok(())
     }
 
@@ -253,9 +255,6 @@ impl Engine<'_> {
             sampling.seed = thread_seed(self.threads[id].seed, fork_index, i);
             if let Some(t) = rules.child_temperature {
                 sampling.temperature = t;
-            }
-            if let Some(p) = rules.child_repetition_penalty {
-                sampling.repetition_penalty = p;
             }
             let kid = self.spawn(NewThread {
                 request: r,
@@ -335,6 +334,8 @@ impl Engine<'_> {
             .map(|&k| protocol.child_result(self.threads[k].generated_text(), self.threads[k].end))
             .collect();
         let merge_at = self.threads[id].merge_at.take();
+        // NPR's engine resets the shared penalty at every merge.
+        self.requests[r].penalty_on = false;
         let Some(fork) = self.threads[id].pending.take() else {
             return self.release_children(kids);
         };

@@ -1,15 +1,21 @@
 //! KV-merge joins (Multiverse, NPR): the children's KV stays where they
 //! wrote it and the parent continues over the prefix plus every child.
 //!
-//! Layout (`shared/PROTOCOLS.md`, "position layouts"): the fork is at
-//! position p; child i's tokens sit at p .. p + L_i and see the prefix and
-//! themselves only (each child is an ordinary sequence forked from the
-//! parent's table); after the join the parent continues at p + max L_i and
-//! sees the prefix and every child. The parent's KV is then a list of
-//! [`KvSegment`]s (slot ranges of other tables, seen in full) plus a fresh
-//! own table whose slot 0 sits at RoPE position p + max L_i. Nothing is
-//! recomputed: the join computes only tokens that never had KV (a child's
-//! last sampled token and its closing text, and the text the join appends).
+//! Layout, as the authors' engines build it (Multiverse-Engine and NPR's
+//! SGLang, `scheduler.py`; `shared/reference/protocols-verified.md` §2.3):
+//! the fork is at position p; child i's tokens sit at p .. p + L_i (its
+//! prompt suffix, generated tokens and the token kept after its close tag)
+//! and see the prefix and themselves only (each child is an ordinary
+//! sequence forked from the parent's table). The suffix's lead
+//! (`Layout::Merged::lead`, the `\n` before `<Path>`/`<step>`) holds the
+//! same KV in every child and is kept once, child 0's: children 1.. are
+//! merged from just after it. After the join the parent continues at
+//! p + max L_i and sees the prefix and every child. The parent's KV is then
+//! a list of [`KvSegment`]s (slot ranges of other tables, seen in full)
+//! plus a fresh own table whose slot 0 sits at RoPE position p + max L_i.
+//! Nothing is recomputed: the join computes only tokens that never had KV
+//! (a child's last sampled tokens, from the ids it sampled, and the text
+//! the join appends).
 //!
 //! The merge is exact only where text and KV agree. When they do not (a
 //! child's result is not its generated text, a child's KV was dropped, the
@@ -220,6 +226,7 @@ impl Engine<'_> {
         let reused = segments.iter().map(KvSegment::len).sum();
         parent.segments = segments;
         parent.pos_base = fork_pos + longest;
+        parent.history_start = append_tokens.len();
         parent.tokens = append_tokens;
         parent.n_cached = 0;
         parent.own_tok_start = 0;

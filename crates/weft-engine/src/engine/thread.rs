@@ -78,6 +78,11 @@ pub(super) struct Thread {
     /// Set once the stop string is written with `keep_after` > 0: tokens
     /// still to sample before the thread ends.
     pub after_stop: Option<u32>,
+    /// Where the tokens a repetition penalty counts begin in `tokens`: the
+    /// thread's own output since it started or last joined (SGLang counts a
+    /// request's output tokens; a fork's child and a merged parent are new
+    /// requests there).
+    pub history_start: usize,
     pub end: ChildEnd,
     /// The seed of this thread's sampler (children derive theirs from it).
     pub seed: u64,
@@ -182,6 +187,13 @@ pub(super) struct RequestState {
     pub max_total_tokens: usize,
     /// Joins may merge KV (`RequestSpec::kv_merge` and the engine's).
     pub kv_merge: bool,
+    /// The protocol's repetition penalty while a fork is open
+    /// (`Rules::child_repetition_penalty`).
+    pub fork_penalty: Option<f32>,
+    /// NPR's engine sets the penalty on the request's shared sampling
+    /// parameters at a fork and resets it at a merge, for every thread of
+    /// the tree: on between the two.
+    pub penalty_on: bool,
 }
 
 impl RequestState {
