@@ -80,8 +80,11 @@ def kv_child_prompt(context, tag, label):
 def kv_child_output(generated, close, end, kept="\n"):
     """MVE/sb 709-715, 720-730, MVE/sch 1562-1565: a child that samples the
     close tag samples two more tokens and output_ids[:-1] keeps the tag and
-    the first of them (here `kept`, "\\n" as in the trained data); one that
-    ends on end of sequence or its length keeps its output as is."""
+    the first of them (here `kept`, "\\n" as in the trained data). The merge
+    takes output_ids[:-1] of every child: one that ends on end of sequence
+    loses the EOS, one cut by its length its last token; `generated` is
+    what remains (weft's engine drops that token before the protocol sees
+    the text), and nothing is appended."""
     return generated + close + kept if end == "stop" else generated
 
 

@@ -614,8 +614,23 @@ impl<'m> Engine<'m> {
                 }
             }
         }
-        let t = &self.threads[id];
+        let t = &mut self.threads[id];
         if t.generated >= t.max_generated || t.next_position() >= self.model.config.max_context {
+            // Multiverse's and NPR's engines merge a child's `output_ids[:-1]`
+            // whatever ended it: one cut by its length loses its last token.
+            if t.keep_after > 0 && t.parent.is_some() && t.after_stop.is_none() {
+                let keep = t
+                    .context
+                    .len()
+                    .saturating_sub(piece.len())
+                    .max(t.prompt_len);
+                if t.context.is_char_boundary(keep) {
+                    t.context.truncate(keep);
+                    t.tokens.pop();
+                    t.generated -= 1;
+                    t.emitted = t.emitted.min(t.context.len());
+                }
+            }
             return self.finish(id, ChildEnd::Length);
         }
         if self.requests[r].generated >= self.requests[r].max_total_tokens {

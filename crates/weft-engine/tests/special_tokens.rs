@@ -223,3 +223,24 @@ fn after_a_merge_the_parent_decodes_as_the_reference_layout_predicts() {
         );
     }
 }
+
+/// A Multiverse child cut by its length loses its last sampled token, as
+/// the engine merges `output_ids[:-1]` whatever ended the child
+/// (Multiverse-Engine `scheduler.py`, `merge_zombie_batch_to_run`).
+#[test]
+fn a_child_cut_by_its_length_loses_its_last_token() {
+    static MODEL: OnceLock<(Model, Tokenizer, tempfile::TempDir)> = OnceLock::new();
+    let (model, tok, _) = MODEL.get_or_init(|| tiny(None));
+    let r = run(model, tok, "multiverse", MV_PROMPT, 6);
+    let prefix = tok.encode(MV_PROMPT, true).unwrap().len();
+    let suffix = tok.encode("\n<Path>\n1:", false).unwrap().len();
+    for child in &r.threads[1..] {
+        assert!(!child.text.contains("</Path>"), "{:?}", child.text);
+        assert_eq!(child.generated_tokens, 5, "{:?}", child.text);
+        assert_eq!(child.tokens.len(), prefix + suffix + 5);
+        assert_eq!(
+            tok.decode(&child.tokens[prefix + suffix..]).unwrap(),
+            child.text
+        );
+    }
+}

@@ -109,6 +109,18 @@ impl Protocol for Npr {
                 finish,
             );
         }
+        // The plan count first: the engine decides it in `check_finished`,
+        // before its depth guard (NPR/sb 723-739, then 1586-1593).
+        if let Some(max) = self.max_children.filter(|&m| labels.len() > m) {
+            return Scan::Refuse(crate::Refusal {
+                at: end,
+                reason: crate::RefuseReason::TooManyChildren {
+                    got: labels.len(),
+                    max,
+                },
+                action: finish,
+            });
+        }
         if let Some(r) = self
             .rules()
             .check(ctx, labels.len(), end, Action::Sequential, finish)

@@ -91,6 +91,13 @@ impl Protocol for ParallelR1 {
             truncate_to: end.saturating_sub(BLOCK_OPEN.len()),
         };
         let seq = Action::Sequential;
+        // The reference decodes a summary in a call of its own that stops
+        // only on `</Summary>` or end of sequence: `<Parallel>` there is text.
+        if let Some(open) = text[..end].rfind(JOIN_APPEND) {
+            if !text[open..end].contains(SUMMARY_CLOSE) {
+                return malformed(end, BLOCK_OPEN, "`<Parallel>` inside a summary", seq);
+            }
+        }
         if let Some(r) = self.rules().check(ctx, self.num_paths, end, seq, finish) {
             return Scan::Refuse(r);
         }
