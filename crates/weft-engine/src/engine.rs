@@ -347,6 +347,11 @@ impl<'m> Engine<'m> {
         } = n.kv;
         let n_cached = table.len();
         let prompt_len_tokens = n.tokens.len();
+        let output_start = if n.parent.is_some() {
+            n.prompt_text.len()
+        } else {
+            0
+        };
         let local_id = self.requests[n.request].threads.len();
         let depth = n.parent.map_or(0, |p| self.threads[p].depth + 1);
         let id = self.threads.insert(Thread {
@@ -386,6 +391,7 @@ impl<'m> Engine<'m> {
             keep_after: n.keep_after,
             after_stop: None,
             history_start: prompt_len_tokens,
+            output_start,
             end: ChildEnd::Eos,
             seed: n.sampling.seed,
             sampler: Sampler::new(n.sampling),
@@ -461,9 +467,11 @@ impl<'m> Engine<'m> {
     }
 
     fn ctx(&self, id: usize) -> ForkContext {
+        let t = &self.threads[id];
         ForkContext {
-            depth: self.threads[id].depth,
-            rounds: self.requests[self.threads[id].request].rounds,
+            depth: t.depth,
+            rounds: self.requests[t.request].rounds,
+            own_start: t.output_start,
         }
     }
 

@@ -10,10 +10,11 @@
 //! - Fork trigger `</guideline>` (NPR/sb 709-741); labels by
 //!   `<plan>\s*([0-9]+(?:\.[0-9]+)*)\s*:` over the text from the last
 //!   `<guideline>` (NPR/sb 729-735); plans without a number are skipped.
-//! - No numbered plan, more than 5, or no `<guideline>`: the thread ends
-//!   at the trigger (`FINISH_MATCHED_TOKEN`, NPR/sb 723-739). The engine
-//!   looks only at the request's generated tokens for `<guideline>`; weft
-//!   reads the whole text, so a prompt can force a fork.
+//! - No numbered plan, more than 5, or no `<guideline>` in the thread's
+//!   own output: the thread ends at the trigger (`FINISH_MATCHED_TOKEN`,
+//!   NPR/sb 723-739). The engine reads only the request's generated
+//!   tokens; weft reads a root's prompt too (`ForkContext::own_start` is 0
+//!   until its first join), so a prompt can force a fork.
 //! - Child prompt = context + `\n<step>\n{label}:` (NPR/sb 1623-1624).
 //! - Child stop `</step>`, then one more sampled token (normally `\n`) is
 //!   kept in text and KV (NPR/sb 743-754, NPR/sch 1462-1464); a child that
@@ -96,7 +97,15 @@ impl Protocol for Npr {
             Ok(s) => s,
             Err(refusal) => return refusal,
         };
-        let Some(open) = segment.rfind(GUIDELINE_OPEN) else {
+        // Only the thread's own output counts, as the engine reads the
+        // request's `output_ids` (NPR/sb 723-739): a child's `</guideline>`
+        // does not reopen the root's guideline in its prefix.
+        let own = ctx.own_start.min(end);
+        let Some(open) = segment
+            .get(own..)
+            .and_then(|s| s.rfind(GUIDELINE_OPEN))
+            .map(|at| at + own)
+        else {
             return malformed(end, segment, "`</guideline>` without `<guideline>`", finish);
         };
         let block = &segment[open..];

@@ -5,6 +5,7 @@
 //! | protocol | key | meaning (default) |
 //! |---|---|---|
 //! | threadweaver | `no_conclusion` | join with `\n`, not `\n<Conclusion>\n` (true, as released) |
+//! | threadweaver | `max_iterations` | the reference's cap: iterations, two per fork (32) |
 //! | threadweaver | `max_fork_rounds` | forks per request (16) |
 //! | parallel-r1 | `num_paths` | paths per block (2) |
 //! | parallel-r1 | `max_iterations_for_parallel_thinking` | blocks per request (4) |
@@ -81,7 +82,19 @@ pub fn with_options(
                     "max_fork_rounds" => {
                         p.max_fork_rounds = parse(k, v, "an integer >= 1", positive)?
                     }
-                    _ => return Err(unknown(name, k, "no_conclusion, max_fork_rounds")),
+                    // The reference's own cap: controller iterations, a
+                    // fork and its join taking two (32 allow 16 forks).
+                    "max_iterations" => {
+                        let n: u32 = parse(k, v, "an integer >= 2", |n: &u32| *n >= 2)?;
+                        p.max_fork_rounds = n / 2;
+                    }
+                    _ => {
+                        return Err(unknown(
+                            name,
+                            k,
+                            "no_conclusion, max_iterations, max_fork_rounds",
+                        ))
+                    }
                 }
             }
             Box::new(p)

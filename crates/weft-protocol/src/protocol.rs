@@ -68,6 +68,11 @@ pub struct ForkContext {
     /// trigger, those before it; at a join, including the fork being
     /// joined (the engine counts a fork when it starts its children).
     pub rounds: u32,
+    /// Byte offset where the thread's own output begins: what the
+    /// reference engines count as a request's `output_ids` (a child's text
+    /// after its prompt; a parent's after its last join). 0 for a root
+    /// that has not joined, so a prompt can force a fork.
+    pub own_start: usize,
 }
 
 /// What a scan of new text found.

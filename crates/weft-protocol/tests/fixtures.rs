@@ -5,7 +5,7 @@
 //! Format: `=== section` header lines; a section's content is the lines up
 //! to the next header, joined by `\n` (end a section with an empty line to
 //! give its content a trailing newline). Sections:
-//! `protocol`, `ctx` (`depth rounds`), `parent`, `expect` (`fork`,
+//! `protocol`, `ctx` (`depth rounds [own_start]`), `parent`, `expect` (`fork`,
 //! `continue`, `refuse <reason> <action>`), `segment`, `labels`,
 //! `child N prompt`, `child N output`, `child N end` (`stop|eos|length`),
 //! `result N` (`<none>` for no result), `joined`, `layout`
@@ -86,6 +86,7 @@ fn check_fixture(path: &Path) {
         ForkContext {
             depth: n[0],
             rounds: n[1],
+            own_start: n.get(2).map_or(0, |&o| o as usize),
         }
     });
     let parent = get("parent");

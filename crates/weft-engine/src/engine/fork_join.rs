@@ -130,6 +130,7 @@ impl Engine<'_> {
             t.table = BlockTable::from_prefix_cache(&mut self.pool, &tokens[..common])?;
         }
         t.n_cached = t.table.len();
+        t.output_start = full.len();
         t.set_context(full);
         t.history_start = tokens.len();
         t.tokens = tokens;

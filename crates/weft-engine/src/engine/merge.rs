@@ -231,6 +231,7 @@ impl Engine<'_> {
         parent.n_cached = 0;
         parent.own_tok_start = 0;
         parent.own_text_start = text.len() - append.len();
+        parent.output_start = text.len();
         parent.set_context(text.to_string());
         let r = parent.request;
         self.requests[r].stats.join_tokens_computed += computed;

@@ -83,6 +83,11 @@ pub(super) struct Thread {
     /// request's output tokens; a fork's child and a merged parent are new
     /// requests there).
     pub history_start: usize,
+    /// Where the thread's own output begins in `context` (what the
+    /// reference engines count as a request's output): after a child's
+    /// prompt, after a parent's last join; 0 for a root that has not
+    /// joined (`ForkContext::own_start`).
+    pub output_start: usize,
     pub end: ChildEnd,
     /// The seed of this thread's sampler (children derive theirs from it).
     pub seed: u64,
