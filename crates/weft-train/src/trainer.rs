@@ -130,18 +130,22 @@ pub struct RunOptions {
 /// checkpoint.
 pub const CPU_RESERVE_SECONDS: f64 = 30.0;
 
-/// CPU seconds (user + system) this process has used.
+/// CPU seconds this process has used (all threads), from
+/// `CLOCK_PROCESS_CPUTIME_ID`: nanosecond resolution and monotonic, unlike
+/// the tick counts in `/proc/self/stat`, whose process total can step back
+/// when a thread exits (a budget check then let a rerun squeeze in a step).
+/// 0 where the clock is unavailable.
 pub fn process_cpu_seconds() -> f64 {
-    // Fields 14 and 15 of /proc/self/stat, in USER_HZ (100 on Linux).
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    let Some(rest) = stat.rsplit(')').next() else {
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
         return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 struct Rows {
@@ -744,4 +748,36 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LlamaParams> {
             reason: e.to_string(),
         })?;
     LlamaParams::from_tensors(&shape, tensors.into_iter().collect(), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_cpu_seconds;
+
+    /// The CPU clock never steps back, also while threads that used CPU
+    /// exit (what the budget check and a rerun after it rely on).
+    #[test]
+    fn process_cpu_time_is_monotonic_across_thread_exits() {
+        let mut last = process_cpu_seconds();
+        assert!(last > 0.0);
+        for round in 0..20 {
+            let workers: Vec<_> = (0..3)
+                .map(|k| {
+                    std::thread::spawn(move || {
+                        let mut x = 0u64;
+                        for i in 0..200_000u64 {
+                            x = x.wrapping_mul(6364136223846793005).wrapping_add(i ^ k);
+                        }
+                        std::hint::black_box(x)
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().unwrap();
+                let now = process_cpu_seconds();
+                assert!(now >= last, "round {round}: {now} < {last}");
+                last = now;
+            }
+        }
+    }
 }
