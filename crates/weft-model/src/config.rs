@@ -39,23 +39,32 @@ pub enum RopeStyle {
     Halves,
 }
 
-/// RoPE frequencies: `theta_i = pos * base^(-2i/dim) / scale_i`.
+/// RoPE: the angle of pair `i` at position `pos` is
+/// `pos * base^(-2i/dim) / freq_factors[i]`, and the rotated values are
+/// scaled by `attention_factor` (cos and sin both multiplied, as
+/// `transformers` applies YaRN's `attention_scaling`).
 #[derive(Debug, Clone)]
 pub struct RopeConfig {
     pub base: f32,
+    /// Rotated dimensions per head (`head_dim`, or `head_dim *
+    /// partial_rotary_factor`).
     pub dim: usize,
     pub style: RopeStyle,
-    /// Per-frequency divisors (linear scaling puts the factor in every one;
-    /// llama3 scaling puts a band of them; `rope_freqs.weight` in GGUF).
+    /// Per-frequency divisors, `dim / 2` of them (linear scaling puts the
+    /// factor in every one; llama3 and YaRN scaling compute them per band;
+    /// `rope_freqs.weight` in GGUF).
     pub freq_factors: Option<Vec<f32>>,
+    /// Multiplier on cos and sin (1 except for YaRN).
+    pub attention_factor: f32,
 }
 
 impl RopeConfig {
-    /// Inverse frequencies for each rotated pair.
+    /// Inverse frequencies for each rotated pair (`dim / 2` values, radians
+    /// per position).
     pub fn inv_freqs(&self) -> Vec<f32> {
         (0..self.dim / 2)
             .map(|i| {
-                let f = self.base.powf(-2.0 * i as f32 / self.dim as f32);
+                let f = 1.0 / self.base.powf(2.0 * i as f32 / self.dim as f32);
                 f / self
                     .freq_factors
                     .as_ref()
@@ -174,25 +183,29 @@ impl ModelConfig {
                     RopeStyle::Halves
                 },
                 freq_factors,
+                attention_factor: 1.0,
             },
         };
         cfg.validate(&g.path)?;
         Ok(cfg)
     }
 
-    /// Reads a Hugging Face `config.json`.
+    /// Reads a Hugging Face `config.json` (`path` names it in errors).
+    /// RoPE comes from transformers v5's `rope_parameters` or v4's
+    /// `rope_theta` + `rope_scaling` (see [`HfConfig::rope`]).
     pub fn from_hf(path: &Path, hf: &HfConfig) -> Result<ModelConfig> {
         let arch = Arch::parse(&hf.model_type).ok_or_else(|| ModelError::UnknownArchitecture {
             path: path.to_path_buf(),
             arch: hf.model_type.clone(),
         })?;
-        let head_dim = hf
-            .head_dim
-            .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1));
-        let freq_factors = match &hf.rope_scaling {
-            None => None,
-            Some(s) => Some(s.freq_factors(path, head_dim, hf.rope_theta)?),
+        let head_dim = match hf.head_dim {
+            Some(h) => h,
+            None => hf
+                .hidden_size
+                .checked_div(hf.num_attention_heads)
+                .ok_or_else(|| ModelError::file(path, "num_attention_heads is 0"))?,
         };
+        let max_context = hf.max_position_embeddings.unwrap_or(4096);
         let cfg = ModelConfig {
             arch,
             n_layers: hf.num_hidden_layers,
@@ -203,28 +216,20 @@ impl ModelConfig {
             head_dim,
             vocab_size: hf.vocab_size,
             norm_eps: hf.rms_norm_eps,
-            max_context: hf.max_position_embeddings.unwrap_or(4096),
-            rope: RopeConfig {
-                base: hf.rope_theta,
-                dim: head_dim,
-                style: RopeStyle::Halves,
-                freq_factors,
-            },
+            max_context,
+            rope: hf.rope(path, head_dim)?,
         };
         cfg.validate(path)?;
         Ok(cfg)
     }
 }
 
-fn default_theta() -> f32 {
-    10_000.0
-}
-
 fn default_eps() -> f32 {
     1e-6
 }
 
-/// The fields of a Hugging Face `config.json` that weft reads.
+/// The fields of a Hugging Face `config.json` that weft reads. Unknown
+/// fields are ignored, as `transformers` keeps them as attributes.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HfConfig {
     pub model_type: String,
@@ -237,60 +242,229 @@ pub struct HfConfig {
     pub vocab_size: usize,
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f32,
-    #[serde(default = "default_theta")]
-    pub rope_theta: f32,
+    /// transformers v4: the RoPE base at the top level.
+    pub rope_theta: Option<f64>,
     pub max_position_embeddings: Option<usize>,
+    /// Phi-3 style: the pretraining length outside the RoPE parameters
+    /// (takes priority, as in `standardize_rope_params`).
+    pub original_max_position_embeddings: Option<usize>,
+    pub partial_rotary_factor: Option<f64>,
     #[serde(default)]
     pub tie_word_embeddings: bool,
     #[serde(default)]
     pub attention_bias: bool,
-    pub rope_scaling: Option<HfRopeScaling>,
+    /// transformers v4: RoPE scaling (`{"rope_type" | "type": ..., "factor": ...}`).
+    pub rope_scaling: Option<serde_json::Value>,
+    /// transformers v5: every RoPE setting (`{"rope_type": ..., "rope_theta": ..., ...}`).
+    pub rope_parameters: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct HfRopeScaling {
-    #[serde(alias = "type")]
-    pub rope_type: String,
-    pub factor: Option<f32>,
-    pub low_freq_factor: Option<f32>,
-    pub high_freq_factor: Option<f32>,
-    pub original_max_position_embeddings: Option<usize>,
-}
+/// RoPE types weft implements, as `transformers`' `ROPE_INIT_FUNCTIONS`
+/// names them.
+pub const ROPE_TYPES: &[&str] = &["default", "linear", "llama3", "yarn", "dynamic"];
 
-impl HfRopeScaling {
-    /// Per-frequency divisors, as `transformers` computes them.
-    fn freq_factors(&self, path: &Path, dim: usize, base: f32) -> Result<Vec<f32>> {
-        let factor = self.factor.unwrap_or(1.0);
-        match self.rope_type.as_str() {
-            "default" => Ok(vec![1.0; dim / 2]),
-            "linear" => Ok(vec![factor; dim / 2]),
-            "llama3" => {
-                let low = self.low_freq_factor.unwrap_or(1.0);
-                let high = self.high_freq_factor.unwrap_or(4.0);
-                let old_ctx = self.original_max_position_embeddings.unwrap_or(8192) as f32;
-                let low_wavelen = old_ctx / low;
-                let high_wavelen = old_ctx / high;
-                Ok((0..dim / 2)
-                    .map(|i| {
-                        let freq = base.powf(-2.0 * i as f32 / dim as f32);
-                        let wavelen = 2.0 * std::f32::consts::PI / freq;
-                        if wavelen < high_wavelen {
-                            1.0
-                        } else if wavelen > low_wavelen {
-                            factor
-                        } else {
-                            let smooth = (old_ctx / wavelen - low) / (high - low);
-                            1.0 / ((1.0 - smooth) / factor + smooth)
-                        }
-                    })
-                    .collect())
-            }
-            other => Err(ModelError::file(
-                path,
-                format!(
-                    "unsupported rope_scaling type `{other}` (supported: default, linear, llama3)"
-                ),
-            )),
+impl HfConfig {
+    /// The RoPE settings, resolved as `transformers`'
+    /// `standardize_rope_params` and `ROPE_INIT_FUNCTIONS`
+    /// (`modeling_rope_utils.py`, v5.24) resolve them:
+    /// - parameters from `rope_parameters` (v5), else `rope_scaling` (v4);
+    ///   the type from `rope_type`, else `type`, else `default`; the base
+    ///   from the parameters' `rope_theta`, else the top-level one, else
+    ///   10000; `partial_rotary_factor` likewise;
+    /// - `linear`: every frequency divided by `factor`;
+    /// - `llama3`: the band formula with `factor`, `low_freq_factor`,
+    ///   `high_freq_factor`, `original_max_position_embeddings`;
+    /// - `yarn`: the NTK-by-parts blend with `beta_fast` (32) and
+    ///   `beta_slow` (1), `truncate`, and the attention factor from
+    ///   `attention_factor`, else `mscale`/`mscale_all_dim`, else
+    ///   `0.1 ln(factor) + 1`;
+    /// - `dynamic`: dynamic NTK changes nothing up to
+    ///   `max_position_embeddings`, and weft never runs past it (the
+    ///   model's context), so it is the default frequencies.
+    ///
+    /// Errors, naming the field: another type (`longrope`, ...), a
+    /// missing required parameter, per-layer-type parameters that differ.
+    pub fn rope(&self, path: &Path, head_dim: usize) -> Result<RopeConfig> {
+        let bad = |reason: String| ModelError::file(path, reason);
+        let (field, mut params) = match (&self.rope_parameters, &self.rope_scaling) {
+            (Some(p), _) if !p.is_null() => ("rope_parameters", p.clone()),
+            (_, Some(s)) if !s.is_null() => ("rope_scaling", s.clone()),
+            _ => ("rope_parameters", serde_json::json!({})),
+        };
+        if !params.is_object() {
+            return Err(bad(format!("`{field}` must be an object")));
         }
+        // Parameters nested by layer type ({"full_attention": {...}, ...}).
+        let nested: Vec<&serde_json::Value> = params
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|v| v.is_object())
+            .collect();
+        if !nested.is_empty() {
+            if nested.windows(2).any(|w| w[0] != w[1]) {
+                return Err(bad(format!(
+                    "`{field}` has different RoPE parameters per layer type, which weft does not support"
+                )));
+            }
+            params = nested[0].clone();
+        }
+        let num = |key: &str| -> Result<Option<f64>> {
+            match params.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("`{field}.{key}` must be a number, not {v}"))),
+            }
+        };
+        let require = |key: &str, ty: &str| -> Result<f64> {
+            num(key)?
+                .ok_or_else(|| bad(format!("`{field}.{key}` is required for RoPE type `{ty}`")))
+        };
+        let ty = match params.get("rope_type").or_else(|| params.get("type")) {
+            None | Some(serde_json::Value::Null) => "default".to_string(),
+            Some(serde_json::Value::String(t)) => t.clone(),
+            Some(v) => {
+                return Err(bad(format!(
+                    "`{field}.rope_type` must be a string, not {v}"
+                )))
+            }
+        };
+        let base = num("rope_theta")?.or(self.rope_theta).unwrap_or(10_000.0);
+        if !(base.is_finite() && base > 1.0) {
+            return Err(bad(format!(
+                "RoPE base (rope_theta) {base} must be a number above 1"
+            )));
+        }
+        let partial = num("partial_rotary_factor")?
+            .or(self.partial_rotary_factor)
+            .unwrap_or(1.0);
+        if !(partial > 0.0 && partial <= 1.0) {
+            return Err(bad(format!(
+                "partial_rotary_factor {partial} must be in (0, 1]"
+            )));
+        }
+        let dim = (head_dim as f64 * partial) as usize;
+        let max_pos = self.max_position_embeddings.unwrap_or(4096) as f64;
+        let original_max = || -> Result<f64> {
+            Ok(match self.original_max_position_embeddings {
+                Some(o) => o as f64,
+                None => num("original_max_position_embeddings")?.unwrap_or(max_pos),
+            })
+        };
+        // Inverse frequencies without scaling, in f32 as transformers
+        // computes them.
+        let plain: Vec<f32> = (0..dim / 2)
+            .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / dim as f32))
+            .collect();
+        let mut attention_factor = 1.0f32;
+        let freq_factors: Option<Vec<f32>> = match ty.as_str() {
+            "default" | "dynamic" => None,
+            "linear" => {
+                let factor = require("factor", &ty)? as f32;
+                Some(vec![factor; dim / 2])
+            }
+            "llama3" => {
+                let factor = require("factor", &ty)? as f32;
+                let low = require("low_freq_factor", &ty)? as f32;
+                let high = require("high_freq_factor", &ty)? as f32;
+                let old_ctx = original_max()? as f32;
+                let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+                Some(
+                    plain
+                        .iter()
+                        .map(|&inv| {
+                            let wavelen = 2.0 * std::f32::consts::PI / inv;
+                            if wavelen < high_wavelen {
+                                1.0
+                            } else if wavelen > low_wavelen {
+                                factor
+                            } else {
+                                let smooth = (old_ctx / wavelen - low) / (high - low);
+                                1.0 / ((1.0 - smooth) / factor + smooth)
+                            }
+                        })
+                        .collect(),
+                )
+            }
+            "yarn" => {
+                let original = original_max()?;
+                let factor = num("factor")?.unwrap_or(max_pos / original);
+                let mscale = |scale: f64, m: f64| {
+                    if scale <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * m * scale.ln() + 1.0
+                    }
+                };
+                attention_factor = match num("attention_factor")? {
+                    Some(a) => a,
+                    None => match (num("mscale")?, num("mscale_all_dim")?) {
+                        (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                            mscale(factor, m) / mscale(factor, all)
+                        }
+                        _ => mscale(factor, 1.0),
+                    },
+                } as f32;
+                let beta_fast = num("beta_fast")?.filter(|b| *b != 0.0).unwrap_or(32.0);
+                let beta_slow = num("beta_slow")?.filter(|b| *b != 0.0).unwrap_or(1.0);
+                let truncate = params
+                    .get("truncate")
+                    .and_then(|t| t.as_bool())
+                    .unwrap_or(true);
+                let correction_dim = |rotations: f64| {
+                    dim as f64 * (original / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * base.ln())
+                };
+                let (mut low, mut high) = (correction_dim(beta_fast), correction_dim(beta_slow));
+                if truncate {
+                    (low, high) = (low.floor(), high.ceil());
+                }
+                let (low, mut high) = (low.max(0.0) as f32, high.min(dim as f64 - 1.0) as f32);
+                if low == high {
+                    high += 0.001;
+                }
+                let factor = factor as f32;
+                Some(
+                    plain
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &inv)| {
+                            let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                            let extrapolation = 1.0 - ramp;
+                            let blended =
+                                (inv / factor) * (1.0 - extrapolation) + inv * extrapolation;
+                            inv / blended
+                        })
+                        .collect(),
+                )
+            }
+            other => {
+                return Err(bad(format!(
+                    "unsupported RoPE type `{other}` in `{field}` (supported: {})",
+                    ROPE_TYPES.join(", ")
+                )))
+            }
+        };
+        if let Some(ff) = &freq_factors {
+            if ff.iter().any(|f| !f.is_finite() || *f <= 0.0) {
+                return Err(bad(format!(
+                    "RoPE type `{ty}` gives invalid frequency scales from `{field}`"
+                )));
+            }
+        }
+        if !attention_factor.is_finite() {
+            return Err(bad(format!(
+                "`{field}` gives a non-finite attention factor"
+            )));
+        }
+        Ok(RopeConfig {
+            base: base as f32,
+            dim,
+            style: RopeStyle::Halves,
+            freq_factors,
+            attention_factor,
+        })
     }
 }

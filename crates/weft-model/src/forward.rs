@@ -244,8 +244,8 @@ impl Model {
             let p = (seqs[i].pos_start + j) as f32;
             for (f, inv) in self.inv_freqs.iter().enumerate() {
                 let (s, c) = (p * inv).sin_cos();
-                ws.cos[t * half + f] = c;
-                ws.sin[t * half + f] = s;
+                ws.cos[t * half + f] = c * cfg.rope.attention_factor;
+                ws.sin[t * half + f] = s * cfg.rope.attention_factor;
             }
         }
 

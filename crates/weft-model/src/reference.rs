@@ -88,8 +88,8 @@ impl Model {
         for (t, &p) in positions.iter().enumerate() {
             for (f, inv) in self.inv_freqs.iter().enumerate() {
                 let (s, c) = (p as f32 * inv).sin_cos();
-                cos[t * half + f] = c;
-                sin[t * half + f] = s;
+                cos[t * half + f] = c * cfg.rope.attention_factor;
+                sin[t * half + f] = s * cfg.rope.attention_factor;
             }
         }
         for layer in &self.layers {

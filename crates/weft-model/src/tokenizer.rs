@@ -40,29 +40,114 @@ pub struct Tokenizer {
 const GGUF_CONTROL: i32 = 3;
 const GGUF_USER_DEFINED: i32 = 4;
 
-fn pre_tokenizer(pre: &str) -> Value {
-    let split = |regex: &str| {
-        json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}
-        ]})
-    };
-    match pre {
-        // llama.cpp: LLAMA_VOCAB_PRE_TYPE_SMOLLM / STARCODER / REFACT: digits split, then GPT-2.
-        "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" => json!({
-        "type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": true},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
-        ]}),
-        "qwen2" | "deepseek-r1-qwen" => split(
-            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-        ),
-        "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" => split(
-            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-        ),
-        _ => {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+// The pre-tokenizer regexes below are llama.cpp's (`llm_tokenizer_bpe` in
+// `src/llama-vocab.cpp`, llama-cpp-python 0.3.36), in its "adapted" spelling
+// where it has one. llama.cpp splits the text with each regex in turn, keeping
+// both matches and the text between them; the `tokenizers` crate's `Split`
+// with `Isolated` behaviour does the same.
+const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN35: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const DEEPSEEK_LLM: &[&str] = &[
+    "[\r\n]",
+    "\\s?[A-Za-z\u{b5}\u{c0}-\u{d6}\u{d8}-\u{f6}\u{f8}-\u{1ba}\u{1bc}-\u{1bf}\u{1c4}-\u{293}\u{295}-\u{2af}\u{370}-\u{373}\u{376}\u{377}\u{37b}-\u{37d}\u{37f}\u{386}\u{388}-\u{38a}\u{38c}\u{38e}-\u{3a1}\u{3a3}-\u{3f5}\u{3f7}-\u{481}\u{48a}-\u{52f}\u{531}-\u{556}\u{10a0}-\u{10c5}\u{13a0}-\u{13f5}\u{13f8}-\u{13fd}\u{1c90}-\u{1cba}\u{1cbd}-\u{1cbf}\u{1d00}-\u{1d2b}\u{1d6b}-\u{1d77}\u{1d79}-\u{1d9a}\u{1e00}-\u{1f15}\u{1f18}-\u{1f1d}\u{1f20}-\u{1f45}\u{1f48}-\u{1f4d}\u{1f50}-\u{1f57}\u{1f59}\u{1f5b}\u{1f5d}\u{1f5f}-\u{1f7d}\u{1f80}-\u{1fb4}\u{1fb6}-\u{1fbc}\u{1fbe}\u{1fc2}-\u{1fc4}\u{1fc6}-\u{1fcc}\u{1fd0}-\u{1fd3}\u{1fd6}-\u{1fdb}\u{1fe0}-\u{1fec}\u{1ff2}-\u{1ff4}\u{1ff6}-\u{1ffc}\u{2102}\u{2107}\u{210a}-\u{2113}\u{2115}\u{2119}-\u{211d}\u{2124}\u{2126}\u{2128}\u{212a}-\u{212d}\u{212f}-\u{2134}\u{2139}\u{213c}-\u{213f}\u{2145}-\u{2149}\u{214e}\u{2183}\u{2184}\u{2c00}-\u{2c7b}\u{2c7e}-\u{2ce4}\u{2ceb}-\u{2cee}\u{2cf2}\u{2cf3}\u{a640}-\u{a66d}\u{a680}-\u{a69b}\u{a722}-\u{a76f}\u{a771}-\u{a787}\u{a78b}-\u{a78e}\u{ab70}-\u{abbf}\u{fb00}-\u{fb06}\u{fb13}-\u{fb17}\u{ff21}-\u{ff3a}\u{ff41}-\u{ff5a}\u{10400}-\u{1044f}\u{104b0}-\u{104d3}\u{104d8}-\u{104fb}\u{10c80}-\u{10cb2}\u{10cc0}-\u{10cf2}\u{118a0}-\u{118df}\u{1e900}-\u{1e943}]+",
+    "\\s?[!-/:-~\u{ff01}-\u{ff0f}\u{ff1a}-\u{ff5e}\u{2018}-\u{201f}\u{3000}-\u{3002}]+",
+    "\\s+$",
+    "[\u{4e00}-\u{9fa5}\u{800}-\u{4e00}\u{ac00}-\u{d7ff}]+",
+    "\\p{N}+",
+];
+const DEEPSEEK_CODER: &[&str] = &[
+    "[\r\n]",
+    "\\s?\\p{L}+",
+    "\\s?\\p{P}+",
+    "[\u{4e00}-\u{9fa5}\u{800}-\u{4e00}\u{ac00}-\u{d7ff}]+",
+    "\\p{N}",
+];
+const DEEPSEEK3: &[&str] = &[
+    "\\p{N}{1,3}",
+    "[\u{4e00}-\u{9fa5}\u{3040}-\u{309f}\u{30a0}-\u{30ff}]+",
+    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+];
+const GPT4O: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const PORO: &str = " ?[^(\\s|.,!?\u{2026}\u{3002}\u{ff0c}\u{3001}\u{964}\u{6d4}\u{60c})]+";
+
+/// How a GPT-2-style (`tokenizer.ggml.model = gpt2`) vocabulary splits text
+/// before BPE, chosen by its `tokenizer.ggml.pre` name as llama.cpp chooses
+/// it (`llama_vocab::impl::load`).
+struct BpePre {
+    /// Regexes applied in turn; each splits every piece the previous left.
+    regexes: Vec<&'static str>,
+    /// A piece that is itself a token is taken whole, without merges.
+    ignore_merges: bool,
+    /// llama.cpp's default for adding BOS when the file does not say.
+    add_bos: bool,
+}
+
+impl BpePre {
+    /// `None` for a pre-tokenizer weft does not implement.
+    fn named(name: Option<&str>) -> Option<BpePre> {
+        let pre = |regexes: &[&'static str], ignore_merges: bool, add_bos: bool| {
+            Some(BpePre {
+                regexes: regexes.to_vec(),
+                ignore_merges,
+                add_bos,
+            })
+        };
+        match pre_name_or_default(name) {
+            "default" => pre(
+                &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
+                false,
+                false,
+            ),
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" | "jina-v5-nano" => pre(&[LLAMA3], true, true),
+            "dbrx" | "smaug-bpe" => pre(&[LLAMA3], false, false),
+            "chatglm-bpe" => pre(&[LLAMA3], false, false),
+            "glm4" | "glm5" => pre(&[LLAMA3], true, false),
+            "deepseek-llm" => pre(DEEPSEEK_LLM, false, false),
+            "deepseek-coder" => pre(DEEPSEEK_CODER, false, false),
+            "deepseek-v3" | "hunyuan-dense" | "joyai-llm" | "hy_v4" => pre(DEEPSEEK3, false, false),
+            "falcon" => pre(
+                &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"],
+                false,
+                false,
+            ),
+            "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone"
+            | "minerva-7b" => pre(&[r"\p{N}", GPT2], false, false),
+            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es"
+            | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4" | "mpt" | "olmo"
+            | "jais" | "trillion" | "granite-docling" => pre(&[GPT2], false, false),
+            "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2"
+            | "hunyuan" => pre(&[QWEN2], false, false),
+            "qwen35" => pre(&[QWEN35], false, false),
+            "poro-chat" | "bloom" | "gpt3-finnish" => pre(&[PORO], false, false),
+            "viking" => pre(&[PORO, r"\p{N}"], false, false),
+            "tekken" => pre(&[TEKKEN], true, true),
+            "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => {
+                pre(&[GPT4O], false, false)
+            }
+            _ => None,
         }
+    }
+
+    fn spec(&self) -> Value {
+        let mut steps: Vec<Value> = self
+            .regexes
+            .iter()
+            .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
+            .collect();
+        steps.push(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}));
+        json!({"type": "Sequence", "pretokenizers": steps})
+    }
+}
+
+/// A missing or empty `tokenizer.ggml.pre` means llama.cpp's "default".
+fn pre_name_or_default(pre: Option<&str>) -> &str {
+    match pre {
+        None | Some("") => "default",
+        Some(p) => p,
     }
 }
 
@@ -131,19 +216,27 @@ impl Tokenizer {
             .map(|(i, t)| (t.clone(), json!(i)))
             .collect();
         let added = added_tokens(&tokens, &types);
+        let mut default_add_bos = kind == "llama";
         let spec = match kind {
             "gpt2" => {
                 let merges = g
                     .get_str_array("tokenizer.ggml.merges")
                     .ok_or_else(|| missing("BPE vocabulary without `tokenizer.ggml.merges`"))?;
-                let pre = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
+                let name = g.get_str("tokenizer.ggml.pre");
+                let pre = BpePre::named(name).ok_or_else(|| {
+                    missing(&format!(
+                        "unsupported pre-tokenizer `{}` for tokenizer model `gpt2` (tokenizer.ggml.pre)",
+                        pre_name_or_default(name)
+                    ))
+                })?;
+                default_add_bos = pre.add_bos;
                 json!({
                     "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-                    "normalizer": null, "pre_tokenizer": pre_tokenizer(pre), "post_processor": null,
+                    "normalizer": null, "pre_tokenizer": pre.spec(), "post_processor": null,
                     "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
                     "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                               "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                              "ignore_merges": false, "vocab": vocab, "merges": merges}
+                              "ignore_merges": pre.ignore_merges, "vocab": vocab, "merges": merges}
                 })
             }
             "llama" => {
@@ -178,7 +271,7 @@ impl Tokenizer {
             }
             other => {
                 return Err(missing(&format!(
-                    "unsupported tokenizer model `{other}` (supported: gpt2, llama)"
+                    "unsupported tokenizer model `{other}` (tokenizer.ggml.model; supported: gpt2, llama)"
                 )))
             }
         };
@@ -206,7 +299,7 @@ impl Tokenizer {
             stop_ids,
             add_bos: g
                 .get_bool("tokenizer.ggml.add_bos_token")
-                .unwrap_or(kind == "llama"),
+                .unwrap_or(default_add_bos),
             chat_template: g.get_str("tokenizer.chat_template").map(String::from),
             literal: Default::default(),
         })
