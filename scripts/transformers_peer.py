@@ -240,7 +240,103 @@ def rope_cases():
         json.dump(out, f, indent=1)
 
 
+# Tokenizer folders that differ only in how they add special tokens; the
+# reference is what transformers' AutoTokenizer encodes.
+VOCAB = {"<s>": 0, "</s>": 1, "<unk>": 2, "hello": 3, "world": 4, "[CLS]": 5, "[SEP]": 6, "<|eot|>": 7, "user": 8, ":": 9}
+TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+TOKENIZERS = {
+    # Llama 3's form: BOS from a TemplateProcessing inside a Sequence, and
+    # no add_bos_token in tokenizer_config.json.
+    "template-bos-in-sequence": dict(
+        post=dict(type="Sequence", processors=[
+            dict(type="ByteLevel", add_prefix_space=True, trim_offsets=False, use_regex=True),
+            dict(type="TemplateProcessing",
+                 single=[dict(SpecialToken=dict(id="<s>", type_id=0)), dict(Sequence=dict(id="A", type_id=0))],
+                 pair=[dict(SpecialToken=dict(id="<s>", type_id=0)), dict(Sequence=dict(id="A", type_id=0)),
+                       dict(SpecialToken=dict(id="<s>", type_id=1)), dict(Sequence=dict(id="B", type_id=1))],
+                 special_tokens={"<s>": dict(id="<s>", ids=[0], tokens=["<s>"])}),
+        ]),
+        config=dict(),
+        eos=[1, 7],
+    ),
+    "template-bos-eos": dict(
+        post=dict(type="TemplateProcessing",
+                  single=[dict(SpecialToken=dict(id="<s>", type_id=0)), dict(Sequence=dict(id="A", type_id=0)),
+                          dict(SpecialToken=dict(id="</s>", type_id=0))],
+                  pair=[dict(Sequence=dict(id="A", type_id=0)), dict(Sequence=dict(id="B", type_id=1))],
+                  special_tokens={"<s>": dict(id="<s>", ids=[0], tokens=["<s>"]),
+                                  "</s>": dict(id="</s>", ids=[1], tokens=["</s>"])}),
+        config=dict(),
+        eos=1,
+    ),
+    "template-without-bos": dict(
+        post=dict(type="TemplateProcessing", single=[dict(Sequence=dict(id="A", type_id=0))],
+                  pair=[dict(Sequence=dict(id="A", type_id=0)), dict(Sequence=dict(id="B", type_id=1))],
+                  special_tokens={}),
+        config=dict(),
+        eos=1,
+    ),
+    "bert-processing": dict(
+        post=dict(type="BertProcessing", sep=["[SEP]", 6], cls=["[CLS]", 5]),
+        config=dict(),
+        eos=1,
+    ),
+    # Llama 2 / Mistral form: no post-processor, add_bos_token in
+    # tokenizer_config.json (a class that reads the flag).
+    # (add_bos_token without a post-processor is tested in Rust against
+    # the rule itself: transformers 5.24's generic and Llama classes both
+    # ignored the flag for such folders when tried, where 4.x added BOS.)
+    # No post-processor and no flag: nothing is added.
+    "no-post-processor-no-flag": dict(post=None, config=dict(), eos=1),
+}
+TEXTS = ["hello world", "world"]
+
+
+def build_tokenizers():
+    from transformers import AutoTokenizer
+
+    out = {}
+    for name, spec in TOKENIZERS.items():
+        d = os.path.join(OUT, "tokenizers", name)
+        os.makedirs(d, exist_ok=True)
+        tj = {
+            "version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": [
+                dict(id=i, content=t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
+                for t, i in VOCAB.items() if t.startswith("<") or t.startswith("[")
+            ],
+            "normalizer": None,
+            "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": spec["post"],
+            "decoder": None,
+            "model": {"type": "WordLevel", "vocab": VOCAB, "unk_token": "<unk>"},
+        }
+        with open(os.path.join(d, "tokenizer.json"), "w") as f:
+            json.dump(tj, f)
+        cfg = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", chat_template=TEMPLATE,
+                   tokenizer_class="PreTrainedTokenizerFast")
+        cfg.update(spec["config"])
+        with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+            json.dump(cfg, f)
+        with open(os.path.join(d, "generation_config.json"), "w") as f:
+            json.dump({"bos_token_id": 0, "eos_token_id": spec["eos"]}, f)
+        tok = AutoTokenizer.from_pretrained(d)
+        messages = [{"role": "user", "content": "hello world"}]
+        out[name] = {
+            "encode_special": [tok(t, add_special_tokens=True).input_ids for t in TEXTS],
+            "encode_plain": [tok(t, add_special_tokens=False).input_ids for t in TEXTS],
+            "chat_rendered": tok.apply_chat_template(messages, tokenize=False),
+            "chat_ids": list(tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]),
+            "eos": spec["eos"],
+            "class": type(tok).__name__,
+        }
+    with open(os.path.join(OUT, "tokenizers.json"), "w") as f:
+        json.dump({"texts": TEXTS, "cases": out}, f, indent=1)
+
+
 os.makedirs(OUT, exist_ok=True)
 build_models()
 rope_cases()
-print(f"transformers {transformers.__version__}: {len(MODELS)} models, {len(ROPE_CASES)} RoPE cases in {OUT}")
+build_tokenizers()
+print(f"transformers {transformers.__version__}: {len(MODELS)} models, {len(ROPE_CASES)} RoPE cases, "
+      f"{len(TOKENIZERS)} tokenizer folders in {OUT}")

@@ -30,8 +30,14 @@ pub struct Tokenizer {
     pub eos: Option<u32>,
     /// Tokens that end generation (EOS, end-of-turn, ...).
     pub stop_ids: Vec<u32>,
-    /// Whether encoding with special tokens prepends BOS.
+    /// Whether encoding with special tokens prepends BOS (or whatever the
+    /// tokenizer's post-processor puts first).
     pub add_bos: bool,
+    /// What encoding with special tokens puts before and after the text:
+    /// `[bos]` and `[]` for most models; a `tokenizer.json`
+    /// post-processor's template otherwise.
+    special_prefix: Vec<u32>,
+    special_suffix: Vec<u32>,
     pub chat_template: Option<String>,
     /// `inner` with special tokens read as plain text (built on first use).
     literal: std::sync::OnceLock<tokenizers::Tokenizer>,
@@ -194,6 +200,56 @@ fn spm_merges(tokens: &[String], scores: &[f32], types: &[i32]) -> Vec<String> {
     merges.into_iter().map(|m| m.3).collect()
 }
 
+/// The special tokens a `tokenizer.json` post-processor puts before and
+/// after a single sequence, as `tokenizers` applies it when
+/// `add_special_tokens` is set. `None` when there is no post-processor that
+/// adds tokens (none, or only `ByteLevel`), so the caller falls back to
+/// `add_bos_token`. Token texts the vocabulary lacks are skipped.
+fn post_processor_specials(
+    pp: &Value,
+    inner: &tokenizers::Tokenizer,
+) -> Option<(Vec<u32>, Vec<u32>)> {
+    let id_of = |t: &Value| -> Option<u32> {
+        // ["<s>", 1] in Bert/Roberta processors.
+        t[1].as_u64()
+            .map(|i| i as u32)
+            .or_else(|| t[0].as_str().and_then(|s| inner.token_to_id(s)))
+    };
+    match pp["type"].as_str()? {
+        "Sequence" => pp["processors"]
+            .as_array()?
+            .iter()
+            .find_map(|p| post_processor_specials(p, inner)),
+        "BertProcessing" | "RobertaProcessing" => Some((
+            id_of(&pp["cls"]).into_iter().collect(),
+            id_of(&pp["sep"]).into_iter().collect(),
+        )),
+        "TemplateProcessing" => {
+            let single = pp["single"].as_array()?;
+            let seq = single.iter().position(|p| p.get("Sequence").is_some())?;
+            let ids = |items: &[Value]| -> Vec<u32> {
+                items
+                    .iter()
+                    .filter_map(|p| p["SpecialToken"]["id"].as_str())
+                    .flat_map(|name| {
+                        // The template's own table maps a name to its ids.
+                        match pp["special_tokens"][name]["ids"].as_array() {
+                            Some(ids) => ids
+                                .iter()
+                                .filter_map(|i| i.as_u64())
+                                .map(|i| i as u32)
+                                .collect(),
+                            None => inner.token_to_id(name).into_iter().collect::<Vec<u32>>(),
+                        }
+                    })
+                    .collect()
+            };
+            Some((ids(&single[..seq]), ids(&single[seq + 1..])))
+        }
+        _ => None,
+    }
+}
+
 impl Tokenizer {
     /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` keys.
     pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
@@ -292,21 +348,47 @@ impl Tokenizer {
         }
         let mut stop_ids: Vec<u32> = stop.into_iter().collect();
         stop_ids.sort();
+        // llama.cpp: `add_bos` / `add_eos` from the file, else its default.
+        let add_bos = g
+            .get_bool("tokenizer.ggml.add_bos_token")
+            .unwrap_or(default_add_bos)
+            && bos.is_some();
+        let add_eos = g.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false) && eos.is_some();
         Ok(Tokenizer {
             inner,
             bos,
             eos,
             stop_ids,
-            add_bos: g
-                .get_bool("tokenizer.ggml.add_bos_token")
-                .unwrap_or(default_add_bos),
+            add_bos,
+            special_prefix: if add_bos {
+                bos.into_iter().collect()
+            } else {
+                vec![]
+            },
+            special_suffix: if add_eos {
+                eos.into_iter().collect()
+            } else {
+                vec![]
+            },
             chat_template: g.get_str("tokenizer.chat_template").map(String::from),
             literal: Default::default(),
         })
     }
 
-    /// Reads `tokenizer.json` (and `tokenizer_config.json`, when present) from
-    /// a Hugging Face folder.
+    /// Reads `tokenizer.json` (and `tokenizer_config.json` and
+    /// `generation_config.json`, when present) from a Hugging Face folder.
+    ///
+    /// Special tokens on encoding follow `transformers`: the tokenizer's
+    /// post-processor (`TemplateProcessing`, `BertProcessing`,
+    /// `RobertaProcessing`, also inside a `Sequence`) decides what goes
+    /// around the text where it has one (Llama 3 adds BOS this way, with no
+    /// `add_bos_token` in `tokenizer_config.json`); `add_bos_token` /
+    /// `add_eos_token` decide otherwise. Generation stops at the EOS of
+    /// `tokenizer_config.json`, every `eos_token_id` of
+    /// `generation_config.json` (Llama 3 lists several), and the known
+    /// end-of-turn control tokens.
+    ///
+    /// Errors: no `tokenizer.json`, or one `tokenizers` cannot read.
     pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
@@ -315,20 +397,47 @@ impl Tokenizer {
                 reason: "no tokenizer.json in the model folder".into(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
-        let cfg: Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(Value::Null);
+        let raw: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let read_json = |name: &str| -> Value {
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(Value::Null)
+        };
+        let cfg = read_json("tokenizer_config.json");
+        let generation = read_json("generation_config.json");
         let token_of = |key: &str| -> Option<u32> {
             let v = &cfg[key];
             let text = v.as_str().or_else(|| v["content"].as_str())?;
             inner.token_to_id(text)
         };
-        let bos = token_of("bos_token");
+        let (special_prefix, special_suffix) =
+            match post_processor_specials(&raw["post_processor"], &inner) {
+                Some(around) => around,
+                None => {
+                    let bos = token_of("bos_token");
+                    let eos = token_of("eos_token");
+                    let flag = |k: &str| cfg[k].as_bool().unwrap_or(false);
+                    (
+                        bos.filter(|_| flag("add_bos_token")).into_iter().collect(),
+                        eos.filter(|_| flag("add_eos_token")).into_iter().collect(),
+                    )
+                }
+            };
+        let bos = token_of("bos_token").or_else(|| special_prefix.first().copied());
         let eos = token_of("eos_token");
         let mut stop: HashSet<u32> = eos.into_iter().collect();
+        match &generation["eos_token_id"] {
+            Value::Number(n) => stop.extend(n.as_u64().map(|i| i as u32)),
+            Value::Array(ids) => {
+                stop.extend(ids.iter().filter_map(|i| i.as_u64()).map(|i| i as u32))
+            }
+            _ => {}
+        }
+        stop.retain(|&id| (id as usize) < inner.get_vocab_size(true));
         for t in END_OF_GENERATION {
             if let Some(id) = inner.token_to_id(t) {
                 if inner
@@ -343,7 +452,9 @@ impl Tokenizer {
         let mut stop_ids: Vec<u32> = stop.into_iter().collect();
         stop_ids.sort();
         Ok(Tokenizer {
-            add_bos: cfg["add_bos_token"].as_bool().unwrap_or(false),
+            add_bos: !special_prefix.is_empty(),
+            special_prefix,
+            special_suffix,
             chat_template: cfg["chat_template"].as_str().map(String::from),
             literal: Default::default(),
             inner,
@@ -354,17 +465,21 @@ impl Tokenizer {
     }
 
     /// Token ids of `text`. Special-token text (like `<|im_start|>`) is
-    /// always recognised; `add_special` prepends BOS when the model wants it.
+    /// always recognised; `add_special` adds what the model puts around a
+    /// text (BOS for most; see [`Tokenizer::from_hf_dir`]).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
             .encode(text, false)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
-        if add_special && self.add_bos {
-            ids.extend(self.bos);
+        let mut ids = Vec::with_capacity(enc.len() + 2);
+        if add_special {
+            ids.extend_from_slice(&self.special_prefix);
         }
         ids.extend_from_slice(enc.get_ids());
+        if add_special {
+            ids.extend_from_slice(&self.special_suffix);
+        }
         Ok(ids)
     }
 

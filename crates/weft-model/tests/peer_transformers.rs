@@ -122,3 +122,66 @@ fn rope_frequencies_equal_transformers() {
         assert!(err.contains(&format!("`{ty}`")), "{ty}: {err}");
     }
 }
+
+/// Special tokens on encoding, against transformers' `AutoTokenizer` on the
+/// same crafted folders: BOS (and EOS, CLS/SEP) from the post-processor,
+/// Llama 3's `Sequence[ByteLevel, TemplateProcessing]` form included; text a
+/// chat template rendered gets nothing added; and `generation_config.json`'s
+/// end-of-sequence ids all stop generation.
+#[test]
+fn special_tokens_as_transformers_adds_them() {
+    let dir = suite();
+    let refs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizers.json")).unwrap())
+            .unwrap();
+    let texts: Vec<String> = serde_json::from_value(refs["texts"].clone()).unwrap();
+    let cases = refs["cases"].as_object().unwrap();
+    assert!(cases.len() >= 5);
+    for (name, case) in cases {
+        let tok = weft_model::Tokenizer::load(&dir.join("tokenizers").join(name)).unwrap();
+        for (i, text) in texts.iter().enumerate() {
+            let special: Vec<u32> =
+                serde_json::from_value(case["encode_special"][i].clone()).unwrap();
+            let plain: Vec<u32> = serde_json::from_value(case["encode_plain"][i].clone()).unwrap();
+            assert_eq!(
+                tok.encode(text, true).unwrap(),
+                special,
+                "{name}: {text:?} with special tokens"
+            );
+            assert_eq!(
+                tok.encode_prompt(text, false).unwrap(),
+                special,
+                "{name}: {text:?} as a prompt"
+            );
+            assert_eq!(
+                tok.encode(text, false).unwrap(),
+                plain,
+                "{name}: {text:?} without"
+            );
+        }
+        let messages = [weft_model::chat::Message::new("user", "hello world")];
+        let (rendered, ids) = tok
+            .encode_chat_with(
+                &messages,
+                weft_model::chat::ChatOptions {
+                    add_generation_prompt: false,
+                    continue_final_message: false,
+                },
+                false,
+            )
+            .unwrap();
+        assert_eq!(rendered, case["chat_rendered"].as_str().unwrap(), "{name}");
+        let want: Vec<u32> = serde_json::from_value(case["chat_ids"].clone()).unwrap();
+        assert_eq!(ids, want, "{name}: chat ids");
+        let eos: Vec<u32> = match &case["eos"] {
+            serde_json::Value::Array(a) => a.iter().map(|v| v.as_u64().unwrap() as u32).collect(),
+            v => vec![v.as_u64().unwrap() as u32],
+        };
+        for id in eos {
+            assert!(
+                tok.is_stop(id),
+                "{name}: generation_config eos {id} does not stop"
+            );
+        }
+    }
+}

@@ -69,3 +69,68 @@ fn spm_vocabulary_from_gguf() {
         vec![id("\u{2581}he"), id("ld")]
     );
 }
+
+/// Without a post-processor, `add_bos_token` / `add_eos_token` in
+/// `tokenizer_config.json` decide (Llama 2 and Mistral folders); with one,
+/// the post-processor decides and the flags are not read; nothing is added
+/// to text a chat template rendered.
+#[test]
+fn bos_policy_of_hf_folders() {
+    let base = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [
+            {"id": 0, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": 1, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+        ],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": {"<s>": 0, "</s>": 1, "<unk>": 2, "hi": 3}, "unk_token": "<unk>"}
+    });
+    let with_template = {
+        let mut t = base.clone();
+        t["post_processor"] = serde_json::json!({"type": "TemplateProcessing",
+            "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {}});
+        t
+    };
+    let cases = [
+        (
+            &base,
+            serde_json::json!({"add_bos_token": true}),
+            vec![0, 3],
+        ),
+        (
+            &base,
+            serde_json::json!({"add_bos_token": true, "add_eos_token": true}),
+            vec![0, 3, 1],
+        ),
+        (&base, serde_json::json!({"add_bos_token": false}), vec![3]),
+        (&base, serde_json::json!({}), vec![3]),
+        // The post-processor adds nothing: the flag is not read.
+        (
+            &with_template,
+            serde_json::json!({"add_bos_token": true}),
+            vec![3],
+        ),
+    ];
+    for (i, (tj, cfg, want)) in cases.into_iter().enumerate() {
+        let dir = std::env::temp_dir().join(format!("weft-bos-policy-{}-{i}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), tj.to_string()).unwrap();
+        let mut cfg = cfg;
+        cfg["bos_token"] = "<s>".into();
+        cfg["eos_token"] = "</s>".into();
+        cfg["chat_template"] = "{{ messages[0]['content'] }}".into();
+        std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+        let tok = Tokenizer::load(&dir).unwrap();
+        assert_eq!(tok.encode("hi", true).unwrap(), want, "case {i}: {cfg}");
+        assert_eq!(tok.encode_prompt("hi", false).unwrap(), want, "case {i}");
+        assert_eq!(tok.encode("hi", false).unwrap(), vec![3], "case {i}");
+        // Rendered by a template: nothing added.
+        let (_, ids) = tok
+            .encode_chat(&[weft_model::chat::Message::new("user", "hi")], false)
+            .unwrap();
+        assert_eq!(ids, vec![3], "case {i}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
