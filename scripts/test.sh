@@ -7,10 +7,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}"
 bash scripts/fetch-model.sh
+# llama.cpp's tokenizer vectors and chat templates (not committed).
+bash scripts/fetch-peer-suites.sh
 cargo fmt --all -- --check
 # The protocol fixtures derived from the reference implementations are
 # what scripts/protocol_reference_fixtures.py writes.
 python3 scripts/protocol_reference_fixtures.py --check
+# The chat template references are what scripts/chat_template_references.py
+# renders from the fetched templates, with jinja2 pinned (the venv under
+# ~/.cache/weft, as scripts/serve-client-test.sh sets it up).
+JINJA_VENV="${WEFT_CACHE:-$HOME/.cache/weft}/venv"
+if ! "$JINJA_VENV/bin/python" -c "
+import sys, importlib.metadata as m
+sys.exit(m.version('jinja2') != '3.1.6' or m.version('markupsafe') != '3.0.4')
+" 2>/dev/null; then
+  python3 -m venv "$JINJA_VENV"
+  "$JINJA_VENV/bin/pip" install -q "jinja2==3.1.6" "markupsafe==3.0.4"
+fi
+"$JINJA_VENV/bin/python" scripts/chat_template_references.py --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked
 # The server against the official `openai` Python client (venv under ~/.cache/weft).
