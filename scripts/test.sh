@@ -9,6 +9,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}"
 bash scripts/fetch-model.sh
 # llama.cpp's tokenizer vectors and chat templates (not committed).
 bash scripts/fetch-peer-suites.sh
+# Tiny checkpoints, RoPE frequencies and tokenizer folders made by
+# transformers itself (torch + transformers in ~/.cache/weft/torch-venv).
+bash scripts/transformers-peer.sh
 cargo fmt --all -- --check
 # The protocol fixtures derived from the reference implementations are
 # what scripts/protocol_reference_fixtures.py writes.

@@ -675,3 +675,51 @@ impl StreamDecoder {
         }
     }
 }
+
+#[cfg(test)]
+mod pre_tokenizer_tests {
+    use super::*;
+
+    #[test]
+    fn pre_tokenizer_names_resolve_as_llama_cpp_does() {
+        // Missing or empty: llama.cpp's "default" list (four regexes).
+        assert_eq!(BpePre::named(None).unwrap().regexes.len(), 4);
+        assert_eq!(BpePre::named(Some("")).unwrap().regexes.len(), 4);
+        // Llama 3 takes whole words that are tokens, and adds BOS.
+        let l3 = BpePre::named(Some("llama-bpe")).unwrap();
+        assert!(l3.ignore_merges && l3.add_bos);
+        // Names llama.cpp handles with code of its own, or that weft does
+        // not know, are refused rather than guessed.
+        for name in ["kimi-k2", "bailingmoe", "no-such-pre"] {
+            assert!(BpePre::named(Some(name)).is_none(), "{name}");
+        }
+        // Every regex compiles in the `tokenizers` crate.
+        for name in [
+            "default",
+            "llama3",
+            "dbrx",
+            "glm4",
+            "deepseek-llm",
+            "deepseek-coder",
+            "deepseek-v3",
+            "falcon",
+            "starcoder",
+            "gpt-2",
+            "qwen2",
+            "qwen35",
+            "bloom",
+            "viking",
+            "tekken",
+            "gpt-4o",
+        ] {
+            let spec = json!({
+                "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+                "normalizer": null, "pre_tokenizer": BpePre::named(Some(name)).unwrap().spec(),
+                "post_processor": null, "decoder": null,
+                "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}
+            });
+            tokenizers::Tokenizer::from_bytes(spec.to_string().as_bytes())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}
