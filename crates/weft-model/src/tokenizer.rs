@@ -488,14 +488,21 @@ impl Tokenizer {
     /// (`rendered_by_template`) is never given a BOS, as `transformers`'
     /// `apply_chat_template(tokenize=True)` and vLLM's chat endpoint encode
     /// it (the template writes `{{ bos_token }}` itself when the model wants
-    /// one); plain text gets the model's BOS unless it already starts with
-    /// the BOS token's text.
+    /// one); plain text gets what the model puts before a text (its BOS),
+    /// unless it already starts with the BOS token's text. What a
+    /// post-processor puts *after* a text (an EOS) is not added: a prompt
+    /// is continued, and the engine re-encodes contexts with this call.
     pub fn encode_prompt(&self, text: &str, rendered_by_template: bool) -> Result<Vec<u32>> {
         let starts_with_bos = self
             .bos
             .and_then(|b| self.id_to_token(b))
             .is_some_and(|b| !b.is_empty() && text.starts_with(&b));
-        self.encode(text, !rendered_by_template && !starts_with_bos)
+        let mut ids = Vec::new();
+        if !rendered_by_template && !starts_with_bos {
+            ids.extend_from_slice(&self.special_prefix);
+        }
+        ids.extend(self.encode(text, false)?);
+        Ok(ids)
     }
 
     /// Renders `messages` with the model's chat template, ending with the

@@ -148,10 +148,14 @@ fn special_tokens_as_transformers_adds_them() {
                 special,
                 "{name}: {text:?} with special tokens"
             );
+            let lead = special
+                .iter()
+                .position(|&t| plain.first() == Some(&t))
+                .unwrap_or(0);
             assert_eq!(
                 tok.encode_prompt(text, false).unwrap(),
-                special,
-                "{name}: {text:?} as a prompt"
+                [&special[..lead], &plain[..]].concat(),
+                "{name}: {text:?} as a prompt (what goes before a text, not an EOS after it)"
             );
             assert_eq!(
                 tok.encode(text, false).unwrap(),
