@@ -1,104 +1,170 @@
-//! GGUF files: metadata and tensor infos are parsed by candle's `gguf_file`;
-//! tensor bytes are read straight from a memory map, with every range checked
-//! against the file's length so a truncated file names the tensor it cut.
+//! GGUF files: weft's own header reader (`gguf/header.rs`) checks every field
+//! before trusting it, as llama.cpp's `gguf.cpp` does, so a hostile file
+//! gives an error naming the file and the field; tensor bytes are read
+//! straight from a memory map, and every tensor's range is checked against
+//! the file's length when it is opened.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::GgmlDType;
 
 use crate::error::{ModelError, Result};
 use crate::weights::Bytes;
 
-/// An opened GGUF file.
+mod header;
+mod types;
+
+pub use header::{MAX_DIMS, MAX_TENSOR_NAME};
+pub use types::GgmlType;
+
+/// An opened GGUF file: its metadata, its tensor infos, and its bytes.
 pub struct GgufFile {
+    /// The file's path (or the name given to [`GgufFile::from_bytes`]), for messages.
     pub path: PathBuf,
+    /// Every key-value pair, decoded as candle's `gguf_file` decodes them
+    /// (strings lose trailing NULs; invalid UTF-8 is replaced).
     pub metadata: HashMap<String, Value>,
-    tensors: HashMap<String, gguf_file::TensorInfo>,
-    data_offset: u64,
-    map: Arc<memmap2::Mmap>,
+    tensors: HashMap<String, TensorInfo>,
+    version: u32,
+    alignment: usize,
+    data_offset: usize,
+    bytes: Bytes,
+}
+
+/// Where a tensor lies in a GGUF file, as its tensor info says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Shape, outermost first (as in PyTorch; GGUF stores it innermost first).
+    pub dims: Vec<usize>,
+    /// Its GGML type.
+    pub ggml_type: GgmlType,
+    /// Byte offset of its data from the start of the data section.
+    pub offset: u64,
+    /// Size of its data in bytes.
+    pub size: usize,
 }
 
 /// A tensor's type, shape (outermost first, as in PyTorch) and bytes.
 pub struct RawTensor {
+    /// Its storage type.
     pub dtype: GgmlDType,
+    /// Its shape, outermost first.
     pub dims: Vec<usize>,
+    /// Its data: a slice of the file.
     pub bytes: Bytes,
 }
 
 impl GgufFile {
+    /// Opens and memory-maps a GGUF file (versions 2 and 3).
+    ///
+    /// Errors: the file cannot be read; or any header field is bad (wrong
+    /// magic, unsupported version, counts, keys, value types, alignment,
+    /// tensor names, shapes, types, offsets) or a tensor's data lies past
+    /// the end of the file: the error names the file and the field.
     pub fn open(path: &Path) -> Result<Self> {
-        let mut file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| {
-            let bytes = std::fs::read(path).unwrap_or_default();
-            diagnose_header(path, &bytes)
-                .unwrap_or_else(|| ModelError::file(path, format!("not a readable GGUF file: {e}")))
-        })?;
+        let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
+        if len == 0 {
+            return Err(ModelError::file(path, "not a GGUF file: the file is empty"));
+        }
         // SAFETY: the file is opened read-only; weft does not write model files
         // while they are mapped.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        let len = map.len();
+        Self::from_parts(path.to_path_buf(), Bytes::mapped(Arc::new(map), 0, len))
+    }
+
+    /// Reads a GGUF file held in memory; `path` only names it in messages.
+    /// The same checks and errors as [`GgufFile::open`].
+    pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
+        Self::from_parts(path.into(), Bytes::from_vec(bytes))
+    }
+
+    fn from_parts(path: PathBuf, bytes: Bytes) -> Result<Self> {
+        let h = header::parse(&path, bytes.as_slice())?;
         Ok(GgufFile {
-            path: path.to_path_buf(),
-            metadata: content.metadata,
-            tensors: content.tensor_infos,
-            data_offset: content.tensor_data_offset,
-            map: Arc::new(map),
+            path,
+            metadata: h.metadata,
+            tensors: h.tensors,
+            version: h.version,
+            alignment: h.alignment,
+            data_offset: h.data_offset,
+            bytes,
         })
     }
 
+    /// The GGUF version (2 or 3).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The data alignment in bytes (`general.alignment`, default 32).
+    pub fn alignment(&self) -> usize {
+        self.alignment
+    }
+
+    /// Whether the file has a tensor of this name.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
 
+    /// Every tensor's name, in no particular order.
     pub fn tensor_names(&self) -> impl Iterator<Item = &String> {
         self.tensors.keys()
     }
 
-    /// Looks up a tensor and checks that its bytes lie inside the file.
+    /// A tensor's info, checked when the file was opened.
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    /// A tensor's type, shape and bytes.
+    ///
+    /// Errors: no such tensor; or its type is one weft cannot run
+    /// ("unsupported tensor type IQ4_NL (type code 20)").
     pub fn tensor(&self, name: &str) -> Result<RawTensor> {
         let info = self
             .tensors
             .get(name)
             .ok_or_else(|| ModelError::tensor(&self.path, name, "missing from the file"))?;
-        let dims: Vec<usize> = info.shape.dims().to_vec();
-        let elems: usize = dims.iter().product();
-        let block = info.ggml_dtype.block_size();
-        if !elems.is_multiple_of(block) {
-            return Err(ModelError::tensor(
+        let dtype = info.ggml_type.dtype().ok_or_else(|| {
+            ModelError::tensor(
                 &self.path,
                 name,
                 format!(
-                    "{elems} elements is not a whole number of {:?} blocks",
-                    info.ggml_dtype
+                    "unsupported tensor type {} (type code {}) (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q8_K)",
+                    info.ggml_type.name, info.ggml_type.code
                 ),
-            ));
-        }
-        let size = elems / block * info.ggml_dtype.type_size();
-        let start = self.data_offset as usize + info.offset as usize;
-        let end = start + size;
-        if end > self.map.len() {
-            return Err(ModelError::tensor(
-                &self.path,
-                name,
-                format!(
-                    "file is truncated: the tensor needs bytes {start}..{end} but the file has {} bytes",
-                    self.map.len()
-                ),
-            ));
-        }
+            )
+        })?;
+        // `open` checked that every tensor lies inside the file.
+        let bytes = usize::try_from(info.offset)
+            .ok()
+            .and_then(|o| o.checked_add(self.data_offset))
+            .and_then(|start| self.bytes.slice(start, info.size))
+            .ok_or_else(|| {
+                ModelError::tensor(
+                    &self.path,
+                    name,
+                    "file is truncated: the tensor's data lies past its end",
+                )
+            })?;
         Ok(RawTensor {
-            dtype: info.ggml_dtype,
-            dims,
-            bytes: Bytes::mapped(self.map.clone(), start, size),
+            dtype,
+            dims: info.dims.clone(),
+            bytes,
         })
     }
 
+    /// A metadata value.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.get(key)
     }
 
+    /// A string metadata value; `None` when absent or of another type.
     pub fn get_str(&self, key: &str) -> Option<&str> {
         self.get(key)
             .and_then(|v| v.to_string().ok())
@@ -118,6 +184,7 @@ impl GgufFile {
             .map(|x| x as usize)
     }
 
+    /// A float metadata value (f32 or f64).
     pub fn get_f32(&self, key: &str) -> Option<f32> {
         let v = self.get(key)?;
         v.to_f32()
@@ -125,10 +192,14 @@ impl GgufFile {
             .or_else(|| v.to_f64().ok().map(|x| x as f32))
     }
 
+    /// A bool metadata value.
     pub fn get_bool(&self, key: &str) -> Option<bool> {
         self.get(key).and_then(|v| v.to_bool().ok())
     }
 
+    /// An integer metadata value that must be there.
+    ///
+    /// Errors: the key is missing or not a non-negative integer.
     pub fn require_usize(&self, key: &str) -> Result<usize> {
         self.get_usize(key)
             .ok_or_else(|| ModelError::file(&self.path, format!("missing metadata key `{key}`")))
@@ -140,11 +211,13 @@ impl GgufFile {
         arr.iter().map(|v| v.to_string().ok().cloned()).collect()
     }
 
+    /// An f32-array metadata value.
     pub fn get_f32_array(&self, key: &str) -> Option<Vec<f32>> {
         let arr = self.get(key)?.to_vec().ok()?;
         arr.iter().map(|v| v.to_f32().ok()).collect()
     }
 
+    /// An i32-array (or u32-array) metadata value.
     pub fn get_i32_array(&self, key: &str) -> Option<Vec<i32>> {
         let arr = self.get(key)?.to_vec().ok()?;
         arr.iter()
@@ -155,139 +228,4 @@ impl GgufFile {
             })
             .collect()
     }
-}
-
-/// GGML type codes weft can run (see ggml.h `enum ggml_type`).
-fn supported_type(code: u32) -> bool {
-    matches!(
-        code,
-        0 | 1 | 2 | 3 | 6 | 7 | 8 | 10 | 11 | 12 | 13 | 14 | 15 | 30
-    )
-}
-
-fn type_name(code: u32) -> String {
-    let name = match code {
-        16 => "IQ2_XXS",
-        17 => "IQ2_XS",
-        18 => "IQ3_XXS",
-        19 => "IQ1_S",
-        20 => "IQ4_NL",
-        21 => "IQ3_S",
-        22 => "IQ2_S",
-        23 => "IQ4_XS",
-        24 => "I8",
-        25 => "I16",
-        26 => "I32",
-        27 => "I64",
-        28 => "F64",
-        29 => "IQ1_M",
-        34 => "TQ1_0",
-        35 => "TQ2_0",
-        39 => "MXFP4",
-        _ => "",
-    };
-    if name.is_empty() {
-        format!("type code {code}")
-    } else {
-        format!("{name} (type code {code})")
-    }
-}
-
-/// Walks a GGUF header that candle refused, to say precisely what is wrong:
-/// where a truncated header ends, or which tensor has a type weft cannot run.
-fn diagnose_header(path: &Path, b: &[u8]) -> Option<ModelError> {
-    struct Cursor<'a>(&'a [u8], usize);
-    impl Cursor<'_> {
-        fn take(&mut self, n: usize) -> Option<&[u8]> {
-            let s = self.0.get(self.1..self.1.checked_add(n)?)?;
-            self.1 += n;
-            Some(s)
-        }
-        fn u32(&mut self) -> Option<u32> {
-            self.take(4)
-                .map(|s| u32::from_le_bytes(s.try_into().unwrap_or_default()))
-        }
-        fn u64(&mut self) -> Option<u64> {
-            self.take(8)
-                .map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
-        }
-        fn string(&mut self) -> Option<String> {
-            let n = self.u64()? as usize;
-            self.take(n)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-        }
-        fn skip_value(&mut self, ty: u32) -> Option<()> {
-            let size = match ty {
-                0 | 1 | 7 => 1,
-                2 | 3 => 2,
-                4..=6 => 4,
-                10..=12 => 8,
-                8 => {
-                    self.string()?;
-                    return Some(());
-                }
-                9 => {
-                    let inner = self.u32()?;
-                    let n = self.u64()?;
-                    for _ in 0..n {
-                        self.skip_value(inner)?;
-                    }
-                    return Some(());
-                }
-                _ => return None,
-            };
-            self.take(size).map(|_| ())
-        }
-    }
-    let truncated = |what: String| {
-        Some(ModelError::file(
-            path,
-            format!("file is truncated or corrupt in the header: {what}"),
-        ))
-    };
-    let mut c = Cursor(b, 0);
-    if c.take(4)? != b"GGUF" {
-        return Some(ModelError::file(path, "not a GGUF file (bad magic bytes)"));
-    }
-    let version = c.u32()?;
-    if !(2..=3).contains(&version) {
-        return Some(ModelError::file(
-            path,
-            format!("unsupported GGUF version {version} (supported: 2, 3)"),
-        ));
-    }
-    let (Some(n_tensors), Some(n_kv)) = (c.u64(), c.u64()) else {
-        return truncated("counts".into());
-    };
-    for i in 0..n_kv {
-        let Some(key) = c.string() else {
-            return truncated(format!("metadata entry {i} of {n_kv}"));
-        };
-        let ok = c.u32().and_then(|ty| c.skip_value(ty));
-        if ok.is_none() {
-            return truncated(format!("metadata value `{key}`"));
-        }
-    }
-    for i in 0..n_tensors {
-        let Some(name) = c.string() else {
-            return truncated(format!("tensor info {i} of {n_tensors}"));
-        };
-        let dims = c
-            .u32()
-            .and_then(|n| (0..n).map(|_| c.u64()).collect::<Option<Vec<u64>>>());
-        let (Some(_dims), Some(ty), Some(_offset)) = (dims, c.u32(), c.u64()) else {
-            return truncated(format!("tensor info of `{name}`"));
-        };
-        if !supported_type(ty) {
-            return Some(ModelError::tensor(
-                path,
-                name,
-                format!(
-                    "unsupported tensor type {} (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, Q8_K)",
-                    type_name(ty)
-                ),
-            ));
-        }
-    }
-    None
 }

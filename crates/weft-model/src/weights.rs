@@ -22,6 +22,8 @@ pub struct Bytes {
 enum Backing {
     Map(Arc<memmap2::Mmap>),
     Owned(Arc<Vec<u64>>),
+    /// A whole file read into memory (at least 8-byte aligned: checked).
+    Vec(Arc<Vec<u8>>),
 }
 
 impl Bytes {
@@ -46,9 +48,49 @@ impl Bytes {
         }
     }
 
+    /// Takes over a buffer without copying it when its start is 8-byte
+    /// aligned (as the system allocator's are), else copies it.
+    pub fn from_vec(data: Vec<u8>) -> Self {
+        if (data.as_ptr() as usize).is_multiple_of(8) {
+            Bytes {
+                offset: 0,
+                len: data.len(),
+                backing: Backing::Vec(Arc::new(data)),
+            }
+        } else {
+            Bytes::owned(&data)
+        }
+    }
+
+    /// The `len` bytes from `offset` on (relative to this slice), sharing
+    /// the backing memory; `None` when they do not lie inside it.
+    pub fn slice(&self, offset: usize, len: usize) -> Option<Bytes> {
+        let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        Some(Bytes {
+            backing: self.backing.clone(),
+            offset: self.offset + offset,
+            len,
+        })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         let base: &[u8] = match &self.backing {
             Backing::Map(m) => &m[..],
+            Backing::Vec(v) => &v[..],
             // SAFETY: a Vec<u64> viewed as bytes; the length is within it.
             Backing::Owned(v) => unsafe {
                 std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 8)

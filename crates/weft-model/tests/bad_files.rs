@@ -94,8 +94,12 @@ fn unsupported_tensor_type_names_the_tensor() {
     let (dir, path) = tiny_gguf("dtype", &[]);
     let mut bytes = std::fs::read(&path).unwrap();
     // Tensor info: name, n_dims (u32), dims (u64 each), type (u32), offset (u64).
-    let name = b"blk.1.ffn_up.weight";
-    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    // The last tensor in the file, so that no later offset moves (IQ4_NL
+    // blocks are smaller than F32's, so its data still fits).
+    let name = b"output.weight";
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name); // with its length, so not `blk.N.attn_output.weight`
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
     let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
     let ty = at + 4 + 8 * n_dims;
     bytes[ty..ty + 4].copy_from_slice(&20u32.to_le_bytes()); // IQ4_NL
@@ -103,7 +107,7 @@ fn unsupported_tensor_type_names_the_tensor() {
     std::fs::write(&p, &bytes).unwrap();
     let e = load_err(&p);
     assert!(
-        e.contains("blk.1.ffn_up.weight") && e.contains("unsupported tensor type IQ4_NL"),
+        e.contains("output.weight") && e.contains("unsupported tensor type IQ4_NL (type code 20)"),
         "{e}"
     );
 }
