@@ -175,3 +175,20 @@ fn bad_requests_are_errors_not_panics() {
         .to_string()
         .contains("context full"));
 }
+
+#[test]
+fn absurd_head_dim_in_config_json_is_an_error() {
+    // Found by tests/fuzz_headers.rs (config_json): a head_dim this large
+    // made the RoPE frequency table overflow its capacity (a panic); a
+    // smaller absurd one (2^40) asks for terabytes and aborts.
+    let dir = common::temp_dir("hf-head-dim");
+    common::Tiny::llama().write_hf(&dir, 1);
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["head_dim"] = serde_json::json!(u64::MAX);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let e = std::panic::catch_unwind(|| load_err(&dir))
+        .unwrap_or_else(|_| panic!("config.json with head_dim 2^64-1 panicked"));
+    assert!(e.contains("config.json") && e.contains("head_dim"), "{e}");
+}
