@@ -345,6 +345,14 @@ impl HfConfig {
                 "partial_rotary_factor {partial} must be in (0, 1]"
             )));
         }
+        // A head is at most a few thousand values in any real model; a
+        // larger `head_dim` is a broken file, not a table to allocate.
+        if head_dim == 0 || head_dim > 1 << 16 {
+            return Err(bad(format!(
+                "head_dim {head_dim} is not a head size (1..={})",
+                1 << 16
+            )));
+        }
         let dim = (head_dim as f64 * partial) as usize;
         let max_pos = self.max_position_embeddings.unwrap_or(4096) as f64;
         let original_max = || -> Result<f64> {
