@@ -31,7 +31,6 @@ mkdir -p "$RUNS" "$DATA"
 # above 100; wide search beams 8..10 (APR sub-call beam up to 10), so the
 # traces solve almost every problem and the sequential trace is long
 # (SoS+ mean ~480 tokens) while APR's critical path stays short.
-TASK='{"count": 3, "num_min": 1, "num_max": 50, "target_min": 10, "target_max": 100, "max_intermediate": 100, "min_beam": 8, "max_beam": 10, "max_sub_beam": 10, "heuristic": "mult", "seed": 1}'
 DATA_ARGS=(--n 20000 --val 2000 --seed 1 --count 3 --num-min 1 --num-max 50 --target-min 10
   --target-max 100 --max-intermediate 100 --min-beam 8 --max-beam 10 --max-sub-beam 10
   --drills 40000 --drill-lines 32 --numbers "$NUMBERS")
@@ -55,8 +54,9 @@ case "${1:-}" in
   data)
     build
     for kind in sosp apr; do
+      # Writes DIR/task.json (every setting, resolved), which training
+      # copies into the model folder.
       "$WEFT" data countdown --kind "$kind" "${DATA_ARGS[@]}" --out "$DATA/$SET-$kind"
-      echo "$TASK" > "$DATA/$SET-$kind/task.json"
     done
     # Same seed and counts: both kinds hold-out the same validation problems.
     cmp "$DATA/$SET-sosp/val_problems.jsonl" "$DATA/$SET-apr/val_problems.jsonl"
@@ -81,16 +81,13 @@ PY
     cp "$WEFT" "$RUNS/weft-bin-$kind"
     RAYON_NUM_THREADS="${THREADS:-1}" "$RUNS/weft-bin-$kind" train --config "$RUNS/model.json" \
       --data "$DATA/$SET-$kind" --out "$RUNS/$kind" "${TRAIN_ARGS[@]}" ${QUIET:+--quiet}
-    echo "$TASK" > "$RUNS/$kind/task.json"
     RAYON_NUM_THREADS="${THREADS:-1}" "$RUNS/weft-bin-$kind" train --config "$RUNS/model.json" \
       --data "$DATA/$SET-$kind" --out "$RUNS/$kind-cont" --init-from "$RUNS/$kind" \
       "${CONT_ARGS[@]}" ${QUIET:+--quiet}
-    echo "$TASK" > "$RUNS/$kind-cont/task.json"
     ;;
   eval)
     build
     cp "$DATA/$SET-sosp/heldout.jsonl" "$RUNS/heldout500.jsonl"
-    for kind in sosp apr; do echo "$TASK" > "$RUNS/$kind-cont/task.json"; done
     # One problem at a time, so each latency is that problem's alone; the
     # forward-pass threads per model are EVAL_THREADS (default 1). The two
     # models run side by side (one core each on a 2-core machine), so their

@@ -13,6 +13,8 @@
 //!   `src/data/search.py` for the same [`PyRandom`] seed.
 //! - Datasets: [`export`] turns traces into training sequences (JSONL) with
 //!   statistics; [`tokenizer`] builds the compact trace tokenizer.
+//! - The task itself: [`CountdownTask`] (`task.json`), the rules and
+//!   distribution that travel with data folders and trained models.
 //!
 //! Architecture invariant: nothing here knows about the engine or tensors.
 //! The APR join text comes from `weft_protocol::apr`, the one place that
@@ -26,6 +28,7 @@ pub mod generator;
 pub mod pyrandom;
 pub mod search;
 pub mod solver;
+pub mod task;
 pub mod tokenizer;
 pub mod verifier;
 
@@ -37,4 +40,5 @@ pub use search::apr::{AprParams, AprTrace};
 pub use search::sosp::{SospParams, SospTrace};
 pub use search::Heuristic;
 pub use solver::Solver;
+pub use task::CountdownTask;
 pub use verifier::{arithmetic_stats, state_stats, verify, verify_with, ArithmeticStats, Verdict};

@@ -58,6 +58,41 @@ pub enum Failure {
     WrongResult { value: u64, target: u64 },
 }
 
+impl std::fmt::Display for Failure {
+    /// The failure in words, for people (`weft solve`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[u64]| {
+            v.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        match self {
+            Failure::NoAnswer => {
+                f.write_str("the model wrote no answer (no `Goal Reached` and no equation)")
+            }
+            Failure::Unparsable { detail } => write!(f, "the answer cannot be read: {detail}"),
+            Failure::WrongArithmetic { step } => write!(f, "wrong arithmetic in `{step}`"),
+            Failure::IllegalStep { step } => write!(f, "`{step}` breaks the rules"),
+            Failure::NumberUnavailable {
+                step,
+                number,
+                available,
+            } => write!(
+                f,
+                "`{step}` uses {number}, which is not available (left: {})",
+                list(available)
+            ),
+            Failure::NumbersLeft { remaining } => {
+                write!(f, "the path ends with numbers left: {}", list(remaining))
+            }
+            Failure::WrongResult { value, target } => {
+                write!(f, "the path ends on {value}, not the target {target}")
+            }
+        }
+    }
+}
+
 /// The verifier's answer: serialisable, so evaluation runs can log it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {

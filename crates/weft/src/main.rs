@@ -27,7 +27,7 @@ enum Command {
     Data(cmd::data::DataArgs),
     /// Evaluate trained Countdown models (accuracy, tokens, latency) and plot them.
     Eval(cmd::eval::EvalArgs),
-    /// Solve a Countdown problem with the shipped APR model: "9 3 4 7 -> 24".
+    /// Solve a Countdown problem with the shipped APR model: "9 3 4 -> 24".
     Solve(cmd::solve::SolveArgs),
     /// Watch the shipped APR model solve a Countdown problem, forking live.
     Demo(cmd::solve::DemoArgs),

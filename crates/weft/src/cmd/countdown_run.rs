@@ -8,7 +8,9 @@ use std::sync::Arc;
 use weft_engine::{Engine, EngineConfig, Event, RequestSpec, Response};
 use weft_model::{LoadOptions, Model, Tokenizer};
 use weft_protocol::apr::{root_prompt, sosp_prompt, Apr};
-use weft_tasks::{arithmetic_stats, state_stats, verify_with, Problem, Rules, Verdict};
+use weft_tasks::{
+    arithmetic_stats, state_stats, verify_with, CountdownTask, Problem, Rules, Verdict,
+};
 
 /// How the model reasons: `apr` forks sub-searches (the engine runs them as
 /// child threads), `sequential` is the SoS+ baseline in one thread.
@@ -24,6 +26,29 @@ pub struct Solver {
     pub model: Model,
     pub tok: Tokenizer,
     pub rules: Rules,
+    /// The model folder's `task.json`, when it has one.
+    pub task: Option<CountdownTask>,
+}
+
+impl Mode {
+    /// The mode a model trained on `kind` traces runs in.
+    pub fn of_kind(kind: weft_tasks::export::TraceKind) -> Mode {
+        match kind {
+            weft_tasks::export::TraceKind::Apr => Mode::Apr,
+            weft_tasks::export::TraceKind::Sosp => Mode::Sequential,
+        }
+    }
+}
+
+/// One thread of a solved problem, for people to read (`eval --samples`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceThread {
+    pub id: usize,
+    pub parent: Option<usize>,
+    /// What the thread was given (the root's prompt, a child's sub-call).
+    pub prompt: String,
+    /// What it wrote.
+    pub text: String,
 }
 
 /// One solved (or failed) problem.
@@ -47,17 +72,10 @@ pub struct Outcome {
     pub state_correct: usize,
     /// Threads cut by the token budget or refused forks.
     pub notes: Vec<String>,
-}
-
-/// The task rules a model folder was trained under (`task.json`), if any.
-pub fn task_rules(dir: &Path) -> Rules {
-    let Ok(text) = std::fs::read_to_string(dir.join("task.json")) else {
-        return Rules::default();
-    };
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    Rules {
-        max_intermediate: v["max_intermediate"].as_u64(),
-    }
+    /// Every thread's prompt and text (kept in reports only for
+    /// `eval --samples`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<TraceThread>,
 }
 
 impl Solver {
@@ -76,10 +94,12 @@ impl Solver {
             Model::load(dir, &opts).with_context(|| format!("loading model {}", dir.display()))?;
         let tok =
             Tokenizer::load(dir).with_context(|| format!("loading tokenizer {}", dir.display()))?;
+        let task = CountdownTask::of_dir(dir).map_err(anyhow::Error::msg)?;
         Ok(Solver {
             model,
             tok,
-            rules: task_rules(dir),
+            rules: task.as_ref().map(|t| t.rules()).unwrap_or_default(),
+            task,
         })
     }
 
@@ -137,6 +157,7 @@ impl Solver {
         let verdict = verify_with(p, &format!("{prompt}{}", r.text), &self.rules);
         let mut arith = weft_tasks::ArithmeticStats::default();
         let mut state = weft_tasks::ArithmeticStats::default();
+        let mut trace = Vec::with_capacity(r.threads.len());
         for t in &r.threads {
             let s = arithmetic_stats(&t.text);
             arith.lines += s.lines;
@@ -149,6 +170,16 @@ impl Solver {
             let s = state_stats(&format!("{head}{}", t.text));
             state.lines += s.lines;
             state.correct += s.correct;
+            trace.push(TraceThread {
+                id: t.id,
+                parent: t.parent,
+                prompt: if t.parent.is_none() {
+                    prompt.to_string()
+                } else {
+                    head
+                },
+                text: t.text.clone(),
+            });
         }
         Outcome {
             problem: p.to_string(),
@@ -165,6 +196,7 @@ impl Solver {
             state_lines: state.lines,
             state_correct: state.correct,
             notes: r.stats.refused_forks,
+            trace,
         }
     }
 }
@@ -206,7 +238,11 @@ pub fn parse_problem(s: &str) -> anyhow::Result<Problem> {
     Ok(Problem { nums, target })
 }
 
-/// Reads `{"nums": [..], "target": N}` lines.
+/// Reads a problems file: `{"nums": [..], "target": N}` lines, as
+/// `weft data countdown` writes `val_problems.jsonl`. Refuses training data
+/// (lines with `text`, as in `train.jsonl`, which repeats a problem once
+/// per sequence) and warns about repeated problems, which would count
+/// twice.
 pub fn read_problems(path: &Path) -> anyhow::Result<Vec<Problem>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -217,6 +253,15 @@ pub fn read_problems(path: &Path) -> anyhow::Result<Vec<Problem>> {
         }
         let v: serde_json::Value = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        anyhow::ensure!(
+            v.get("text").is_none(),
+            "{}:{}: this line is a training sequence (it has `text`), not a problem: {} looks like \
+             training data (train.jsonl / val.jsonl). Evaluate on a problems file such as \
+             DATA/val_problems.jsonl or models/heldout.jsonl",
+            path.display(),
+            i + 1,
+            path.display()
+        );
         let nums: Vec<u64> = serde_json::from_value(v["nums"].clone()).with_context(|| {
             format!(
                 "{}:{}: `nums` must be a list of numbers",
@@ -236,6 +281,15 @@ pub fn read_problems(path: &Path) -> anyhow::Result<Vec<Problem>> {
         out.push(Problem { nums, target });
     }
     anyhow::ensure!(!out.is_empty(), "{} holds no problems", path.display());
+    let distinct: std::collections::HashSet<String> = out.iter().map(|p| p.to_string()).collect();
+    if distinct.len() < out.len() {
+        eprintln!(
+            "warning: {} repeats problems ({} lines, {} distinct); each line counts once",
+            path.display(),
+            out.len(),
+            distinct.len()
+        );
+    }
     Ok(out)
 }
 

@@ -36,13 +36,23 @@ struct CountdownEval {
     /// Model folder (config.json, model.safetensors, tokenizer.json, task.json).
     #[arg(long)]
     model: PathBuf,
-    /// JSONL problems: {"nums": [..], "target": N} per line.
+    /// A problems file: {"nums": [..], "target": N} per line (e.g. a data
+    /// folder's val_problems.jsonl; not train.jsonl).
     #[arg(long)]
     problems: PathBuf,
     /// apr: the model forks sub-searches, run as child threads;
-    /// sequential: one thread (SoS+).
-    #[arg(long, value_enum, default_value = "apr")]
-    protocol: Mode,
+    /// sequential: one thread (SoS+). Default: what the model was trained
+    /// on (`kind` in its task.json), else apr.
+    #[arg(long, value_enum)]
+    protocol: Option<Mode>,
+    /// Run with --protocol even if the model was trained on the other
+    /// kind of traces.
+    #[arg(long)]
+    force: bool,
+    /// Put this many problems' full traces (every thread's prompt and text)
+    /// in the report, per budget.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    samples: usize,
     /// Context budgets to evaluate at: most tokens each thread may generate.
     #[arg(long, value_delimiter = ',', default_value = "2048")]
     budgets: Vec<usize>,
@@ -123,6 +133,10 @@ pub struct BudgetReport {
     pub wall_s: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outcomes: Vec<serde_json::Value>,
+    /// `--samples N`: the first N problems' outcomes with every thread's
+    /// prompt and text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +146,15 @@ pub struct Report {
     pub protocol: String,
     pub problems_file: String,
     pub concurrency: usize,
+    /// The model's task.json (its rules and distribution), if it has one.
+    #[serde(default)]
+    pub task: Option<weft_tasks::CountdownTask>,
+    /// The rules the answers were verified under.
+    #[serde(default)]
+    pub rules: weft_tasks::Rules,
+    /// Problems outside the task's distribution.
+    #[serde(default)]
+    pub outside_task: usize,
     pub budgets: Vec<BudgetReport>,
 }
 
@@ -155,7 +178,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn summarize(budget: usize, outcomes: &[Outcome], wall_s: f64) -> BudgetReport {
+/// The report of one budget; `samples` outcomes keep their full traces.
+pub fn summarize(budget: usize, outcomes: &[Outcome], wall_s: f64, samples: usize) -> BudgetReport {
     let n = outcomes.len().max(1) as f64;
     let f = |g: &dyn Fn(&Outcome) -> f64| Dist::of(outcomes.iter().map(g).collect());
     let lines: usize = outcomes.iter().map(|o| o.arithmetic_lines).sum();
@@ -177,6 +201,17 @@ pub fn summarize(budget: usize, outcomes: &[Outcome], wall_s: f64) -> BudgetRepo
         wall_s,
         outcomes: outcomes
             .iter()
+            .map(|o| {
+                let brief = Outcome {
+                    trace: Vec::new(),
+                    ..o.clone()
+                };
+                serde_json::to_value(brief).unwrap_or_default()
+            })
+            .collect(),
+        samples: outcomes
+            .iter()
+            .take(samples)
             .map(|o| serde_json::to_value(o).unwrap_or_default())
             .collect(),
     }
@@ -189,9 +224,55 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
     }
     anyhow::ensure!(!a.budgets.is_empty(), "--budgets needs at least one value");
     let mut solver = Solver::load_with(&a.model, a.threads)?;
+    let trained_on = solver.task.as_ref().and_then(|t| t.kind);
+    let protocol = match (a.protocol, trained_on) {
+        (Some(p), Some(kind)) if p != Mode::of_kind(kind) && !a.force => anyhow::bail!(
+            "{} was trained on {} traces (task.json), which run as --protocol {}; \
+             --protocol {} would score it on a format it never saw. \
+             Pass --force to run it anyway.",
+            a.model.display(),
+            serde_json::to_value(kind)?.as_str().unwrap_or("?"),
+            mode_name(Mode::of_kind(kind)),
+            mode_name(p)
+        ),
+        (Some(p), _) => p,
+        (None, Some(kind)) => Mode::of_kind(kind),
+        (None, None) => {
+            eprintln!(
+                "note: {} records no trace kind (task.json `kind`); running --protocol apr",
+                a.model.display()
+            );
+            Mode::Apr
+        }
+    };
     if a.no_cap {
         solver.rules = weft_tasks::Rules::default();
     }
+    let outside = match &solver.task {
+        Some(task) => {
+            let out: Vec<(String, String)> = problems
+                .iter()
+                .filter_map(|p| task.check(p).err().map(|e| (p.to_string(), e.0)))
+                .collect();
+            if let Some((p, why)) = out.first() {
+                eprintln!(
+                    "warning: {} of {} problems are outside the model's task ({}); e.g. {p}: {why}",
+                    out.len(),
+                    problems.len(),
+                    task.describe()
+                );
+            }
+            out.len()
+        }
+        None => {
+            eprintln!(
+                "warning: {} has no task.json, so its task is unknown: answers are verified \
+                 under APR's rules (no cap on intermediate results)",
+                a.model.display()
+            );
+            0
+        }
+    };
     let label = a.label.clone().unwrap_or_else(|| {
         a.model
             .file_name()
@@ -201,9 +282,12 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
     let mut report = Report {
         label: label.clone(),
         model: a.model.display().to_string(),
-        protocol: format!("{:?}", a.protocol).to_lowercase(),
+        protocol: mode_name(protocol).to_string(),
         problems_file: a.problems.display().to_string(),
         concurrency: a.concurrency,
+        task: solver.task.clone(),
+        rules: solver.rules,
+        outside_task: outside,
         budgets: Vec::new(),
     };
     println!(
@@ -234,14 +318,19 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         let started = std::time::Instant::now();
         let outcomes = solver.solve(
             &problems,
-            a.protocol,
+            protocol,
             budget,
             a.concurrency,
             &mut |_| {},
             &mut |done| bar.set_position(done as u64),
         )?;
         bar.finish_and_clear();
-        let r = summarize(budget, &outcomes, started.elapsed().as_secs_f64());
+        let r = summarize(
+            budget,
+            &outcomes,
+            started.elapsed().as_secs_f64(),
+            a.samples,
+        );
         println!(
             "{:<10} {:>6} {:>6.1}% {:>9.0} {:>9.0} {:>7.0}ms {:>7.0}ms {:>8.1} {:>6.1}% {:>6.1}%",
             label,
@@ -270,6 +359,13 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Apr => "apr",
+        Mode::Sequential => "sequential",
+    }
+}
+
 fn read_reports(paths: &[PathBuf]) -> anyhow::Result<Vec<Report>> {
     paths
         .iter()
@@ -290,8 +386,10 @@ fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Two panels: accuracy vs median latency, and accuracy vs budget; one line
-/// per report (one point per budget).
+/// Two panels: accuracy vs median latency (ms, as the table), and accuracy
+/// vs budget; one line per report, one point per budget, each point
+/// labelled with its budget. The latency line joins the points in order of
+/// latency, so it never doubles back.
 pub fn plot(reports: &[Report], out: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
     let root = SVGBackend::new(out, (1100, 460)).into_drawing_area();
@@ -300,8 +398,8 @@ pub fn plot(reports: &[Report], out: &Path) -> anyhow::Result<()> {
     let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
     let max_lat = reports
         .iter()
-        .flat_map(|r| r.budgets.iter().map(|b| b.latency_ms.p50 / 1000.0))
-        .fold(0.1, f64::max);
+        .flat_map(|r| r.budgets.iter().map(|b| b.latency_ms.p50))
+        .fold(1.0, f64::max);
     let max_budget = reports
         .iter()
         .flat_map(|r| r.budgets.iter().map(|b| b.budget as f64))
@@ -312,7 +410,12 @@ pub fn plot(reports: &[Report], out: &Path) -> anyhow::Result<()> {
         f64,
         bool,
     ); 2] = [
-        (&left, "median latency per problem (s)", max_lat * 1.1, true),
+        (
+            &left,
+            "median latency per problem (ms)",
+            max_lat * 1.15,
+            true,
+        ),
         (
             &right,
             "context budget (tokens per thread)",
@@ -341,23 +444,34 @@ pub fn plot(reports: &[Report], out: &Path) -> anyhow::Result<()> {
             .draw()?;
         for (i, r) in reports.iter().enumerate() {
             let color = colors[i % colors.len()];
-            let pts: Vec<(f64, f64)> = r
+            let mut pts: Vec<(f64, f64, usize)> = r
                 .budgets
                 .iter()
                 .map(|b| {
                     let x = if latency {
-                        b.latency_ms.p50 / 1000.0
+                        b.latency_ms.p50
                     } else {
                         b.budget as f64
                     };
-                    (x, 100.0 * b.accuracy)
+                    (x, 100.0 * b.accuracy, b.budget)
                 })
                 .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let line: Vec<(f64, f64)> = pts.iter().map(|&(x, y, _)| (x, y)).collect();
             chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?
                 .label(format!("{} ({})", r.label, r.protocol))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+            chart.draw_series(line.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+            if latency {
+                chart.draw_series(pts.iter().map(|&(x, y, budget)| {
+                    Text::new(
+                        format!("{budget}"),
+                        (x, y + 2.5),
+                        ("sans-serif", 12).into_font().color(&color),
+                    )
+                }))?;
+            }
         }
         chart
             .configure_series_labels()

@@ -11,8 +11,14 @@ use std::process::ExitCode;
 use weft_tasks::Problem;
 
 #[derive(Args)]
+#[command(
+    after_help = "The shipped model knows Countdown with 3 numbers in 1..50, targets \
+10..100 and no intermediate result above 100 (models/countdown-apr/task.json); it says so for \
+a problem outside that.\n\nExit status: 0 the answer is verified, 1 it is not (or the model \
+could not run: an error says so), 2 bad usage or a problem that does not parse."
+)]
 pub struct SolveArgs {
-    /// The problem: numbers, `->`, target. E.g. "9 3 4 7 -> 24".
+    /// The problem: numbers, `->`, target. E.g. "9 3 4 -> 24".
     problem: String,
     #[command(flatten)]
     opts: SolveOpts,
@@ -66,7 +72,14 @@ fn heldout() -> anyhow::Result<Vec<Problem>> {
 }
 
 pub fn solve(args: SolveArgs) -> anyhow::Result<ExitCode> {
-    let problem = parse_problem(&args.problem)?;
+    let problem = match parse_problem(&args.problem) {
+        Ok(p) => p,
+        Err(e) => {
+            // Bad input is a usage error (2), as clap's own.
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     run(&problem, &args.opts)
 }
 
@@ -97,9 +110,46 @@ fn describe(o: &Outcome) -> String {
             .verdict
             .failure
             .as_ref()
-            .map(|f| serde_json::to_string(f).unwrap_or_default())
+            .map(|f| f.to_string())
             .unwrap_or_default();
         format!("no verified answer: {why}")
+    }
+}
+
+/// Exit status of `solve` and `demo`: 0 the model's answer is verified, 1 it
+/// is not (2 is a usage error, as clap exits).
+pub const EXIT_NOT_SOLVED: u8 = 1;
+
+/// Says what the model was trained on and, for a problem outside that,
+/// says so and what the exact solver finds.
+fn state_task(problem: &Problem, solver: &Solver, dir: &std::path::Path) {
+    let Some(task) = &solver.task else {
+        eprintln!(
+            "note: {} has no task.json, so what it was trained on is unknown",
+            dir.display()
+        );
+        return;
+    };
+    eprintln!(
+        "model: {} (trained on Countdown with {})",
+        dir.display(),
+        task.describe()
+    );
+    if let Err(why) = task.check(problem) {
+        let exact = weft_tasks::Solver::new(task.rules())
+            .solve_one(problem)
+            .map(|steps| {
+                steps
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+        eprintln!(
+            "note: {problem} is outside the model's task ({why}), so expect it to fail.\n      \
+             the exact solver (same rules): {}",
+            exact.unwrap_or_else(|| "no solution".into())
+        );
     }
 }
 
@@ -114,6 +164,7 @@ fn run(problem: &Problem, opts: &SolveOpts) -> anyhow::Result<ExitCode> {
         dir.display()
     );
     let apr = Solver::load(&dir)?;
+    state_task(problem, &apr, &dir);
     let mut printer = TreePrinter::default();
     let quiet = opts.quiet;
     let outcome = apr
@@ -132,13 +183,17 @@ fn run(problem: &Problem, opts: &SolveOpts) -> anyhow::Result<ExitCode> {
         .remove(0);
     println!("problem:  {problem}");
     println!("answer:   {}", describe(&outcome));
+    let threads = outcome.children + 1;
     println!(
-        "APR:      {:.0} ms, {} threads, {} tokens ({} on the critical path)",
+        "APR:      {:.0} ms, {threads} thread{}, {} tokens ({} on the critical path)",
         outcome.latency_ms,
-        outcome.children + 1,
+        if threads == 1 { "" } else { "s" },
         outcome.total_tokens,
         outcome.critical_path_tokens
     );
+    for note in &outcome.notes {
+        println!("          {note}");
+    }
     let baseline = opts
         .baseline
         .clone()
@@ -165,6 +220,6 @@ fn run(problem: &Problem, opts: &SolveOpts) -> anyhow::Result<ExitCode> {
     Ok(if outcome.correct {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(2)
+        ExitCode::from(EXIT_NOT_SOLVED)
     })
 }

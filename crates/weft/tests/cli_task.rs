@@ -1,0 +1,267 @@
+//! The research loop's guard rails (issue 19): task rules travel from
+//! `weft data countdown --task` to the data folder; evaluation refuses
+//! training data and a protocol the model was not trained on, warns about
+//! problems outside the model's task, and keeps full traces on request;
+//! `solve` says what the model knows; `--help` lists values.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn weft() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("weft-cli-task-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn ok(cmd: &mut Command) -> (String, String) {
+    let o = cmd.output().unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{cmd:?} failed: {out}\n{err}");
+    (out, err)
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn data_takes_its_settings_from_a_task_file_and_writes_them_back() {
+    let dir = tmp("data");
+    let task = dir.join("task.json");
+    std::fs::write(
+        &task,
+        r#"{"kind": "sosp", "n": 30, "val": 8, "count": 3, "num_max": 20, "max_intermediate": 60, "drills": 4}"#,
+    )
+    .unwrap();
+    let out = dir.join("data");
+    // The file gives every setting; a flag overrides one.
+    ok(weft()
+        .args(["data", "countdown", "--task"])
+        .arg(&task)
+        .args(["--seed", "7", "--out"])
+        .arg(&out));
+    let written = read_json(&out.join("task.json"));
+    assert_eq!(written["kind"], "sosp");
+    assert_eq!(written["count"], 3);
+    assert_eq!(written["num_max"], 20);
+    assert_eq!(written["max_intermediate"], 60);
+    assert_eq!(written["seed"], 7, "the flag overrides the file");
+    assert_eq!(
+        written["max_beam"], 5,
+        "defaults are written resolved (SoS+: 5)"
+    );
+    for line in std::fs::read_to_string(out.join("val_problems.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let nums = v["nums"].as_array().unwrap();
+        assert_eq!(nums.len(), 3, "{line}");
+        assert!(nums.iter().all(|n| n.as_u64().unwrap() <= 20), "{line}");
+    }
+    assert!(out.join("drills.jsonl").exists());
+    // The written file reproduces the folder; without drills, a stale
+    // drills.jsonl from the earlier run is removed, not mixed in.
+    let (_, err) = ok(weft()
+        .args(["data", "countdown", "--task"])
+        .arg(out.join("task.json"))
+        .args(["--drills", "0", "--out"])
+        .arg(&out));
+    assert!(err.contains("removed"), "{err}");
+    assert!(!out.join("drills.jsonl").exists());
+    // Typos and missing settings are refused by name.
+    std::fs::write(&task, r#"{"kind": "apr", "n": 5, "num_maxx": 9}"#).unwrap();
+    let o = weft()
+        .args(["data", "countdown", "--task"])
+        .arg(&task)
+        .arg("--out")
+        .arg(dir.join("x"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("num_maxx"), "{}", text(&o).1);
+    let o = weft()
+        .args(["data", "countdown", "--n", "5", "--out"])
+        .arg(dir.join("x"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("--kind"), "{}", text(&o).1);
+}
+
+#[test]
+fn eval_refuses_mistakes_and_keeps_samples() {
+    let dir = tmp("eval");
+    let data = dir.join("data");
+    ok(weft()
+        .args([
+            "data",
+            "countdown",
+            "--kind",
+            "apr",
+            "--n",
+            "10",
+            "--val",
+            "6",
+        ])
+        .args([
+            "--count",
+            "3",
+            "--num-max",
+            "50",
+            "--max-intermediate",
+            "100",
+            "--out",
+        ])
+        .arg(&data));
+    let apr = repo_root().join("models/countdown-apr");
+    let sosp = repo_root().join("models/countdown-sosp");
+    // Training data is not a problems file.
+    let o = weft()
+        .args(["eval", "countdown", "--model"])
+        .arg(&apr)
+        .arg("--problems")
+        .arg(data.join("train.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("training data"), "{}", text(&o).1);
+    // The SoS+ model under APR is refused unless forced.
+    let problems = dir.join("problems.jsonl");
+    std::fs::write(
+        &problems,
+        "{\"nums\": [50, 39, 1], \"target\": 11}\n{\"nums\": [9, 3, 4, 7], \"target\": 24}\n",
+    )
+    .unwrap();
+    let o = weft()
+        .args(["eval", "countdown", "--model"])
+        .arg(&sosp)
+        .arg("--problems")
+        .arg(&problems)
+        .args(["--protocol", "apr"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    assert!(
+        err.contains("sosp") && err.contains("--protocol sequential"),
+        "{err}"
+    );
+    // The protocol defaults to the model's; a problem outside its task is
+    // named; --samples keeps full traces; the report records the task.
+    let report = dir.join("report.json");
+    let plot = dir.join("plot.svg");
+    let (_, err) = ok(weft()
+        .args(["eval", "countdown", "--model"])
+        .arg(&apr)
+        .arg("--problems")
+        .arg(&problems)
+        .args([
+            "--budgets",
+            "64,128",
+            "--samples",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+        ])
+        .arg(&report)
+        .arg("--plot")
+        .arg(&plot));
+    assert!(
+        err.contains("1 of 2 problems are outside the model's task"),
+        "{err}"
+    );
+    let r = read_json(&report);
+    assert_eq!(r["protocol"], "apr");
+    assert_eq!(r["task"]["kind"], "apr");
+    assert_eq!(r["rules"]["max_intermediate"], 100);
+    assert_eq!(r["outside_task"], 1);
+    for b in r["budgets"].as_array().unwrap() {
+        assert_eq!(b["outcomes"].as_array().unwrap().len(), 2);
+        assert!(b["outcomes"][0].get("trace").is_none());
+        let samples = b["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 1);
+        let root = &samples[0]["trace"][0];
+        assert!(
+            root["prompt"].as_str().unwrap().contains("[50, 39, 1]"),
+            "{root}"
+        );
+        assert!(root["parent"].is_null());
+    }
+    // The plot uses the table's unit and labels points with their budget.
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("latency per problem (ms)"));
+    let labels: Vec<&str> = svg
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            t.split_once('>')
+                .and_then(|(_, rest)| rest.split_once("</text>"))
+        })
+        .map(|(content, _)| content.trim())
+        .collect();
+    assert!(
+        labels.contains(&"64") && labels.contains(&"128"),
+        "budget labels: {labels:?}"
+    );
+}
+
+#[test]
+fn solve_says_what_the_model_knows() {
+    // Inside the task: solved, exit 0.
+    let o = weft()
+        .args(["solve", "9 3 4 -> 24", "--quiet", "--no-baseline"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(err.contains("3 numbers in 1..50"), "{err}");
+    // Outside: said plainly, with the exact solver's answer; not solved is
+    // exit 1, not the usage error's 2.
+    let o = weft()
+        .args(["solve", "9 3 4 7 -> 24", "--quiet", "--no-baseline"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(
+        err.contains("outside the model's task (it has 4 numbers, the task 3)"),
+        "{err}"
+    );
+    assert!(err.contains("the exact solver"), "{err}");
+    if !o.status.success() {
+        assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+        assert!(!out.contains("{\""), "the reason is in words: {out}");
+    }
+    let o = weft().args(["solve", "nonsense"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+}
+
+#[test]
+fn help_lists_the_values() {
+    let (out, _) = ok(weft().args(["data", "countdown", "--help"]));
+    assert!(out.contains("[possible values: mult, sum]"), "{out}");
+    assert!(out.contains("[possible values: whole, digits]"), "{out}");
+    let (out, _) = ok(weft().args(["data", "tokenizer", "--help"]));
+    assert!(out.contains("[possible values: whole, digits]"), "{out}");
+    let (out, _) = ok(weft().args(["solve", "--help"]));
+    assert!(out.contains("Exit status"), "{out}");
+}
