@@ -32,6 +32,9 @@ cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked
 # The server against the official `openai` Python client (venv under ~/.cache/weft).
 bash scripts/serve-client-test.sh
+# Every example in README.md and in --help, run as a user types it.
+python3 scripts/readme_examples.py "$CARGO_TARGET_DIR/release/weft" \
+  "${WEFT_CACHE:-$HOME/.cache/weft}/venv/bin/python"
 # 32 streaming clients for 60 s (plain, forking, chat; 10% disconnect):
 # no failures, KV back at idle, RSS flat.
 bash scripts/load-test.sh
