@@ -1,28 +1,41 @@
 //! The training loop: packed batches, AdamW steps, validation, checkpoints
-//! that a later run resumes from exactly, and the final HF-style export.
+//! that a later run resumes from exactly, and the model's export.
 //!
-//! Output folder layout:
-//! - `config.json`, `model.safetensors`, `tokenizer.json`: the model (written
-//!   at the end, and at every checkpoint so a half-trained model is usable);
-//! - `checkpoint/`: `model.safetensors`, `optimizer.safetensors`, `state.json`
-//!   (written to `checkpoint.tmp/` and renamed, so a kill never leaves half a
-//!   checkpoint);
-//! - `train_log.jsonl`: one line per logged step and per validation.
+//! A run writes two folders: the model folder `OUT` (only what
+//! `transformers` loads, plus `weft_train.json` and the data's `task.json`;
+//! see [`crate::export`]) and the training folder (`OUT.train` by default:
+//! checkpoint, token cache, log; see [`crate::checkpoint`]). The model is
+//! exported at every checkpoint, marked unfinished until the run ends as
+//! planned.
+//!
+//! A call ends when every step is trained, or earlier, with a checkpoint,
+//! when it is stopped (`RunOptions::max_wall`, `stop_at_step`), interrupted
+//! (`RunOptions::stop`, which `weft train` sets on Ctrl-C), or out of its
+//! CPU budget. Calling again with the same settings resumes; `--steps` and
+//! the settings in [`crate::config::FREE_ON_RESUME`] may change.
 
-use crate::config::{ModelShape, TrainConfig};
+use crate::checkpoint::{
+    load_checkpoint, load_init, save_checkpoint, truncate_log, Layout, Resumed, State,
+};
+use crate::config::{ModelShape, SettingChange, TrainConfig};
 use crate::data::{
     load_cache, load_documents, load_tokenizer, pack, save_cache, Document, Packed, Specials,
 };
 use crate::error::{Result, TrainError};
+use crate::export::{export_model, ExportMeta};
 use crate::model::{Batch, LlamaParams};
 use crate::optim::AdamW;
-use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use crate::progress::{Progress, ProgressMode, StepReport};
+use crate::record::{Status, TrainRecord};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+pub use crate::export::load_model;
 
 /// Where the data is.
 #[derive(Debug, Clone)]
@@ -32,49 +45,41 @@ pub struct DataPaths {
     pub extra: Vec<PathBuf>,
     pub val: Option<PathBuf>,
     pub tokenizer: PathBuf,
+    /// The task's rules (`task.json`), copied unchanged into the model.
+    pub task: Option<PathBuf>,
+    /// The data's `summary.json`, whose `kind` (the trace format) the
+    /// model's `weft_train.json` records as `trace_kind`.
+    pub summary: Option<PathBuf>,
+    /// The data folder, as recorded in `weft_train.json`.
+    pub dir: Option<PathBuf>,
 }
 
 impl DataPaths {
     /// `DIR/train.jsonl`, `DIR/drills.jsonl` and `DIR/val.jsonl` (if
-    /// present), `DIR/tokenizer.json`.
+    /// present), `DIR/tokenizer.json`, `DIR/task.json` and
+    /// `DIR/summary.json` (if present).
     pub fn from_dir(dir: &Path) -> DataPaths {
-        let val = dir.join("val.jsonl");
-        let drills = dir.join("drills.jsonl");
+        let present = |name: &str| {
+            let p = dir.join(name);
+            p.exists().then_some(p)
+        };
         DataPaths {
             train: dir.join("train.jsonl"),
-            extra: drills.exists().then_some(drills).into_iter().collect(),
-            val: val.exists().then_some(val),
+            extra: present("drills.jsonl").into_iter().collect(),
+            val: present("val.jsonl"),
             tokenizer: dir.join("tokenizer.json"),
+            task: present("task.json"),
+            summary: present("summary.json"),
+            dir: Some(dir.to_path_buf()),
         }
     }
-}
 
-/// What is saved with each checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct State {
-    pub step: usize,
-    pub epoch: u64,
-    /// Next row of the current epoch's packing.
-    pub row: usize,
-    /// Non-padding tokens trained on so far.
-    pub tokens: u64,
-    /// CPU seconds of this process and earlier runs.
-    pub cpu_seconds: f64,
-    pub wall_seconds: f64,
-    pub shape: ModelShape,
-    pub config: TrainConfig,
-    /// Size in bytes of the training file, to catch a resume on other data.
-    pub train_bytes: u64,
-    pub last_loss: Option<f32>,
-    pub last_val_loss: Option<f32>,
-    /// The trained model this run started from (`--init-from`), if any. The
-    /// counters above (`tokens`, `cpu_seconds`, `wall_seconds`) include that
-    /// model's own training, so they give the total cost of the result.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init_from: Option<InitFrom>,
-    /// CPU seconds the last optimizer step took (for the CPU budget).
-    #[serde(default)]
-    pub last_step_cpu: f64,
+    /// The `kind` the data's `summary.json` records, if any.
+    pub fn trace_kind(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.summary.as_ref()?).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["kind"].as_str().map(String::from)
+    }
 }
 
 /// Where an `--init-from` run's starting weights came from.
@@ -82,7 +87,7 @@ pub struct State {
 pub struct InitFrom {
     /// The model folder the weights were read from.
     pub path: String,
-    /// That model's optimizer steps, tokens and cost, from its checkpoint.
+    /// That model's optimizer steps, tokens and cost, from its record.
     pub steps: usize,
     pub tokens: u64,
     pub cpu_seconds: f64,
@@ -90,24 +95,36 @@ pub struct InitFrom {
 }
 
 /// How a `train` call ended.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub state: State,
+    /// Why it ended; `status.is_final()` when the run ended as planned.
+    pub status: Status,
     pub finished: bool,
     pub resumed_from: Option<usize>,
+    /// Settings a resume changed (all of them accepted ones).
+    pub changes: Vec<SettingChange>,
     /// Training tokens per second in this call (non-padding tokens).
     pub tokens_per_second: f64,
     /// Training stopped early because the CPU budget was spent.
     pub budget_spent: bool,
+    /// Stopped by [`RunOptions::stop`].
+    pub interrupted: bool,
+    /// Where the model and the training state are.
+    pub layout: Layout,
+    /// Whether this call wrote a checkpoint (a call that trained no step of
+    /// a fresh run writes nothing).
+    pub saved: bool,
 }
 
-/// Options for one call of [`train`].
+/// Options for one call of [`train`]: none of them changes the weights a
+/// run trains.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Stop (with a checkpoint) after this much wall time.
     pub max_wall: Option<Duration>,
-    /// Draw a progress bar on stderr.
-    pub progress: bool,
+    /// How progress is shown on stderr.
+    pub progress: ProgressMode,
     /// Refuse to resume; fail if a checkpoint exists.
     pub fresh: bool,
     /// Log a line every this many steps (0: every checkpoint only).
@@ -116,14 +133,19 @@ pub struct RunOptions {
     /// run would; a later call resumes.
     pub stop_at_step: Option<usize>,
     /// Start a new run (fresh optimizer and schedule) from the weights of
-    /// this trained model folder instead of random ones. Ignored when `out`
-    /// already holds a checkpoint (the run resumes).
+    /// this trained model folder instead of random ones. Ignored when there
+    /// is already a checkpoint (the run resumes).
     pub init_from: Option<PathBuf>,
     /// A compute budget: the run's total CPU seconds (earlier calls and the
     /// `init_from` model's training included). Training ends, with a final
     /// validation and checkpoint, before the next step would take the total
     /// past `max_cpu_seconds - CPU_RESERVE_SECONDS`; a rerun stops at once.
     pub max_cpu_seconds: Option<f64>,
+    /// Checkpoint, token cache and log go here (default: `OUT.train`).
+    pub train_dir: Option<PathBuf>,
+    /// Set from elsewhere (a signal handler) to stop at the next step
+    /// boundary with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// CPU seconds kept back under `max_cpu_seconds` for the last validation and
@@ -248,8 +270,16 @@ pub fn train(
             .len();
     }
 
-    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-    let ckpt = out.join("checkpoint");
+    let layout = Layout::new(out, opts.train_dir.as_deref())?;
+    let mut notes = Vec::new();
+    if layout.adopt_old_layout()? {
+        notes.push(format!(
+            "moved the checkpoint, token cache and log from {} into {}",
+            layout.model.display(),
+            layout.train_dir.display()
+        ));
+    }
+    let ckpt = layout.checkpoint();
     let resumed = if ckpt.join("state.json").exists() {
         if opts.fresh {
             return Err(TrainError::Checkpoint {
@@ -260,14 +290,24 @@ pub fn train(
         }
         Some(load_checkpoint(&ckpt, &shape, cfg, train_bytes, &device)?)
     } else {
+        if layout.model.join("model.safetensors").exists() {
+            return Err(TrainError::Checkpoint {
+                path: layout.model.clone(),
+                reason: format!(
+                    "it holds a model (model.safetensors) but {} has no checkpoint to resume; train into another --out, or remove that model first",
+                    layout.train_dir.display()
+                ),
+            });
+        }
         None
     };
+    std::fs::create_dir_all(&layout.train_dir).map_err(|e| TrainError::io(&layout.train_dir, e))?;
 
     let tok_bytes = std::fs::metadata(&data.tokenizer)
         .map(|m| m.len())
         .unwrap_or(0);
     let cache_key = train_bytes ^ tok_bytes.rotate_left(40);
-    let cache = out.join("tokens.cache");
+    let cache = layout.cache();
     let docs = match load_cache(&cache, cache_key) {
         Some(docs) => docs,
         None => {
@@ -279,6 +319,7 @@ pub fn train(
             docs
         }
     };
+    let documents = docs.len();
     let val_docs = match &data.val {
         Some(p) => Some(load_documents(p, &tok, specials)?),
         None => None,
@@ -295,10 +336,55 @@ pub fn train(
         v
     });
 
-    let (params, mut opt, mut state, resumed_from) = match resumed {
-        Some((params, opt, state)) => {
+    let (params, mut opt, mut state, resumed_from, changes) = match resumed {
+        Some(Resumed {
+            params,
+            opt,
+            state,
+            changes,
+        }) => {
             let s = state.step;
-            (params, opt, state, Some(s))
+            notes.push(format!(
+                "resumed from step {s} of {} ({}){}",
+                cfg.steps,
+                ckpt.display(),
+                if s == cfg.steps {
+                    ": nothing left to train"
+                } else {
+                    ""
+                }
+            ));
+            for c in &changes {
+                notes.push(format!("  {c}"));
+            }
+            let anchor = state.cosine_anchor.filter(|a| a.step == s);
+            match anchor {
+                Some(a) if changes.iter().any(|c| c.name == "--steps") => {
+                    notes.push(if a.progress >= 1.0 {
+                        format!(
+                            "  the schedule had ended: it trains on at --min-lr {} up to step {}",
+                            cfg.min_lr, cfg.steps
+                        )
+                    } else {
+                        format!(
+                            "  the learning rate goes on from {:.3e} at step {} down to --min-lr {} at step {}",
+                            cfg.lr_with(a.step, Some(a)),
+                            a.step,
+                            cfg.min_lr,
+                            cfg.steps
+                        )
+                    })
+                }
+                _ => {}
+            }
+            let dropped = truncate_log(&layout.log(), s)?;
+            if dropped > 0 {
+                notes.push(format!(
+                    "dropped {dropped} log line{} written after step {s}'s checkpoint",
+                    if dropped == 1 { "" } else { "s" }
+                ));
+            }
+            (params, opt, state, Some(s), changes)
         }
         None => {
             let (params, init_from) = match &opts.init_from {
@@ -308,6 +394,20 @@ pub fn train(
                 }
                 None => (LlamaParams::init(&shape, cfg.seed, &device)?, None),
             };
+            // A fresh run's log starts empty (an earlier run's checkpoint
+            // is gone, so its log lines describe nothing that remains).
+            let _ = std::fs::remove_file(layout.log());
+            notes.push(format!(
+                "training {} parameters on {documents} documents: {} steps of {} x {} tokens{}",
+                shape.parameters(),
+                cfg.steps,
+                cfg.batch_rows,
+                cfg.seq_len,
+                match &init_from {
+                    Some(f) => format!(", starting from {}", f.path),
+                    None => String::new(),
+                }
+            ));
             let opt = AdamW::new(
                 &params.vars,
                 cfg.beta1,
@@ -329,8 +429,9 @@ pub fn train(
                 last_val_loss: None,
                 init_from,
                 last_step_cpu: 0.0,
+                cosine_anchor: None,
             };
-            (params, opt, state, None)
+            (params, opt, state, None, Vec::new())
         }
     };
     let base_cpu = state.cpu_seconds;
@@ -349,40 +450,50 @@ pub fn train(
         }
     }
 
-    let bar = if opts.progress {
-        ProgressBar::with_draw_target(Some(cfg.steps as u64), ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_position(state.step as u64);
+    let mut progress = Progress::new(opts.progress, state.step, cfg.steps);
+    for n in &notes {
+        progress.note(n);
+    }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(out.join("train_log.jsonl"))
-        .map_err(|e| TrainError::io(out, e))?;
+        .open(layout.log())
+        .map_err(|e| TrainError::io(&layout.log(), e))?;
+    let log_path = layout.log();
+    let mut write_log = |line: serde_json::Value| -> Result<()> {
+        writeln!(log, "{line}").map_err(|e| TrainError::io(&log_path, e))
+    };
+    let run = RunInfo {
+        layout: &layout,
+        data,
+        specials,
+    };
 
     let tokens_at_start = state.tokens;
     let mut window_tokens = 0u64;
     let mut window_start = Instant::now();
     let mut window_loss = 0f64;
     let mut window_steps = 0usize;
-    let mut finished = true;
     let mut budget_spent = false;
+    let mut interrupted = false;
+    let mut stopped = false;
     // The CPU the last step took (saved with checkpoints, so a rerun after a
     // budget stop stops again at once instead of squeezing in a step).
     let mut last_step_cpu = state.last_step_cpu;
     while state.step < cfg.steps {
+        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            interrupted = true;
+            progress.note(&format!(
+                "interrupted: writing a checkpoint at step {}",
+                state.step
+            ));
+            break;
+        }
         let out_of_time = opts
             .max_wall
             .is_some_and(|limit| started.elapsed() >= limit);
         if out_of_time || opts.stop_at_step.is_some_and(|s| state.step >= s) {
-            finished = false;
+            stopped = true;
             break;
         }
         let cpu_before = base_cpu + process_cpu_seconds() - cpu_at_start;
@@ -393,7 +504,7 @@ pub fn train(
             }
         }
         let batch = rows.next_batch(cfg.batch_rows);
-        let lr = cfg.lr_at(state.step);
+        let lr = state.lr();
         let Some((loss, _)) = params.loss(&batch)? else {
             state.step += 1;
             continue;
@@ -426,46 +537,41 @@ pub fn train(
         window_loss += loss_value as f64;
         window_steps += 1;
         let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
-        bar.set_position(state.step as u64);
-        bar.set_message(format!(
-            "loss {loss_value:.3} | {:.1}k tok/s | lr {lr:.2e}{}",
-            tps / 1000.0,
-            state
-                .last_val_loss
-                .map(|v| format!(" | val {v:.3}"))
-                .unwrap_or_default()
-        ));
 
         let log_now = opts.log_every > 0 && state.step % opts.log_every == 0;
         if log_now || state.step == cfg.steps {
-            let line = serde_json::json!({
+            write_log(serde_json::json!({
                 "step": state.step, "loss": window_loss / window_steps as f64, "lr": lr,
                 "grad_norm": norm, "tokens": state.tokens, "tokens_per_s": tps,
                 "cpu_s": base_cpu + process_cpu_seconds() - cpu_at_start,
-            });
-            writeln!(log, "{line}").map_err(|e| TrainError::io(out, e))?;
+            }))?;
             window_tokens = 0;
             window_loss = 0.0;
             window_steps = 0;
             window_start = Instant::now();
         }
         let eval_now = cfg.eval_every > 0 && state.step % cfg.eval_every == 0;
-        if (eval_now || state.step == cfg.steps) && val.is_some() {
-            let v = validation_loss(
-                &params,
-                val.as_ref().unwrap_or_else(|| unreachable!()),
-                cfg.batch_rows,
-            )?;
-            if let Some(v) = v {
+        if let Some(v) = val.as_ref().filter(|_| eval_now || state.step == cfg.steps) {
+            if let Some(v) = validation_loss(&params, v, cfg.batch_rows)? {
                 state.last_val_loss = Some(v);
-                let line = serde_json::json!({"step": state.step, "val_loss": v});
-                writeln!(log, "{line}").map_err(|e| TrainError::io(out, e))?;
+                write_log(serde_json::json!({"step": state.step, "val_loss": v}))?;
+                progress.note(&format!(
+                    "step {}/{}: validation loss {v:.4}",
+                    state.step, cfg.steps
+                ));
             }
         }
-        if state.step % cfg.checkpoint_every == 0 || state.step == cfg.steps {
+        progress.step(&StepReport {
+            step: state.step,
+            loss: loss_value,
+            lr,
+            tokens_per_second: tps,
+            val_loss: state.last_val_loss,
+        });
+        if state.step % cfg.checkpoint_every == 0 && state.step < cfg.steps {
             state.cpu_seconds = base_cpu + process_cpu_seconds() - cpu_at_start;
             state.wall_seconds = base_wall + started.elapsed().as_secs_f64();
-            save_checkpoint(out, &params, &opt, &state, &data.tokenizer, specials)?;
+            run.save(&params, &opt, &state, Status::Training)?;
         }
     }
     // A final validation, unless this call trained nothing (a rerun).
@@ -473,27 +579,94 @@ pub fn train(
         if let Some(v) = &val {
             if let Some(v) = validation_loss(&params, v, cfg.batch_rows)? {
                 state.last_val_loss = Some(v);
-                let line = serde_json::json!({"step": state.step, "val_loss": v});
-                writeln!(log, "{line}").map_err(|e| TrainError::io(out, e))?;
+                write_log(serde_json::json!({"step": state.step, "val_loss": v}))?;
             }
         }
-        let line = serde_json::json!({"step": state.step, "cpu_budget_spent": true,
-            "cpu_s": base_cpu + process_cpu_seconds() - cpu_at_start});
-        writeln!(log, "{line}").map_err(|e| TrainError::io(out, e))?;
+        write_log(
+            serde_json::json!({"step": state.step, "cpu_budget_spent": true,
+            "cpu_s": base_cpu + process_cpu_seconds() - cpu_at_start}),
+        )?;
     }
+    let status = if interrupted {
+        Status::Interrupted
+    } else if budget_spent {
+        Status::CpuBudgetSpent
+    } else if stopped {
+        Status::Stopped
+    } else {
+        Status::Finished
+    };
     state.cpu_seconds = base_cpu + process_cpu_seconds() - cpu_at_start;
     state.wall_seconds = base_wall + started.elapsed().as_secs_f64();
-    save_checkpoint(out, &params, &opt, &state, &data.tokenizer, specials)?;
-    bar.finish_and_clear();
+    // A fresh run that trained nothing leaves nothing behind to resume.
+    let saved = resumed_from.is_some() || state.step > 0;
+    if saved {
+        run.save(&params, &opt, &state, status)?;
+    }
+    progress.finish();
     let tokens_per_second =
         (state.tokens - tokens_at_start) as f64 / started.elapsed().as_secs_f64().max(1e-9);
     Ok(Outcome {
+        finished: status == Status::Finished,
         state,
-        finished,
+        status,
         resumed_from,
+        changes,
         tokens_per_second,
         budget_spent,
+        interrupted,
+        layout,
+        saved,
     })
+}
+
+/// What a save needs besides the model and its state.
+struct RunInfo<'a> {
+    layout: &'a Layout,
+    data: &'a DataPaths,
+    specials: Specials,
+}
+
+impl RunInfo<'_> {
+    /// A checkpoint, then the model folder with its record.
+    fn save(&self, params: &LlamaParams, opt: &AdamW, state: &State, status: Status) -> Result<()> {
+        save_checkpoint(self.layout, params, opt, state)?;
+        let record = TrainRecord {
+            finished: status.is_final(),
+            status,
+            step: state.step,
+            steps: state.config.steps,
+            trace_kind: self.data.trace_kind(),
+            task_json: self.data.task.is_some(),
+            data: self
+                .data
+                .dir
+                .as_ref()
+                .unwrap_or(&self.data.train)
+                .display()
+                .to_string(),
+            train_dir: self.layout.train_dir.display().to_string(),
+            tokens: state.tokens,
+            cpu_seconds: state.cpu_seconds,
+            wall_seconds: state.wall_seconds,
+            last_loss: state.last_loss,
+            last_val_loss: state.last_val_loss,
+            init_from: state.init_from.clone(),
+            config: Some(state.config.clone()),
+            cosine_anchor: state.cosine_anchor,
+            weft_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        export_model(
+            &self.layout.model,
+            params,
+            &ExportMeta {
+                tokenizer: &self.data.tokenizer,
+                specials: self.specials,
+                task: self.data.task.as_deref(),
+                record: &record,
+            },
+        )
+    }
 }
 
 /// Mean loss over the validation rows (no gradients kept).
@@ -515,239 +688,6 @@ pub fn validation_loss(
         start += take;
     }
     Ok((n > 0).then(|| (sum / n as f64) as f32))
-}
-
-fn save_tensors(map: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    let map: std::collections::HashMap<&str, Tensor> =
-        map.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    candle_core::safetensors::save(&map, path).map_err(|e| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
-}
-
-/// Writes the HF-style model (`config.json`, `model.safetensors`,
-/// `tokenizer.json`) into `dir`.
-pub fn export_model(
-    dir: &Path,
-    params: &LlamaParams,
-    tokenizer: &Path,
-    specials: Specials,
-    bos: Option<u32>,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    let config = params
-        .shape
-        .hf_config(bos, Some(specials.eos), Some(specials.pad));
-    let text =
-        serde_json::to_string_pretty(&config).map_err(|e| TrainError::BadConfig(e.to_string()))?;
-    write_atomic(&dir.join("config.json"), text.as_bytes())?;
-    let tmp = dir.join("model.safetensors.tmp");
-    save_tensors(&params.tensors(), &tmp)?;
-    std::fs::rename(&tmp, dir.join("model.safetensors")).map_err(|e| TrainError::io(dir, e))?;
-    // What `transformers` and `weft-model` read for BOS/EOS handling: the
-    // training data always starts with BOS, so inference must add it too.
-    let tok = load_tokenizer(tokenizer)?;
-    let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i));
-    let tok_config = serde_json::json!({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": name(bos),
-        "eos_token": name(Some(specials.eos)),
-        "pad_token": name(Some(specials.pad)),
-        "unk_token": tok.token_to_id("<unk>").and(Some("<unk>")),
-        "add_bos_token": bos.is_some(),
-        "add_eos_token": false,
-        "model_max_length": params.shape.max_position_embeddings,
-    });
-    let text = serde_json::to_string_pretty(&tok_config)
-        .map_err(|e| TrainError::BadConfig(e.to_string()))?;
-    write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())?;
-    let tok_bytes = std::fs::read(tokenizer).map_err(|e| TrainError::io(tokenizer, e))?;
-    let dest = dir.join("tokenizer.json");
-    if std::fs::read(&dest).ok().as_deref() != Some(tok_bytes.as_slice()) {
-        write_atomic(&dest, &tok_bytes)?;
-    }
-    Ok(())
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
-}
-
-fn save_checkpoint(
-    out: &Path,
-    params: &LlamaParams,
-    opt: &AdamW,
-    state: &State,
-    tokenizer: &Path,
-    specials: Specials,
-) -> Result<()> {
-    let tmp = out.join("checkpoint.tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    save_tensors(&params.tensors(), &tmp.join("model.safetensors"))?;
-    save_tensors(&opt.state(), &tmp.join("optimizer.safetensors"))?;
-    let mut st = serde_json::to_value(state).map_err(|e| TrainError::BadConfig(e.to_string()))?;
-    st["optimizer_t"] = serde_json::json!(opt.t);
-    std::fs::write(
-        tmp.join("state.json"),
-        serde_json::to_string_pretty(&st).map_err(|e| TrainError::BadConfig(e.to_string()))?,
-    )
-    .map_err(|e| TrainError::io(&tmp, e))?;
-    let dest = out.join("checkpoint");
-    let old = out.join("checkpoint.old");
-    let _ = std::fs::remove_dir_all(&old);
-    if dest.exists() {
-        std::fs::rename(&dest, &old).map_err(|e| TrainError::io(&dest, e))?;
-    }
-    std::fs::rename(&tmp, &dest).map_err(|e| TrainError::io(&dest, e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    let bos = load_tokenizer(tokenizer)
-        .ok()
-        .and_then(|t| t.token_to_id("<s>"));
-    export_model(out, params, tokenizer, specials, bos)
-}
-
-/// The weights of the trained model folder `dir` (`model.safetensors`, the
-/// shape checked against `shape`), and what its checkpoint says it cost.
-fn load_init(
-    dir: &Path,
-    shape: &ModelShape,
-    tokenizer: &Path,
-    device: &Device,
-) -> Result<(LlamaParams, InitFrom)> {
-    let bad = |reason: String| TrainError::Checkpoint {
-        path: dir.to_path_buf(),
-        reason,
-    };
-    // Token ids must mean the same thing in both runs.
-    let ours = std::fs::read(tokenizer).map_err(|e| TrainError::io(tokenizer, e))?;
-    let theirs_path = dir.join("tokenizer.json");
-    let theirs = std::fs::read(&theirs_path).map_err(|e| TrainError::io(&theirs_path, e))?;
-    if ours != theirs {
-        return Err(bad(format!(
-            "its tokenizer.json differs from the data's {}; --init-from needs the same tokenizer",
-            tokenizer.display()
-        )));
-    }
-    let weights = dir.join("model.safetensors");
-    let tensors = candle_core::safetensors::load(&weights, device)
-        .map_err(|e| bad(format!("model.safetensors: {e}")))?
-        .into_iter()
-        .collect();
-    let params = LlamaParams::from_tensors(shape, tensors, device)?;
-    let (mut steps, mut tokens, mut cpu_seconds, mut wall_seconds) = (0, 0, 0.0, 0.0);
-    if let Ok(text) = std::fs::read_to_string(dir.join("checkpoint").join("state.json")) {
-        let st: State =
-            serde_json::from_str(&text).map_err(|e| bad(format!("checkpoint/state.json: {e}")))?;
-        (steps, tokens, cpu_seconds, wall_seconds) =
-            (st.step, st.tokens, st.cpu_seconds, st.wall_seconds);
-    } else {
-        tracing::warn!(
-            "{} has no checkpoint/state.json: its training cost is not counted",
-            dir.display()
-        );
-    }
-    let from = InitFrom {
-        path: dir.display().to_string(),
-        steps,
-        tokens,
-        cpu_seconds,
-        wall_seconds,
-    };
-    Ok((params, from))
-}
-
-fn load_checkpoint(
-    dir: &Path,
-    shape: &ModelShape,
-    cfg: &TrainConfig,
-    train_bytes: u64,
-    device: &Device,
-) -> Result<(LlamaParams, AdamW, State)> {
-    let bad = |reason: String| TrainError::Checkpoint {
-        path: dir.to_path_buf(),
-        reason,
-    };
-    let text =
-        std::fs::read_to_string(dir.join("state.json")).map_err(|e| TrainError::io(dir, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let state: State = serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))?;
-    if &state.shape != shape {
-        return Err(bad(format!(
-            "it was trained with another model shape ({:?}); use the same config or another output folder",
-            state.shape
-        )));
-    }
-    if &state.config != cfg {
-        return Err(bad(format!(
-            "it was trained with other settings ({:?}); resume with the same flags",
-            state.config
-        )));
-    }
-    if state.train_bytes != train_bytes {
-        return Err(bad(format!(
-            "the training file changed ({} bytes then, {train_bytes} now)",
-            state.train_bytes
-        )));
-    }
-    let load = |name: &str| -> Result<BTreeMap<String, Tensor>> {
-        let p = dir.join(name);
-        Ok(candle_core::safetensors::load(&p, device)
-            .map_err(|e| bad(format!("{name}: {e}")))?
-            .into_iter()
-            .collect())
-    };
-    let params = LlamaParams::from_tensors(shape, load("model.safetensors")?, device)?;
-    let mut opt = AdamW::new(
-        &params.vars,
-        cfg.beta1,
-        cfg.beta2,
-        cfg.eps,
-        cfg.weight_decay,
-    )?;
-    opt.load_state(load("optimizer.safetensors")?)?;
-    opt.t = value["optimizer_t"].as_u64().unwrap_or(state.step as u64) as usize;
-    Ok((params, opt, state))
-}
-
-/// Loads a model folder written by [`export_model`] for further use in Rust
-/// (tests, evaluation of the loss).
-pub fn load_model(dir: &Path, device: &Device) -> Result<LlamaParams> {
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| TrainError::io(&cfg_path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Config {
-        path: cfg_path.clone(),
-        reason: e.to_string(),
-    })?;
-    let get = |k: &str| v[k].as_u64().map(|x| x as usize);
-    let missing = |k: &str| TrainError::Config {
-        path: cfg_path.clone(),
-        reason: format!("missing {k}"),
-    };
-    let shape = ModelShape {
-        vocab_size: get("vocab_size").ok_or_else(|| missing("vocab_size"))?,
-        hidden_size: get("hidden_size").ok_or_else(|| missing("hidden_size"))?,
-        intermediate_size: get("intermediate_size").ok_or_else(|| missing("intermediate_size"))?,
-        num_hidden_layers: get("num_hidden_layers").ok_or_else(|| missing("num_hidden_layers"))?,
-        num_attention_heads: get("num_attention_heads")
-            .ok_or_else(|| missing("num_attention_heads"))?,
-        num_key_value_heads: get("num_key_value_heads"),
-        max_position_embeddings: get("max_position_embeddings")
-            .ok_or_else(|| missing("max_position_embeddings"))?,
-        rope_theta: v["rope_theta"].as_f64().unwrap_or(10_000.0),
-        rms_norm_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-5),
-        tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
-    };
-    let p = dir.join("model.safetensors");
-    let tensors =
-        candle_core::safetensors::load(&p, device).map_err(|e| TrainError::Checkpoint {
-            path: p.clone(),
-            reason: e.to_string(),
-        })?;
-    LlamaParams::from_tensors(&shape, tensors.into_iter().collect(), device)
 }
 
 #[cfg(test)]

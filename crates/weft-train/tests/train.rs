@@ -3,95 +3,13 @@
 //! `weft-model` with the same logits.
 
 use candle_core::Device;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use weft_train::model::Batch;
 use weft_train::trainer::load_model;
-use weft_train::{train, DataPaths, ModelShape, RunOptions, TrainConfig};
+use weft_train::{train, DataPaths, RunOptions, TrainConfig};
 
-/// A word-level tokenizer over `<pad> <s> </s> <unk>` and the numbers 0..=99.
-fn write_tokenizer(path: &Path) {
-    let mut vocab = serde_json::Map::new();
-    for (i, t) in ["<pad>", "<s>", "</s>", "<unk>"].iter().enumerate() {
-        vocab.insert(t.to_string(), i.into());
-    }
-    for n in 0..100 {
-        vocab.insert(n.to_string(), (n + 4).into());
-    }
-    let added: Vec<_> = ["<pad>", "<s>", "</s>", "<unk>"]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
-        .collect();
-    let tok = serde_json::json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "WhitespaceSplit"},
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}
-        },
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    });
-    std::fs::write(path, serde_json::to_string(&tok).unwrap()).unwrap();
-}
-
-/// Counting task: `s s+1 ... s+11`; the first number is the prompt, the
-/// rest (and where it ends) is fully determined by it.
-fn write_counting(dir: &Path, docs: usize, seed: u64) {
-    std::fs::create_dir_all(dir).unwrap();
-    write_tokenizer(&dir.join("tokenizer.json"));
-    for (name, n, offset) in [("train.jsonl", docs, 0u64), ("val.jsonl", 16, 7)] {
-        let mut f = std::fs::File::create(dir.join(name)).unwrap();
-        for i in 0..n as u64 {
-            let start = (i * 37 + seed + offset) % 60;
-            let len = 12;
-            let words: Vec<String> = (start..start + len).map(|x| x.to_string()).collect();
-            let text = words.join(" ");
-            let prompt = words[0].len();
-            writeln!(
-                f,
-                "{}",
-                serde_json::json!({"text": text, "prompt_chars": prompt})
-            )
-            .unwrap();
-        }
-    }
-}
-
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("weft-train-test-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn shape() -> ModelShape {
-    serde_json::from_str(
-        r#"{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}"#,
-    )
-    .unwrap()
-}
-
-fn cfg(steps: usize) -> TrainConfig {
-    TrainConfig {
-        steps,
-        batch_rows: 4,
-        seq_len: 128,
-        lr: 1e-2,
-        min_lr: 1e-3,
-        warmup_steps: 10,
-        eval_every: 0,
-        eval_rows: 8,
-        checkpoint_every: 20,
-        ..TrainConfig::default()
-    }
-}
+mod common;
+use common::{cfg, remove, shape, tmp, train_dir, write_counting};
 
 #[test]
 fn micro_run_learns_counting() {
@@ -117,16 +35,33 @@ fn micro_run_learns_counting() {
         "micro run: validation loss {val:.3} in {:?}",
         started.elapsed()
     );
-    for f in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "checkpoint/state.json",
-    ] {
-        assert!(out.join(f).exists(), "{f} missing");
+    // The model folder holds the model and its record, nothing else; the
+    // checkpoint, cache and log are beside it.
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "weft_train.json"
+        ]
+    );
+    for f in ["checkpoint/state.json", "tokens.cache", "train_log.jsonl"] {
+        assert!(train_dir(&out).join(f).exists(), "{f} missing");
     }
+    let record = weft_train::TrainRecord::load(&out).unwrap().unwrap();
+    assert!(record.finished);
+    assert_eq!(record.status, weft_train::Status::Finished);
+    assert_eq!((record.step, record.steps), (400, 400));
     let _ = std::fs::remove_dir_all(&data);
-    let _ = std::fs::remove_dir_all(&out);
+    remove(&out);
 }
 
 #[test]
@@ -173,11 +108,15 @@ fn resume_continues_exactly_and_checkpoints_round_trip() {
         assert!(d <= 1e-6, "{name} differs by {d} after resume");
     }
     // Other settings refuse to resume.
-    let err = train(&b, &paths, &shape(), &cfg(50), &RunOptions::default())
+    let other = TrainConfig {
+        lr: 2e-2,
+        ..cfg(40)
+    };
+    let err = train(&b, &paths, &shape(), &other, &RunOptions::default())
         .err()
         .unwrap();
     assert!(err.to_string().contains("other settings"), "{err}");
-    let _ = std::fs::remove_dir_all(&b);
+    remove(&b);
 
     // --init-from: a new run starts from `a`'s weights, so its first step's
     // loss is `a`'s trained loss, far below a random start's; its counters
@@ -199,9 +138,10 @@ fn resume_continues_exactly_and_checkpoints_round_trip() {
     let d = tmp("init-d");
     let warm = one(&c, Some(a.clone()));
     let cold = one(&d, None);
-    let a_state: weft_train::State =
-        serde_json::from_str(&std::fs::read_to_string(a.join("checkpoint/state.json")).unwrap())
-            .unwrap();
+    let a_state: weft_train::State = serde_json::from_str(
+        &std::fs::read_to_string(train_dir(&a).join("checkpoint/state.json")).unwrap(),
+    )
+    .unwrap();
     let (lw, lc) = (warm.state.last_loss.unwrap(), cold.state.last_loss.unwrap());
     assert!(lw < 0.5 * lc, "init-from loss {lw} vs random start {lc}");
     let from = warm.state.init_from.as_ref().unwrap();
@@ -246,7 +186,7 @@ fn resume_continues_exactly_and_checkpoints_round_trip() {
     assert!(again.budget_spent);
     assert_eq!(again.state.step, spent.state.step);
     for dir in [&c, &d, &f, &tmp("init-e")] {
-        let _ = std::fs::remove_dir_all(dir);
+        remove(dir);
     }
 
     // Round trip: the exported model reloads to the same logits.
@@ -269,7 +209,7 @@ fn resume_continues_exactly_and_checkpoints_round_trip() {
         .unwrap()
         .to_vec1::<f32>()
         .unwrap();
-    let ck = a.join("checkpoint");
+    let ck = train_dir(&a).join("checkpoint");
     let m2 = load_model_from_checkpoint(&ck, &a);
     let l2 = m2
         .forward(&batch)
@@ -279,7 +219,7 @@ fn resume_continues_exactly_and_checkpoints_round_trip() {
         .to_vec1::<f32>()
         .unwrap();
     assert_eq!(l1, l2, "checkpoint and export disagree");
-    let _ = std::fs::remove_dir_all(&a);
+    remove(&a);
     let _ = std::fs::remove_dir_all(&data);
 }
 
@@ -358,5 +298,5 @@ fn exported_model_loads_in_weft_model_with_the_same_logits() {
     // weft-model keeps KV in f16; the training forward is f32 throughout.
     assert!(worst < 2e-2, "logits differ by {worst}");
     let _ = std::fs::remove_dir_all(&data);
-    let _ = std::fs::remove_dir_all(&out);
+    remove(&out);
 }
