@@ -10,7 +10,9 @@
 #   bash scripts/countdown-models.sh install       # copy into models/countdown-{apr,sosp}
 #
 # Everything lives under $WEFT_RUNS (default ~/.cache/weft/runs3, or runs4
-# with NUMBERS=digits); the data under ~/.cache/weft/data. THREADS (default 1) sets each run's threads, so
+# with NUMBERS=digits): each model folder (KIND, KIND-cont) beside its
+# checkpoint, token cache and log (KIND.train, KIND-cont.train); the data
+# under ~/.cache/weft/data. THREADS (default 1) sets each run's threads, so
 # the two runs can train side by side on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +36,9 @@ mkdir -p "$RUNS" "$DATA"
 DATA_ARGS=(--n 20000 --val 2000 --seed 1 --count 3 --num-min 1 --num-max 50 --target-min 10
   --target-max 100 --max-intermediate 100 --min-beam 8 --max-beam 10 --max-sub-beam 10
   --drills 40000 --drill-lines 32 --numbers "$NUMBERS")
-MODEL='{"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 4096}'
+# The model's shape, as a Hugging Face config.json (vocab_size comes from
+# the tokenizer).
+MODEL=examples/countdown-model.json
 # The compute budget: at most 3 CPU-hours per model, both stages together
 # (the stage-2 run counts stage 1's CPU time and stops before passing it).
 COMMON_ARGS=(--batch-rows 8 --seq-len 1024 --eval-every 200 --eval-rows 16 --checkpoint-every 50
@@ -75,13 +79,15 @@ PY
   train)
     kind="${2:?train sosp|apr}"
     build
-    echo "$MODEL" > "$RUNS/model.json"
+    # A copy, as for the binary below: editing the example does not touch a
+    # run that resumes.
+    cp "$MODEL" "$RUNS/model.json"
     # A copy of the binary per run, so rebuilding weft (or starting the
     # other run) does not touch a running job.
     cp "$WEFT" "$RUNS/weft-bin-$kind"
-    RAYON_NUM_THREADS="${THREADS:-1}" "$RUNS/weft-bin-$kind" train --config "$RUNS/model.json" \
+    "$RUNS/weft-bin-$kind" train --config "$RUNS/model.json" --threads "${THREADS:-1}" \
       --data "$DATA/$SET-$kind" --out "$RUNS/$kind" "${TRAIN_ARGS[@]}" ${QUIET:+--quiet}
-    RAYON_NUM_THREADS="${THREADS:-1}" "$RUNS/weft-bin-$kind" train --config "$RUNS/model.json" \
+    "$RUNS/weft-bin-$kind" train --config "$RUNS/model.json" --threads "${THREADS:-1}" \
       --data "$DATA/$SET-$kind" --out "$RUNS/$kind-cont" --init-from "$RUNS/$kind" \
       "${CONT_ARGS[@]}" ${QUIET:+--quiet}
     ;;
@@ -117,6 +123,11 @@ PY
       dest="models/countdown-$kind"
       mkdir -p "$dest"
       cp "$RUNS/$kind-cont"/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,task.json} "$dest/"
+      # Written by weft train since issue 19 (the run's record, generation
+      # defaults); runs trained before lack them.
+      for f in generation_config.json weft_train.json; do
+        if [ -e "$RUNS/$kind-cont/$f" ]; then cp "$RUNS/$kind-cont/$f" "$dest/"; fi
+      done
     done
     ;;
   *)
