@@ -70,9 +70,10 @@ impl Progress {
         if mode == ProgressMode::Bar {
             let bar =
                 ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-            bar.set_position(step as u64);
-            p.bar = Some(bar);
+            p.bar = Some(bar.clone());
+            // The style first: the first draw must already fit.
             p.fit_to_terminal();
+            bar.set_position(step as u64);
         }
         p
     }

@@ -130,8 +130,8 @@ extended trains on at --min-lr; for a new warm-up and peak, use --init-from.
 
 Ctrl-C (or SIGTERM) stops at the end of the current step, writes a
 checkpoint, marks the model unfinished (weft_train.json \"finished\": false)
-and exits with status 130; a second Ctrl-C quits at once, keeping the last
-checkpoint. Rerun the same command to resume.";
+and exits with status 130 (143 for SIGTERM); a second Ctrl-C quits at once,
+keeping the last checkpoint. Rerun the same command to resume.";
 
 /// Exit status after an interrupt, as a shell reports a process killed by
 /// SIGINT.
