@@ -199,7 +199,7 @@ fn ctrl_c_writes_a_checkpoint_and_says_how_to_resume() {
         &config,
         &data,
         &model,
-        &["--steps", "100000", "--log-every", "1"],
+        &["--steps", "20000", "--log-every", "1"],
     )
     .args(["--progress-every", "0"])
     .stdout(Stdio::piped())
@@ -236,7 +236,7 @@ fn ctrl_c_writes_a_checkpoint_and_says_how_to_resume() {
         .unwrap_or_else(|| panic!("{stderr}"));
     let command = &seen[how + 1];
     assert!(
-        command.contains(" train --config ") && command.contains("--steps 100000"),
+        command.contains(" train --config ") && command.contains("--steps 20000"),
         "{command}"
     );
     let record: serde_json::Value =
