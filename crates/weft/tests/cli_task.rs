@@ -265,3 +265,41 @@ fn help_lists_the_values() {
     let (out, _) = ok(weft().args(["solve", "--help"]));
     assert!(out.contains("Exit status"), "{out}");
 }
+
+#[test]
+fn eval_warns_about_an_unfinished_run() {
+    let dir = tmp("unfinished");
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(repo_root().join("models/countdown-apr")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        model.join("weft_train.json"),
+        r#"{"finished": false, "status": "interrupted", "step": 300, "steps": 400}"#,
+    )
+    .unwrap();
+    let problems = dir.join("problems.jsonl");
+    std::fs::write(&problems, "{\"nums\": [50, 39, 1], \"target\": 11}\n").unwrap();
+    let (_, err) = ok(weft()
+        .args(["eval", "countdown", "--model"])
+        .arg(&model)
+        .arg("--problems")
+        .arg(&problems)
+        .args(["--budgets", "32", "--threads", "1"]));
+    assert!(err.contains("unfinished run: step 300 of 400"), "{err}");
+    // A finished record: no warning.
+    std::fs::write(
+        model.join("weft_train.json"),
+        r#"{"finished": true, "status": "finished", "step": 400, "steps": 400}"#,
+    )
+    .unwrap();
+    let (_, err) = ok(weft()
+        .args(["eval", "countdown", "--model"])
+        .arg(&model)
+        .arg("--problems")
+        .arg(&problems)
+        .args(["--budgets", "32", "--threads", "1"]));
+    assert!(!err.contains("unfinished"), "{err}");
+}

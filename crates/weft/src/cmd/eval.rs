@@ -224,7 +224,25 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
     }
     anyhow::ensure!(!a.budgets.is_empty(), "--budgets needs at least one value");
     let mut solver = Solver::load_with(&a.model, a.threads)?;
-    let trained_on = solver.task.as_ref().and_then(|t| t.kind);
+    let record = weft_train::TrainRecord::load(&a.model)?;
+    if let Some(r) = record.as_ref().filter(|r| !r.finished) {
+        eprintln!(
+            "warning: {} is from an unfinished run: step {} of {} ({:?} in {}); \
+             rerun the same `weft train` command to finish it",
+            a.model.display(),
+            r.step,
+            r.steps,
+            r.status,
+            weft_train::RECORD_FILE
+        );
+    }
+    // The trace kind from task.json, else from the training record.
+    let trained_on = solver.task.as_ref().and_then(|t| t.kind).or_else(|| {
+        record
+            .as_ref()
+            .and_then(|r| r.trace_kind.as_deref())
+            .and_then(|k| k.parse().ok())
+    });
     let protocol = match (a.protocol, trained_on) {
         (Some(p), Some(kind)) if p != Mode::of_kind(kind) && !a.force => anyhow::bail!(
             "{} was trained on {} traces (task.json), which run as --protocol {}; \
