@@ -174,19 +174,20 @@ fn data_train_resume_eval_plot_solve() {
         .output()
         .unwrap();
     let code = out.status.code().unwrap();
+    // 0: verified; 1: not solved (2 is a usage error).
     assert!(
-        code == 0 || code == 2,
+        code == 0 || code == 1,
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("problem:  3 4 5 -> 17"));
-    // A malformed problem is a clean error.
+    // A malformed problem is a clean usage error (2).
     let out = weft()
         .args(["solve", "3 4 -> x", "--model"])
         .arg(&model)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
     let _ = std::fs::remove_dir_all(dir);
 }

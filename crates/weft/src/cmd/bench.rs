@@ -269,8 +269,10 @@ fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "model        {} ({}, {} threads)",
-            report.model, report.weights, report.threads
+            "model        {} ({}, {})",
+            report.model,
+            report.weights,
+            super::threads::plural(report.threads, "thread")
         );
         println!(
             "prompt       {:>8.1} tok/s  (pp{})",

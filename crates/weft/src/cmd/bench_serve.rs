@@ -468,8 +468,10 @@ pub fn run(a: ServeBenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "weft bench serve: {} · {} threads · {} new tokens per request (ignore_eos, greedy) · streamed /v1/completions",
-        report.model, report.threads, report.max_tokens
+        "weft bench serve: {} · {} · {} new tokens per request (ignore_eos, greedy) · streamed /v1/completions",
+        report.model,
+        super::threads::plural(report.threads, "thread"),
+        report.max_tokens
     );
     println!(
         "{:>5}  {:<13} {:>5} {:>9} {:>7} {:>10} {:>10} {:>9} {:>9}",

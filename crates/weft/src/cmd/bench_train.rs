@@ -53,12 +53,12 @@ pub fn run(a: TrainBenchArgs) -> anyhow::Result<()> {
         .num_threads(a.threads)
         .build()?;
     eprintln!(
-        "[weft] {} params, {} rows x {} tokens, {} timed steps, {} threads",
+        "[weft] {} params, {} rows x {} tokens, {} timed steps, {}",
         shape.parameters(),
         a.rows,
         a.seq_len,
         a.steps,
-        a.threads
+        super::threads::plural(a.threads, "thread")
     );
     let weft = pool
         .install(|| weft_train::bench::steps_per_second(&shape, a.rows, a.seq_len, a.steps, 2))?;

@@ -25,7 +25,7 @@ enum DataCommand {
     ///
     /// Writes DIR/train.jsonl and DIR/val.jsonl (one training sequence per
     /// line), DIR/val_problems.jsonl, DIR/tokenizer.json and DIR/summary.json.
-    Countdown(CountdownDataArgs),
+    Countdown(Box<CountdownDataArgs>),
     /// Write the trace tokenizer as a Hugging Face tokenizer.json.
     Tokenizer {
         #[arg(long)]
@@ -205,7 +205,7 @@ pub fn run(args: DataArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        DataCommand::Countdown(args) => countdown(args),
+        DataCommand::Countdown(args) => countdown(*args),
     }
 }
 

@@ -99,14 +99,23 @@ impl TreePrinter {
     }
 }
 
+/// `1 thread`, `2 threads`.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Prints a protocol request's summary to stderr and writes its trace
 /// (`--trace`): every thread and the stats, as JSON.
 pub fn report(protocol_name: &str, resp: &Response, trace: Option<&Path>) -> anyhow::Result<()> {
     let s = &resp.stats;
     eprintln!(
-        "[weft] {} threads, {} forks ({} KV-merge joins); tokens: total {}, critical path {}, parallelism {:.2}; prefill computed {}, reused {}; computed at joins {}; {:.0} ms; finish: {}",
-        resp.threads.len(),
-        s.forks,
+        "[weft] {}, {} ({} KV-merge joins); tokens: total {}, critical path {}, parallelism {:.2}; prefill computed {}, reused {}; computed at joins {}; {:.0} ms; finish: {}",
+        plural(resp.threads.len(), "thread"),
+        plural(s.forks, "fork"),
         s.kv_merge_joins,
         s.total_tokens,
         s.critical_path_tokens,
