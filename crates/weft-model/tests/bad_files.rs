@@ -192,3 +192,23 @@ fn absurd_head_dim_in_config_json_is_an_error() {
         .unwrap_or_else(|_| panic!("config.json with head_dim 2^64-1 panicked"));
     assert!(e.contains("config.json") && e.contains("head_dim"), "{e}");
 }
+
+#[test]
+fn absurd_rope_dimension_in_gguf_metadata_is_an_error() {
+    // Linear RoPE scaling sized its factor table from an unchecked
+    // `rope.dimension_count` (a capacity-overflow panic; 2^40 aborts).
+    let (_dir, path) = tiny_gguf(
+        "rope-dim",
+        &[
+            ("llama.rope.scaling.type", Value::String("linear".into())),
+            ("llama.rope.scaling.factor", Value::F32(1.0)),
+            ("llama.rope.dimension_count", Value::U64(u64::MAX)),
+        ],
+    );
+    let e = std::panic::catch_unwind(|| load_err(&path))
+        .unwrap_or_else(|_| panic!("rope.dimension_count 2^64-1 panicked"));
+    assert!(
+        e.contains("tiny.gguf") && e.contains("RoPE dimension"),
+        "{e}"
+    );
+}
