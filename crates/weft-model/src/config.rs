@@ -64,7 +64,7 @@ impl RopeConfig {
     pub fn inv_freqs(&self) -> Vec<f32> {
         (0..self.dim / 2)
             .map(|i| {
-                let f = 1.0 / self.base.powf(2.0 * i as f32 / self.dim as f32);
+                let f = self.base.powf(-2.0 * i as f32 / self.dim as f32);
                 f / self
                     .freq_factors
                     .as_ref()
@@ -146,6 +146,18 @@ impl ModelConfig {
         let rope_dim = g
             .get_usize(&key("rope.dimension_count"))
             .unwrap_or(head_dim);
+        // Checked before any table is sized from it (a hostile file may say
+        // 2^64 - 1); `validate` checks it against the head size.
+        if rope_dim > head_dim || head_dim > 1 << 16 {
+            return Err(ModelError::file(
+                &g.path,
+                format!(
+                    "RoPE dimension `{}` = {rope_dim} does not fit the head size {head_dim} (at most {})",
+                    key("rope.dimension_count"),
+                    1 << 16
+                ),
+            ));
+        }
         let mut freq_factors = None;
         match g.get_str(&key("rope.scaling.type")) {
             None | Some("none") => {}
@@ -361,10 +373,12 @@ impl HfConfig {
                 None => num("original_max_position_embeddings")?.unwrap_or(max_pos),
             })
         };
-        // Inverse frequencies without scaling, in f32 as transformers
-        // computes them.
+        // Inverse frequencies without scaling, as `RopeConfig::inv_freqs`
+        // computes them (`base^(-2i/d)` in f32: within an ulp of
+        // transformers' `1 / base^(2i/d)`, and what llama.cpp's greedy
+        // decoding parity is measured with).
         let plain: Vec<f32> = (0..dim / 2)
-            .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / dim as f32))
+            .map(|i| (base as f32).powf(-2.0 * i as f32 / dim as f32))
             .collect();
         let mut attention_factor = 1.0f32;
         let freq_factors: Option<Vec<f32>> = match ty.as_str() {
