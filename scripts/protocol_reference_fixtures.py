@@ -7,8 +7,9 @@ for line (repository, file and lines in each docstring; the full comparison
 is in shared/reference/protocols-verified.md). They are written from the
 references, not from weft, so the fixtures check weft against an
 independent implementation of the same lines. Cases: 1, 2 and 12 children,
-sparse labels (1, 2, 10), nested blocks, and children that end on end of
-sequence or their length limit.
+sparse labels (1, 2, 10), nested blocks, children that end on end of
+sequence or their length limit, and end of sequence as the token kept after
+the close tag.
 
 Usage: protocol_reference_fixtures.py [--check]
   --check: write nothing; exit 1 if a fixture differs from what it would
@@ -88,6 +89,9 @@ def kv_child_output(generated, close, end, kept="\n"):
     return generated + close + kept if end == "stop" else generated
 
 
+EOS = "<|im_end|>"  # the end-of-sequence token's text (Qwen's, as the checkpoints')
+
+
 def kv_join(context, tag, labels, outputs, append):
     """MVE/sch 1536-1577 (NPR/sch 1445-1472): the KV list is child 0's
     origin_input_ids + output_ids[:-1] (prefix and all of child 0, its
@@ -127,8 +131,8 @@ def pr1_join(context, outputs):
 
 def fixture(protocol, parent, labels, prompts, outputs, ends, joined, layout=None, then=None, ctx=None):
     """The fixture format of crates/weft-protocol/tests/fixtures.rs. A
-    child's `output` is what it generated (never the end-of-sequence
-    token)."""
+    child's `output` is what it generated (the end-of-sequence token only
+    where it is the token kept after a close tag)."""
     parts = [f"=== protocol\n{protocol}"]
     if ctx:
         parts.append(f"=== ctx\n{ctx}")
@@ -161,7 +165,7 @@ def tw_case(name, labels_text, answers, ends):
                          "sequential", then)
 
 
-def kv_case(name, protocol, labels_text, ends, ctx=None, nested=False):
+def kv_case(name, protocol, labels_text, ends, ctx=None, nested=False, kept=None):
     if protocol == "multiverse":
         open_tag, close_tag, item, item_close, pattern = "<Goal>", "</Goal>", "<Outline>", "</Outline>", MV_PATTERN
         tag, close, append, head = "<Path>", "</Path>", "<Conclusion>\n", "<Parallel>\n"
@@ -173,7 +177,8 @@ def kv_case(name, protocol, labels_text, ends, ctx=None, nested=False):
         f"{item}\n{l}: part {l}\n{item_close}\n" for l in labels_text) + close_tag
     labels = kv_labels(parent, open_tag, pattern)
     assert labels == labels_text, (labels, labels_text)
-    outputs = [kv_child_output(f" r{l}\n", close, e) for l, e in zip(labels, ends)]
+    kept = kept or ["\n"] * len(labels)
+    outputs = [kv_child_output(f" r{l}\n", close, e, k) for l, e, k in zip(labels, ends, kept)]
     joined = kv_join(parent, tag, labels, outputs, append)
     prompts = {0: kv_child_prompt(parent, tag, labels[0]),
                len(labels) - 1: kv_child_prompt(parent, tag, labels[-1])}
@@ -206,6 +211,10 @@ def cases():
         yield kv_case(f"ref_{short}_ends", protocol, ["1", "2", "3"], ["stop", "eos", "length"])
         yield kv_case(f"ref_{short}_nested", protocol, ["1.1", "1.2"], ["stop", "stop"],
                       ctx="1 1", nested=True)
+        # End of sequence sampled right after the close tag is the kept
+        # token (check_finished returns on the pending stop first).
+        yield kv_case(f"ref_{short}_kept_eos", protocol, ["1", "2"], ["stop", "stop"],
+                      kept=["\n", EOS])
     yield kv_case("ref_mv_twelve", "multiverse", twelve, ["stop"] * 12)
     yield pr1_case("ref_parallel_r1_two", ["stop", "stop"])
     yield pr1_case("ref_parallel_r1_eos", ["stop", "eos"])

@@ -165,6 +165,9 @@ impl<'m> Engine<'m> {
             .protocol
             .as_ref()
             .and_then(|p| p.rules().child_repetition_penalty);
+        // Multiverse's and NPR's engines stop every request, the root's
+        // too, on the children's close tag (`Protocol::root_stop`).
+        let root_stop = v.protocol.as_ref().map(|p| p.root_stop());
         let r = self.requests.insert(RequestState {
             id,
             protocol: v.protocol,
@@ -208,8 +211,8 @@ impl<'m> Engine<'m> {
             tokens: v.tokens,
             no_bos: v.no_bos,
             kv: ThreadKv::sequential(table),
-            stop: None,
-            keep_after: 0,
+            stop: root_stop.and_then(|s| s.stop),
+            keep_after: root_stop.map_or(0, |s| s.keep_after),
             sampling: v.sampling,
             max_generated: v.max_tokens,
         });
@@ -525,7 +528,11 @@ impl<'m> Engine<'m> {
             t.sampler.sample_penalized(logits, own, penalty)
         };
         let req = &self.requests[r];
-        if self.tok.is_stop(next) && !req.ignore_eos {
+        // The token after a kept stop string is kept whatever it is, end of
+        // sequence included (Multiverse's and NPR's engines: `check_finished`
+        // returns on a pending stop before its end-of-sequence check).
+        let keeping = self.threads[id].after_stop.is_some();
+        if !keeping && self.tok.is_stop(next) && !req.ignore_eos {
             // A protocol may write text in place of end of sequence and go
             // on (Parallel-R1 closes an open `<Summary>`).
             let replace = req
@@ -538,7 +545,7 @@ impl<'m> Engine<'m> {
             }
             return self.finish(id, ChildEnd::Eos);
         }
-        if is_root && req.stop_token_ids.contains(&next) {
+        if !keeping && is_root && req.stop_token_ids.contains(&next) {
             return self.finish(id, ChildEnd::Eos);
         }
         if req.stats.ttft_ms == 0.0 && is_root {
@@ -595,9 +602,32 @@ impl<'m> Engine<'m> {
                 logprobs,
             });
         }
+        let t = &mut self.threads[id];
+        let at_limit =
+            t.generated >= t.max_generated || t.next_position() >= self.model.config.max_context;
+        if at_limit && t.keep_after > 0 {
+            // Multiverse's and NPR's engines check the length before any
+            // stop, and merge a child's `output_ids[:-1]` whatever ended it:
+            // a child cut by its length loses its last sampled token, be it
+            // the close tag or the token kept after it. (A root's output is
+            // not trimmed at its length.)
+            if t.parent.is_some() {
+                let keep = t
+                    .context
+                    .len()
+                    .saturating_sub(piece.len())
+                    .max(t.prompt_len);
+                if t.context.is_char_boundary(keep) {
+                    t.context.truncate(keep);
+                    t.tokens.pop();
+                    t.generated -= 1;
+                    t.emitted = t.emitted.min(t.context.len());
+                }
+            }
+            return self.finish(id, ChildEnd::Length);
+        }
         // The protocol's stop for a child (or a parent's `FinishAt`): kept
         // in the text, and with `keep_after`, so are the tokens after it.
-        let t = &mut self.threads[id];
         if let Some(left) = t.after_stop {
             if left <= 1 {
                 return self.finish(id, ChildEnd::Stop);
@@ -622,23 +652,7 @@ impl<'m> Engine<'m> {
                 }
             }
         }
-        let t = &mut self.threads[id];
-        if t.generated >= t.max_generated || t.next_position() >= self.model.config.max_context {
-            // Multiverse's and NPR's engines merge a child's `output_ids[:-1]`
-            // whatever ended it: one cut by its length loses its last token.
-            if t.keep_after > 0 && t.parent.is_some() && t.after_stop.is_none() {
-                let keep = t
-                    .context
-                    .len()
-                    .saturating_sub(piece.len())
-                    .max(t.prompt_len);
-                if t.context.is_char_boundary(keep) {
-                    t.context.truncate(keep);
-                    t.tokens.pop();
-                    t.generated -= 1;
-                    t.emitted = t.emitted.min(t.context.len());
-                }
-            }
+        if at_limit {
             return self.finish(id, ChildEnd::Length);
         }
         if self.requests[r].generated >= self.requests[r].max_total_tokens {

@@ -5,17 +5,22 @@
 //! and the reference's token sequences can be written down exactly:
 //! - a child's prompt is the parent's ids, then `\n`, `<Path>`, `\n`,
 //!   label, `:` (Multiverse-Engine `schedule_batch.py` 1584-1585);
-//! - a child that writes `</Path>` keeps one more sampled token (1562-1565);
+//! - a child that writes `</Path>` keeps one more sampled token (1562-1565),
+//!   end of sequence included, unless its length limit falls first;
 //! - the merge keeps child 0 from its `\n`, children 1.. from `<Path>`, and
 //!   the parent continues with `<Conclusion>`, `\n` at p + the longest
 //!   child (`scheduler.py` 1536-1577);
 //! - the parent after the merge decodes what one dense forward over those
-//!   ids, at those positions, with those visibilities predicts.
+//!   ids, at those positions, with those visibilities predicts;
+//! - a root stops on `</Path>` / `</step>` too, keeping one token.
+//!
+//! Models rigged to predict from the last token (`common::write_rigged`)
+//! force the exact token sequences these cases need.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use weft_engine::{Engine, EngineConfig, RequestSpec, Response};
+use weft_engine::{Engine, EngineConfig, FinishReason, RequestSpec, Response};
 use weft_model::sampling::argmax;
 use weft_model::{LoadOptions, Model, Tokenizer};
 
@@ -78,17 +83,48 @@ fn tiny(rig: Option<&str>) -> (Model, Tokenizer, tempfile::TempDir) {
     (Model::load(dir.path(), &opts).unwrap(), tok, dir)
 }
 
+/// The id of `text`, which must encode as one token.
+fn single(tok: &Tokenizer, text: &str) -> u32 {
+    let ids = tok.encode(text, false).unwrap();
+    assert_eq!(ids.len(), 1, "{text:?} is not one token: {ids:?}");
+    ids[0]
+}
+
+/// A tiny model that predicts from the last token alone
+/// (`common::write_rigged`): `next` after each `(input, next)` pair,
+/// `default` after any other token. Each text must be one token.
+fn bigram(default: &str, after: &[(&str, &str)]) -> (Model, Tokenizer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let vocab = write_tokenizer(dir.path());
+    let tok = Tokenizer::load(dir.path()).unwrap();
+    let pairs = after
+        .iter()
+        .map(|(a, b)| (single(&tok, a), single(&tok, b)))
+        .collect();
+    common::write_rigged(dir.path(), vocab, Some((single(&tok, default), pairs)));
+    let opts = LoadOptions {
+        threads: Some(1),
+        batch_invariant: true,
+        ..Default::default()
+    };
+    (Model::load(dir.path(), &opts).unwrap(), tok, dir)
+}
+
 const MV_PROMPT: &str = "Q: 17 * 23?\n<Parallel>\n<Goal>\n<Outline>\n1: 17 * 20.\n</Outline>\n<Outline>\n2: 17 * 3.\n</Outline>\n</Goal>";
 
 fn run(model: &Model, tok: &Tokenizer, protocol: &str, prompt: &str, gen: usize) -> Response {
+    let spec = RequestSpec::text(prompt.to_string())
+        .with_protocol(Arc::from(weft_protocol::by_name(protocol).unwrap()));
+    run_spec(model, tok, spec, gen)
+}
+
+fn run_spec(model: &Model, tok: &Tokenizer, spec: RequestSpec, gen: usize) -> Response {
     let cfg = EngineConfig {
         max_tokens_per_thread: gen,
         max_depth: 1,
         ..Default::default()
     };
     let mut engine = Engine::new(model, tok, cfg).unwrap();
-    let spec = RequestSpec::text(prompt.to_string())
-        .with_protocol(Arc::from(weft_protocol::by_name(protocol).unwrap()));
     engine.run(vec![spec], &mut |_| {}).unwrap().remove(0)
 }
 
@@ -242,5 +278,154 @@ fn a_child_cut_by_its_length_loses_its_last_token() {
             tok.decode(&child.tokens[prefix + suffix..]).unwrap(),
             child.text
         );
+    }
+}
+
+const NPR_PROMPT: &str = "Q: x?\n<guideline>\n<plan>\n1: Try x = 1.\n</plan>\n<plan>\n2: Try x = 2.\n</plan>\n</guideline>";
+
+/// The last token of a child's prompt suffix `\n<Path>\n{n}:`: the colon,
+/// the same for every label.
+fn colon(tok: &Tokenizer) -> &'static str {
+    let last = |label: &str| *tok.encode(label, false).unwrap().last().unwrap();
+    assert_eq!(last("1:"), last("2:"));
+    assert_eq!(last("1:"), single(tok, ":"));
+    ":"
+}
+
+/// End of sequence sampled right after `</Path>` / `</step>` is the one
+/// token the engines keep after the close tag: their `check_finished`
+/// returns on the pending stop before it looks for end of sequence
+/// (Multiverse-Engine `schedule_batch.py` 697-715), and the merge takes
+/// `output_ids[:-1]` of `</Path>`, EOS, t2. So the child is one token
+/// longer than one that ends on the end of sequence, and the parent
+/// continues one position later: at p + the longest child, its kept EOS
+/// included. The position shows where the parent's context runs out.
+#[test]
+fn end_of_sequence_after_the_close_tag_is_the_kept_token() {
+    for (name, prompt, tag, close, append) in [
+        (
+            "multiverse",
+            MV_PROMPT,
+            "<Path>",
+            "</Path>",
+            "<Conclusion>\n",
+        ),
+        ("npr", NPR_PROMPT, "<step>", "</step>", "<takeaway>\n"),
+    ] {
+        let (model, tok, _dir) = bigram("x", &[(":", close), (close, "<|im_end|>")]);
+        colon(&tok);
+        let prefix = tok.encode(prompt, true).unwrap();
+        let p = prefix.len();
+        let context = model.config.max_context;
+        let mut spec = RequestSpec::text(prompt)
+            .with_protocol(Arc::from(weft_protocol::by_name(name).unwrap()));
+        spec.max_tokens = Some(context - p);
+        let r = run_spec(&model, &tok, spec, 16);
+        assert_eq!(r.stats.kv_merge_joins, 1, "{name}: {:?}", r.stats);
+        let eos = single(&tok, "<|im_end|>");
+        for (i, child) in r.threads[1..].iter().enumerate() {
+            let mut want = prefix.clone();
+            want.extend(tok.encode(&format!("\n{tag}\n{}:", i + 1), false).unwrap());
+            want.extend([single(&tok, close), eos]);
+            assert_eq!(child.tokens, want, "{name}: child {i}");
+            assert_eq!(
+                child.text,
+                format!("{close}<|im_end|>"),
+                "{name}: child {i}"
+            );
+        }
+        let longest = r.threads[1..]
+            .iter()
+            .map(|c| c.tokens.len() - p)
+            .max()
+            .unwrap();
+        let root = &r.threads[0];
+        let appended = tok.encode(append, false).unwrap();
+        assert_eq!(root.tokens[..appended.len()], appended[..], "{name}");
+        // The parent decodes `x` until its next position is the context's.
+        assert_eq!(r.finish_reason, FinishReason::Length, "{name}");
+        assert_eq!(
+            p + longest + root.tokens.len(),
+            context,
+            "{name}: the parent continues at p + the longest child"
+        );
+    }
+}
+
+/// The engines stop every request, the root included, on `</Path>` /
+/// `</step>` (it is in every request's stop list): the root keeps one more
+/// sampled token, the request ends (`stop`), and SGLang's detokenizer
+/// trims the token after it. NPR: a root that writes `</step>` and then
+/// `</guideline>` closing a guideline of its own does not fork; its engine
+/// ends a thread whose output holds `</step>` at `</guideline>`.
+#[test]
+fn a_root_that_writes_the_close_tag_keeps_one_token_and_ends() {
+    let npr_prompt = "Q: x?\n<guideline>\n<plan>\n1: Try x = 1.\n</plan>";
+    for (name, prompt, after, want) in [
+        (
+            "multiverse",
+            "Q: 17 * 23? 1:",
+            [(":", "</Path>"), ("</Path>", "y")],
+            "</Path>y",
+        ),
+        (
+            "npr",
+            npr_prompt,
+            [("</plan>", "</step>"), ("</step>", "</guideline>")],
+            "</step></guideline>",
+        ),
+    ] {
+        let (model, tok, _dir) = bigram("x", &after);
+        let last = *tok.encode(prompt, true).unwrap().last().unwrap();
+        assert_eq!(
+            last,
+            single(&tok, after[0].0),
+            "{name}: the prompt's last token"
+        );
+        let r = run(&model, &tok, name, prompt, 16);
+        assert_eq!(r.text, want, "{name}");
+        assert_eq!(r.finish_reason, FinishReason::Stop, "{name}");
+        assert_eq!(r.stats.forks, 0, "{name}: {:?}", r.stats);
+        assert_eq!(r.threads[0].generated_tokens, 2, "{name}");
+    }
+}
+
+/// A parent that writes `</Path>` after a merge ends the same way: the
+/// merged request is the root's, and no one's child.
+#[test]
+fn a_merged_root_that_writes_the_close_tag_ends_too() {
+    let (model, tok, _dir) = bigram("</Path>", &[("</Path>", "\n")]);
+    let r = run(&model, &tok, "multiverse", MV_PROMPT, 8);
+    assert_eq!(r.stats.kv_merge_joins, 1, "{:?}", r.stats);
+    for child in &r.threads[1..] {
+        assert_eq!(child.text, "</Path>\n");
+    }
+    assert_eq!(
+        r.text,
+        "\n<Path>\n1:</Path>\n<Path>\n2:</Path>\n<Conclusion>\n</Path>\n"
+    );
+    let root = &r.threads[0];
+    let ids: Vec<u32> = ["<Conclusion>", "\n", "</Path>", "\n"]
+        .iter()
+        .map(|t| single(&tok, t))
+        .collect();
+    assert_eq!(root.tokens, ids);
+    assert_eq!(r.finish_reason, FinishReason::Stop);
+}
+
+/// The engines check a request's length before its stops, and merge
+/// `output_ids[:-1]` whatever ended a child: a child whose limit falls on
+/// `</Path>`, or on the token after it, loses that token and ends on its
+/// length.
+#[test]
+fn the_length_limit_comes_before_the_close_tag() {
+    let (model, tok, _dir) = bigram("x", &[(":", "</Path>"), ("</Path>", "\n")]);
+    for (gen, want, n) in [(1, "", 0), (2, "</Path>", 1), (3, "</Path>\n", 2)] {
+        let r = run(&model, &tok, "multiverse", MV_PROMPT, gen);
+        assert_eq!(r.stats.kv_merge_joins, 1, "{gen}: {:?}", r.stats);
+        for child in &r.threads[1..] {
+            assert_eq!(child.text, want, "limit {gen}");
+            assert_eq!(child.generated_tokens, n, "limit {gen}");
+        }
     }
 }

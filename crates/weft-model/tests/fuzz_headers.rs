@@ -491,6 +491,11 @@ fn tiny_gguf_bytes() -> Vec<u8> {
             ("tokenizer.ggml.bos_token_id", GValue::U32(1)),
             ("tokenizer.ggml.eos_token_id", GValue::U32(2)),
             ("general.alignment", GValue::U32(32)),
+            // Linear RoPE scaling sizes a table from rope.dimension_count,
+            // so mutating that field is exercised.
+            ("llama.rope.scaling.type", GValue::String("linear".into())),
+            ("llama.rope.scaling.factor", GValue::F32(1.0)),
+            ("llama.rope.dimension_count", GValue::U32(16)),
         ],
     );
     let bytes = std::fs::read(&path).unwrap();

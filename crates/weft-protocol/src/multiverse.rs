@@ -20,10 +20,23 @@
 //!   child 0's; children 1.. are merged from their `<Path>` on (MVE/sb 1581,
 //!   MVE/sch 1536-1577); `<Conclusion>\n` is appended (MVE/sch 1435, 1577)
 //!   at p + the longest child, its kept token included.
+//! - The root stops on `</Path>` too: the engine's stop list
+//!   (`stop_token_ids=[</Goal>, </Path>]`, `example/example.py:36`) is every
+//!   request's, and `check_finished` (MVE/sb 697-715) ends any request two
+//!   tokens after `</Path>`; a root is no one's child (not in `p2c_map`),
+//!   so it finishes there, reason `stop`, and SGLang's detokenizer trims
+//!   the last token (`trim_matched_stop`: `output[:-1]` for a matched
+//!   token id): the root keeps `</Path>` and one token
+//!   ([`Protocol::root_stop`]). The token kept after `</Path>` is whatever
+//!   was sampled, end of sequence included (the stop check returns before
+//!   the end-of-sequence check, MVE/sb 697-715).
 //! - Nesting: the engine refuses a fork when the stack of open paths is
 //!   longer than 5 (`len(parent_start_path_idx_stack) > 5`, MVE/sb
 //!   1540-1547), so threads at depths 0..5 fork: `max_depth` 6; a refused
 //!   fork decodes on, as there.
+//! - Not reproduced: a child whose token after `</Path>` is `</Goal>`
+//!   re-arms the engine's trigger and forks again from its parent's goal
+//!   block (MVE/sb 697-708); weft ends it with that token kept.
 //! - Positions follow the engine, which places paths one position later
 //!   (and `<Conclusion>` two) than the training layout (`train/utils.py`
 //!   182-253); see the verification notes.
@@ -123,6 +136,10 @@ impl Protocol for Multiverse {
             stop: Some(PATH_CLOSE),
             keep_after: 1,
         }
+    }
+
+    fn root_stop(&self) -> ChildStop {
+        self.child_stop()
     }
 
     fn child_result(&self, generated: &str, end: ChildEnd) -> ChildResult {

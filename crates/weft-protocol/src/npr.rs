@@ -26,6 +26,14 @@
 //!   0's), children 1.. merged from `<step>` (NPR/sb 1620, NPR/sch
 //!   1445-1472, 1574-1610), then `<takeaway>\n` (NPR/sch 1471, 1609) at p +
 //!   the longest child, its kept token included.
+//! - The root stops on `</step>` too, keeping one more token, as
+//!   Multiverse's: the stop ids `[</guideline>, </step>]`
+//!   (`sglang_rollout.py:869-875`, `evaluate.py:714-722`) are every
+//!   request's ([`Protocol::root_stop`]). The engine also ends a thread
+//!   that writes `</guideline>` while its own output holds `</step>`
+//!   (NPR/sb 723-739); with `</step>` a stop for every thread, that can
+//!   only be the token kept after `</step>`, with which weft ends the
+//!   thread anyway.
 //! - Nesting: `len(parent_start_path_idx_stack) > 5` refuses (NPR/sb
 //!   1586-1593): threads at depths 0..5 fork, `max_depth` 6; a refused fork
 //!   decodes on. The engine's token-budget guards are not modelled.
@@ -144,6 +152,10 @@ impl Protocol for Npr {
             stop: Some(STEP_CLOSE),
             keep_after: 1,
         }
+    }
+
+    fn root_stop(&self) -> ChildStop {
+        self.child_stop()
     }
 
     fn child_result(&self, generated: &str, end: ChildEnd) -> ChildResult {

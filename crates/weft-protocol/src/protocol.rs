@@ -32,6 +32,20 @@ pub trait Protocol: Send + Sync + std::fmt::Debug {
     /// When a child is finished (besides end of sequence and token limits).
     fn child_stop(&self) -> ChildStop;
 
+    /// When the request's root is finished by the protocol (besides end of
+    /// sequence, the request's stop strings and token limits). The default
+    /// is never. Multiverse's and NPR's engines put the children's close
+    /// tag in every request's stop list, the root's included: a root that
+    /// writes `</Path>` / `</step>` keeps one more sampled token and ends
+    /// (the request's output is `output_ids[:-1]`: SGLang's detokenizer
+    /// trims the token sampled after the kept one).
+    fn root_stop(&self) -> ChildStop {
+        ChildStop {
+            stop: None,
+            keep_after: 0,
+        }
+    }
+
     /// The part of a child's output the join uses. `generated` is what the
     /// child decoded after its prompt, including the stop string when it
     /// stopped on one, never the end-of-sequence token.
@@ -136,9 +150,12 @@ pub struct ChildStop {
     /// Stop string, kept in the child's text; `None`: end of sequence only.
     pub stop: Option<&'static str>,
     /// Tokens the child samples after the stop string and keeps (0: it
-    /// ends on the stop). Multiverse's and NPR's engines keep one, normally
-    /// `\n`, in text and KV (`schedule_batch.py` `output_ids[:-1]`); with
-    /// a kept token nothing after the stop string is cut.
+    /// ends on the stop), whatever they are, end of sequence included.
+    /// Multiverse's and NPR's engines keep one, normally `\n`, in text and
+    /// KV (`schedule_batch.py` `output_ids[:-1]`); with a kept token
+    /// nothing after the stop string is cut. A child whose token limit
+    /// falls on the stop string or a kept token loses that token, as its
+    /// last token at any limit (those engines check the length first).
     pub keep_after: u32,
 }
 

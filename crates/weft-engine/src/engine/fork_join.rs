@@ -416,7 +416,11 @@ impl Engine<'_> {
         let t = &mut self.threads[id];
         match join.then {
             AfterJoin::Continue => {}
-            AfterJoin::FinishAt(s) => t.stop = Some(s),
+            AfterJoin::FinishAt(s) => {
+                t.stop = Some(s);
+                t.keep_after = 0;
+                t.after_stop = None;
+            }
             AfterJoin::Finish => {
                 // The join ended the parent; if a token limit cut one of its
                 // children, the answer was cut too: `length`, not `stop`.

@@ -14,6 +14,26 @@ use rand::{Rng, SeedableRng};
 /// embedding), every embedding has +1 in dimension 0, the final norm keeps
 /// only dimension 0, and an untied `lm_head` scores only `id`, on it.
 pub fn write_tiny(dir: &Path, vocab: usize, rig: Option<u32>) {
+    write_rigged(dir, vocab, rig.map(|id| (id, Vec::new())));
+}
+
+/// [`write_tiny`] with a rig that predicts by the last token alone:
+/// `rig: Some((default, after))` predicts `next` after the token `input`
+/// of each `(input, next)` pair of `after`, and `default` after any other
+/// token, whatever the positions and the rest of the context. Pair k uses
+/// dimension k + 1: only `input`'s embedding has +1 there, the final norm
+/// keeps it, and `lm_head` scores it +2 for `next` and -2 for `default`.
+/// Inputs must differ; at most 31 pairs.
+pub fn write_rigged(dir: &Path, vocab: usize, rig: Option<(u32, Vec<(u32, u32)>)>) {
+    if let Some((_, after)) = &rig {
+        assert!(after.len() < 32, "at most 31 pairs");
+        let mut inputs: Vec<u32> = after.iter().map(|p| p.0).collect();
+        inputs.sort_unstable();
+        inputs.dedup();
+        assert_eq!(inputs.len(), after.len(), "one next token per input");
+    }
+    let pairs: Vec<(u32, u32)> = rig.as_ref().map_or(Vec::new(), |r| r.1.clone());
+    let rig = rig.map(|r| r.0);
     let (d, ff, heads, kv_heads, layers) = (32, 48, 4, 2, 2);
     let hd = d / heads;
     let config = serde_json::json!({
@@ -39,17 +59,47 @@ pub fn write_tiny(dir: &Path, vocab: usize, rig: Option<u32>) {
         };
     let random = |_: usize| None;
     let zero = |_: usize| if rig.is_some() { Some(0.0) } else { None };
-    let embed = move |i: usize| (rig.is_some() && i.is_multiple_of(d)).then_some(1.0);
+    let n_pairs = pairs.len();
+    let embed_pairs = pairs.clone();
+    let embed = move |i: usize| {
+        rig?;
+        let (token, dim) = (i / d, i % d);
+        match dim {
+            0 => Some(1.0),
+            k if k <= n_pairs => Some(if embed_pairs[k - 1].0 as usize == token {
+                1.0
+            } else {
+                0.0
+            }),
+            _ => None,
+        }
+    };
     add(
         "model.embed_tokens.weight".into(),
         vec![vocab, d],
         0.0,
         &embed,
     );
-    let norm = move |i: usize| rig.map(|_| if i == 0 { 1.0 } else { 0.0 });
+    let norm = move |i: usize| rig.map(|_| if i <= n_pairs { 1.0 } else { 0.0 });
     add("model.norm.weight".into(), vec![d], 1.0, &norm);
     if let Some(id) = rig {
-        let head = move |i: usize| Some(if i == id as usize * d { 1.0 } else { 0.0 });
+        let head = move |i: usize| {
+            let (token, dim) = (i / d, i % d);
+            let mut w = 0.0;
+            if dim == 0 && token == id as usize {
+                w = 1.0;
+            }
+            if (1..=n_pairs).contains(&dim) {
+                let (_, next) = pairs[dim - 1];
+                if token == id as usize {
+                    w -= 2.0;
+                }
+                if token == next as usize {
+                    w += 2.0;
+                }
+            }
+            Some(w)
+        };
         add("lm_head.weight".into(), vec![vocab, d], 0.0, &head);
     }
     for l in 0..layers {
