@@ -8,8 +8,8 @@ is in shared/reference/protocols-verified.md). They are written from the
 references, not from weft, so the fixtures check weft against an
 independent implementation of the same lines. Cases: 1, 2 and 12 children,
 sparse labels (1, 2, 10), nested blocks, children that end on end of
-sequence or their length limit, and end of sequence as the token kept after
-the close tag.
+sequence or their length limit, end of sequence as the token kept after the
+close tag, and the KV-merge engines' token-budget fork guards.
 
 Usage: protocol_reference_fixtures.py [--check]
   --check: write nothing; exit 1 if a fixture differs from what it would
@@ -92,6 +92,16 @@ def kv_child_output(generated, close, end, kept="\n"):
 EOS = "<|im_end|>"  # the end-of-sequence token's text (Qwen's, as the checkpoints')
 
 
+def kv_fork_allowed(position, max_new_tokens, margin):
+    """MVE/sb filter_batch: a request whose FINISH_MATCHED_GOAL_TOKEN came
+    at `right_most_pos - init_input_len >= max_new_tokens - 30` is
+    recovered (finished_reason = None: no fork, it decodes on). NPR's
+    engine refuses when fewer than 1024 tokens of budget remain (NPR/sb
+    1586-1593, as the verification notes report it; its lines were not
+    available here), taken as the same comparison with 1024."""
+    return not (position >= max_new_tokens - margin)
+
+
 def kv_join(context, tag, labels, outputs, append):
     """MVE/sch 1536-1577 (NPR/sch 1445-1472): the KV list is child 0's
     origin_input_ids + output_ids[:-1] (prefix and all of child 0, its
@@ -153,6 +163,13 @@ def fixture(protocol, parent, labels, prompts, outputs, ends, joined, layout=Non
     return "\n".join(parts) + "\n"
 
 
+def refusal_fixture(protocol, parent, reason, action, ctx):
+    """A fixture whose trigger does not fork: `expect refuse <reason>
+    <action>`."""
+    return "\n".join([f"=== protocol\n{protocol}", f"=== ctx\n{ctx}", f"=== parent\n{parent}",
+                      f"=== expect\nrefuse {reason} {action}"]) + "\n"
+
+
 def tw_case(name, labels_text, answers, ends):
     parent = "<think>\nQ.\n<Parallel>\n<Outlines>\n" + "".join(
         f"<Outline>{l}: step {l}</Outline>\n" for l in labels_text) + "</Outlines>"
@@ -186,6 +203,19 @@ def kv_case(name, protocol, labels_text, ends, ctx=None, nested=False, kept=None
                          "continue", ctx)
 
 
+def kv_budget_case(name, protocol, position, max_new_tokens):
+    """The fork at `position` past the prompt (ctx: depth 0, no rounds,
+    own output from 0) of a request with budget `max_new_tokens`: a fork
+    (checked as `kv_case` builds it) or a refusal that decodes on."""
+    margin = 30 if protocol == "multiverse" else 1024
+    ctx = f"0 0 0 {position} {max_new_tokens}"
+    if kv_fork_allowed(position, max_new_tokens, margin):
+        return kv_case(name, protocol, ["1", "2"], ["stop", "stop"], ctx=ctx)
+    _, text = kv_case(name, protocol, ["1", "2"], ["stop", "stop"])
+    parent = text.split("=== parent\n")[1].split("\n=== ")[0]
+    return name, refusal_fixture(protocol, parent, "budget", "sequential", ctx)
+
+
 def pr1_case(name, ends):
     parent = "Let me check both ways. <Parallel>"
     outputs = [f" way {i}" + ("</Path>" if e == "stop" else "") for i, e in enumerate(ends)]
@@ -216,6 +246,11 @@ def cases():
         yield kv_case(f"ref_{short}_kept_eos", protocol, ["1", "2"], ["stop", "stop"],
                       kept=["\n", EOS])
     yield kv_case("ref_mv_twelve", "multiverse", twelve, ["stop"] * 12)
+    yield kv_budget_case("ref_mv_budget_forks", "multiverse", 69, 100)
+    yield kv_budget_case("ref_mv_budget_refused", "multiverse", 70, 100)
+    yield kv_budget_case("ref_mv_budget_below_margin", "multiverse", 0, 20)
+    yield kv_budget_case("ref_npr_budget_forks", "npr", 975, 2000)
+    yield kv_budget_case("ref_npr_budget_refused", "npr", 976, 2000)
     yield pr1_case("ref_parallel_r1_two", ["stop", "stop"])
     yield pr1_case("ref_parallel_r1_eos", ["stop", "eos"])
 

@@ -471,10 +471,17 @@ impl<'m> Engine<'m> {
 
     fn ctx(&self, id: usize) -> ForkContext {
         let t = &self.threads[id];
+        let req = &self.requests[t.request];
+        let root = &self.threads[req.root];
         ForkContext {
             depth: t.depth,
-            rounds: self.requests[t.request].rounds,
+            rounds: req.rounds,
             own_start: t.output_start,
+            // `right_most_pos - init_input_len` in the KV-merge engines:
+            // positions run on from the fork point in children and merged
+            // parents, so this is the critical path past the prompt.
+            position: t.next_position().saturating_sub(root.prompt_tokens),
+            max_new_tokens: Some(root.max_generated),
         }
     }
 

@@ -11,6 +11,8 @@ use weft_engine::{Engine, EngineConfig, RequestSpec};
 use weft_model::sampling::argmax;
 use weft_model::{LoadOptions, Model, Tokenizer};
 
+mod common;
+
 const MV_PROMPT: &str = "Question: what is 17 * 23?\n<Parallel>\n<Goal>\n<Outline>1: Compute 17 * 20.</Outline>\n<Outline>2: Compute 17 * 3.</Outline>\n<Outline>3: Add the two parts.</Outline>\n</Goal>";
 
 #[derive(Clone, Copy, PartialEq)]
@@ -61,7 +63,9 @@ fn parent_after_a_kv_merge_join_decodes_as_the_masked_dense_forward() {
     };
     let mut engine = Engine::new(&model, &tok, cfg).unwrap();
     let request = RequestSpec::text(MV_PROMPT.to_string())
-        .with_protocol(Arc::from(weft_protocol::by_name("multiverse").unwrap()));
+        // A 10-token budget: without Multiverse-Engine's guard (no fork
+        // within 30 tokens of it).
+        .with_protocol(Arc::from(common::unguarded("multiverse")));
     let r = engine.run(vec![request], &mut |_| {}).unwrap().remove(0);
     assert_eq!(r.stats.kv_merge_joins, 1, "{:?}", r.stats);
     assert_eq!(r.threads.len(), 4);

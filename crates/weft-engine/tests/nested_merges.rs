@@ -35,6 +35,7 @@ impl Protocol for CommaFork {
             max_fork_rounds: Some(4),
             child_temperature: None,
             child_repetition_penalty: None,
+            fork_budget_margin: None,
         }
     }
     fn on_trigger(

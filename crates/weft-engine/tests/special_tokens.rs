@@ -12,7 +12,8 @@
 //!   child (`scheduler.py` 1536-1577);
 //! - the parent after the merge decodes what one dense forward over those
 //!   ids, at those positions, with those visibilities predicts;
-//! - a root stops on `</Path>` / `</step>` too, keeping one token.
+//! - a root stops on `</Path>` / `</step>` too, keeping one token;
+//! - no fork within 30 (NPR: 1024) tokens of the request's budget.
 //!
 //! Models rigged to predict from the last token (`common::write_rigged`)
 //! force the exact token sequences these cases need.
@@ -110,20 +111,37 @@ fn bigram(default: &str, after: &[(&str, &str)]) -> (Model, Tokenizer, tempfile:
     (Model::load(dir.path(), &opts).unwrap(), tok, dir)
 }
 
+/// The protocol `name` with `options`, as a request's.
+fn protocol(name: &str, options: &[(&str, &str)]) -> Arc<dyn weft_protocol::Protocol> {
+    let options: Vec<(String, String)> = options
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Arc::from(weft_protocol::with_options(name, &options).unwrap())
+}
+
 const MV_PROMPT: &str = "Q: 17 * 23?\n<Parallel>\n<Goal>\n<Outline>\n1: 17 * 20.\n</Outline>\n<Outline>\n2: 17 * 3.\n</Outline>\n</Goal>";
 
+/// Runs `prompt` with children limited to `gen` tokens. The root may write
+/// 64: the engines refuse forks near the request's budget (Multiverse
+/// within 30 tokens of it), and NPR's 1024-token guard, more than the tiny
+/// model's context, is lowered to Multiverse's 30.
 fn run(model: &Model, tok: &Tokenizer, protocol: &str, prompt: &str, gen: usize) -> Response {
-    let spec = RequestSpec::text(prompt.to_string())
-        .with_protocol(Arc::from(weft_protocol::by_name(protocol).unwrap()));
+    let options = [("fork_budget_margin".to_string(), "30".to_string())];
+    let mut spec = RequestSpec::text(prompt.to_string()).with_protocol(Arc::from(
+        weft_protocol::with_options(protocol, &options).unwrap(),
+    ));
+    spec.max_tokens = Some(64);
     run_spec(model, tok, spec, gen)
 }
 
-fn run_spec(model: &Model, tok: &Tokenizer, spec: RequestSpec, gen: usize) -> Response {
+fn run_spec(model: &Model, tok: &Tokenizer, mut spec: RequestSpec, gen: usize) -> Response {
     let cfg = EngineConfig {
         max_tokens_per_thread: gen,
         max_depth: 1,
         ..Default::default()
     };
+    spec.max_thread_tokens.get_or_insert(gen);
     let mut engine = Engine::new(model, tok, cfg).unwrap();
     engine.run(vec![spec], &mut |_| {}).unwrap().remove(0)
 }
@@ -318,7 +336,7 @@ fn end_of_sequence_after_the_close_tag_is_the_kept_token() {
         let p = prefix.len();
         let context = model.config.max_context;
         let mut spec = RequestSpec::text(prompt)
-            .with_protocol(Arc::from(weft_protocol::by_name(name).unwrap()));
+            .with_protocol(protocol(name, &[("fork_budget_margin", "30")]));
         spec.max_tokens = Some(context - p);
         let r = run_spec(&model, &tok, spec, 16);
         assert_eq!(r.stats.kv_merge_joins, 1, "{name}: {:?}", r.stats);
@@ -411,6 +429,46 @@ fn a_merged_root_that_writes_the_close_tag_ends_too() {
         .collect();
     assert_eq!(root.tokens, ids);
     assert_eq!(r.finish_reason, FinishReason::Stop);
+}
+
+/// Multiverse-Engine refuses a fork once
+/// `right_most_pos - init_input_len >= max_new_tokens - 30`
+/// (`schedule_batch.py`, `filter_batch`), i.e. once
+/// the token after `</Goal>` is within 30 positions of the request's
+/// budget, and the request decodes on; NPR's engine the same within 1024.
+/// The margin is a protocol option.
+#[test]
+fn forks_are_refused_near_the_token_budget() {
+    // The root writes `</Goal>` as its first token: the token after it is
+    // 1 position past the prompt.
+    let prompt = "Q: 17 * 23?\n<Parallel>\n<Goal>\n<Outline>\n1: 17 * 20.\n</Outline>\n<Outline>\n2: 17 * 3.\n</Outline>";
+    let (model, tok, _dir) = bigram("</Path>", &[("</Outline>", "</Goal>")]);
+    let go = |max_tokens: usize, options: &[(&str, &str)]| {
+        let mut spec = RequestSpec::text(prompt).with_protocol(protocol("multiverse", options));
+        spec.max_tokens = Some(max_tokens);
+        run_spec(&model, &tok, spec, 8)
+    };
+    let refused = go(31, &[]);
+    assert_eq!(refused.stats.forks, 0, "{:?}", refused.stats);
+    let why = &refused.stats.refused_forks;
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert!(why[0].contains("31") && why[0].contains("30"), "{why:?}");
+    // It decodes on, and stops on `</Path>` as any root.
+    assert_eq!(refused.text, "</Goal></Path></Path>");
+    assert_eq!(go(32, &[]).stats.forks, 1);
+    assert_eq!(go(31, &[("fork_budget_margin", "none")]).stats.forks, 1);
+    assert_eq!(go(31, &[("fork_budget_margin", "29")]).stats.forks, 1);
+    // NPR's guard: 1024 tokens, more than this request's budget.
+    let go = |options: &[(&str, &str)]| {
+        let mut spec = RequestSpec::text(NPR_PROMPT).with_protocol(protocol("npr", options));
+        spec.max_tokens = Some(200);
+        run_spec(&model, &tok, spec, 8)
+    };
+    let refused = go(&[]);
+    assert_eq!(refused.stats.forks, 0, "{:?}", refused.stats);
+    assert!(refused.stats.refused_forks[0].contains("1024"));
+    assert_eq!(go(&[("fork_budget_margin", "199")]).stats.forks, 1);
+    assert_eq!(go(&[("fork_budget_margin", "200")]).stats.forks, 0);
 }
 
 /// The engines check a request's length before its stops, and merge

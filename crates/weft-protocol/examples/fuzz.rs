@@ -142,7 +142,7 @@ fn drive(rng: &mut Rng, protocol: &dyn Protocol, text: &str) -> Result<usize, St
     let ctx = ForkContext {
         depth: rng.below(3) as u32,
         rounds: rng.below(20) as u32,
-        own_start: 0,
+        ..ForkContext::default()
     };
     let prompt_len = boundary(text, rng.below(text.len() + 1));
     let mut detector = Detector::for_prompt(prompt_len);

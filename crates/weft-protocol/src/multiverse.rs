@@ -34,6 +34,12 @@
 //!   longer than 5 (`len(parent_start_path_idx_stack) > 5`, MVE/sb
 //!   1540-1547), so threads at depths 0..5 fork: `max_depth` 6; a refused
 //!   fork decodes on, as there.
+//! - Token budget: no fork when `right_most_pos - init_input_len >=
+//!   max_new_tokens - 30` (MVE/sb `filter_batch`, 1540-1547): the position
+//!   of the token after `</Goal>` past the root's prompt against the
+//!   request's `max_tokens` ([`ForkContext::position`],
+//!   [`Rules::fork_budget_margin`], option `fork_budget_margin`, 30); the
+//!   thread decodes on, as there.
 //! - Not reproduced: a child whose token after `</Path>` is `</Goal>`
 //!   re-arms the engine's trigger and forks again from its parent's goal
 //!   block (MVE/sb 697-708); weft ends it with that token kept.
@@ -62,6 +68,9 @@ pub const CONCLUSION_OPEN: &str = "<Conclusion>\n";
 pub const LEAD: &str = "\n";
 /// The authors' engine lets threads at depths 0..5 fork.
 pub const MAX_DEPTH: u32 = 6;
+/// No fork within this many tokens of the request's budget (MVE/sb
+/// `max_new_tokens - 30`).
+pub const FORK_BUDGET_MARGIN: usize = 30;
 
 /// Multiverse with its nesting limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +79,9 @@ pub struct Multiverse {
     /// authors' engine).
     pub max_depth: u32,
     pub max_children: Option<usize>,
+    /// No fork within this many tokens of the request's budget
+    /// ([`FORK_BUDGET_MARGIN`]; `None`: no such guard).
+    pub fork_budget_margin: Option<usize>,
 }
 
 impl Default for Multiverse {
@@ -77,6 +89,7 @@ impl Default for Multiverse {
         Self {
             max_depth: MAX_DEPTH,
             max_children: None,
+            fork_budget_margin: Some(FORK_BUDGET_MARGIN),
         }
     }
 }
@@ -91,7 +104,10 @@ impl Protocol for Multiverse {
     }
 
     fn rules(&self) -> Rules {
-        Rules::nested(JoinMode::KvMerge, self.max_depth, self.max_children)
+        Rules {
+            fork_budget_margin: self.fork_budget_margin,
+            ..Rules::nested(JoinMode::KvMerge, self.max_depth, self.max_children)
+        }
     }
 
     fn on_trigger(&self, text: &str, _trigger: &'static str, end: usize, ctx: ForkContext) -> Scan {

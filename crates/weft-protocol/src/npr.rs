@@ -36,7 +36,17 @@
 //!   thread anyway.
 //! - Nesting: `len(parent_start_path_idx_stack) > 5` refuses (NPR/sb
 //!   1586-1593): threads at depths 0..5 fork, `max_depth` 6; a refused fork
-//!   decodes on. The engine's token-budget guards are not modelled.
+//!   decodes on.
+//! - Token budget: a fork is refused (the thread decodes on) when fewer
+//!   than 1024 tokens of the request's budget remain (NPR/sb 1586-1593, as
+//!   the verification notes report it). NPR's engine is Multiverse-Engine's
+//!   with other tags, and weft applies that engine's comparison with 1024
+//!   for 30: `right_most_pos - init_input_len >= max_new_tokens - 1024`
+//!   ([`ForkContext::position`], option `fork_budget_margin`); NPR's own
+//!   lines were not available to check the boundary token. Not modelled,
+//!   for the same reason: the `parallel_degree`-scaled check and the
+//!   length finish at `max_new_tokens - 128` in `check_finished` (NPR/sb
+//!   687-697).
 use crate::protocol::{
     malformed, Action, AfterJoin, ChildEnd, ChildResult, ChildStop, Fork, ForkContext, Join,
     JoinMode, Protocol, Rules, Scan,
@@ -61,6 +71,9 @@ pub const MAX_PLANS: usize = 5;
 pub const MAX_DEPTH: u32 = 6;
 /// The children's repetition penalty.
 pub const CHILD_REPETITION_PENALTY: f32 = 1.02;
+/// No fork when fewer than this many tokens of the request's budget remain
+/// (NPR/sb 1586-1593).
+pub const FORK_BUDGET_MARGIN: usize = 1024;
 
 /// NPR with its limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,6 +84,9 @@ pub struct Npr {
     pub max_children: Option<usize>,
     /// The children's repetition penalty ([`CHILD_REPETITION_PENALTY`]).
     pub repetition_penalty: f32,
+    /// No fork within this many tokens of the request's budget
+    /// ([`FORK_BUDGET_MARGIN`]; `None`: no such guard).
+    pub fork_budget_margin: Option<usize>,
 }
 
 impl Default for Npr {
@@ -79,6 +95,7 @@ impl Default for Npr {
             max_depth: MAX_DEPTH,
             max_children: Some(MAX_PLANS),
             repetition_penalty: CHILD_REPETITION_PENALTY,
+            fork_budget_margin: Some(FORK_BUDGET_MARGIN),
         }
     }
 }
@@ -95,6 +112,7 @@ impl Protocol for Npr {
     fn rules(&self) -> Rules {
         Rules {
             child_repetition_penalty: Some(self.repetition_penalty),
+            fork_budget_margin: self.fork_budget_margin,
             ..Rules::nested(JoinMode::KvMerge, self.max_depth, self.max_children)
         }
     }

@@ -12,6 +12,7 @@
 //! | multiverse, npr, apr | `max_depth` | threads below this depth fork (6, 6, 1) |
 //! | multiverse, npr | `max_children` | children per fork (none; npr 5, more end the thread) |
 //! | npr | `repetition_penalty` | the children's (1.02) |
+//! | multiverse, npr | `fork_budget_margin` | no fork once the thread's position past the prompt is at least `max_tokens` minus this (30, 1024); `none` turns it off |
 //! | apr | `max_fork_rounds` | forks per request (none) |
 
 use crate::{apr, multiverse, npr, parallel_r1, threadweaver, Protocol, NAMES};
@@ -73,6 +74,13 @@ pub fn with_options(
     }
     let positive = |v: &u32| *v >= 1;
     let any_u32 = |_: &u32| true;
+    // A token count, or `none` (the guard off).
+    let margin = |k: &str, v: &str| -> Result<Option<usize>, OptionError> {
+        if v.trim() == "none" {
+            return Ok(None);
+        }
+        parse(k, v, "an integer >= 0 or `none`", |_: &usize| true).map(Some)
+    };
     Ok(match name {
         "threadweaver" => {
             let mut p = threadweaver::ThreadWeaver::default();
@@ -130,7 +138,14 @@ pub fn with_options(
                     "max_children" => {
                         p.max_children = Some(parse(k, v, "an integer >= 1", |n: &usize| *n >= 1)?)
                     }
-                    _ => return Err(unknown(name, k, "max_depth, max_children")),
+                    "fork_budget_margin" => p.fork_budget_margin = margin(k, v)?,
+                    _ => {
+                        return Err(unknown(
+                            name,
+                            k,
+                            "max_depth, max_children, fork_budget_margin",
+                        ))
+                    }
                 }
             }
             Box::new(p)
@@ -147,11 +162,12 @@ pub fn with_options(
                         p.repetition_penalty =
                             parse(k, v, "a number > 0", |x: &f32| x.is_finite() && *x > 0.0)?
                     }
+                    "fork_budget_margin" => p.fork_budget_margin = margin(k, v)?,
                     _ => {
                         return Err(unknown(
                             name,
                             k,
-                            "max_depth, max_children, repetition_penalty",
+                            "max_depth, max_children, repetition_penalty, fork_budget_margin",
                         ))
                     }
                 }
@@ -212,6 +228,63 @@ mod tests {
         let p = with_options("multiverse", &kv("max_depth", "2")).unwrap();
         assert_eq!(p.rules().max_depth, 2);
         assert_eq!(with_options("npr", &[]).unwrap().rules().max_depth, 6);
+        // The engines' token-budget guards, and their per-request override.
+        assert_eq!(
+            with_options("multiverse", &[])
+                .unwrap()
+                .rules()
+                .fork_budget_margin,
+            Some(30)
+        );
+        assert_eq!(
+            with_options("npr", &[]).unwrap().rules().fork_budget_margin,
+            Some(1024)
+        );
+        let p = with_options("npr", &kv("fork_budget_margin", "64")).unwrap();
+        assert_eq!(p.rules().fork_budget_margin, Some(64));
+        let p = with_options("multiverse", &kv("fork_budget_margin", "none")).unwrap();
+        assert_eq!(p.rules().fork_budget_margin, None);
+        let e = with_options("multiverse", &kv("fork_budget_margin", "-1")).err();
+        assert!(matches!(e, Some(OptionError::BadValue { .. })), "{e:?}");
+    }
+
+    /// Multiverse-Engine refuses a fork once `right_most_pos -
+    /// init_input_len >= max_new_tokens - 30` and decodes on; with the
+    /// option changed, the boundary moves with it.
+    #[test]
+    fn forks_need_budget_left() {
+        let text = "<Parallel>\n<Goal>\n<Outline>\n1: a\n</Outline>\n</Goal>";
+        let scan = |p: &dyn crate::Protocol, position: usize, max: Option<usize>| {
+            let ctx = ForkContext {
+                position,
+                max_new_tokens: max,
+                ..ForkContext::default()
+            };
+            Detector::for_prompt(0).scan(p, text, ctx)
+        };
+        let mv = with_options("multiverse", &[]).unwrap();
+        assert!(matches!(scan(mv.as_ref(), 69, Some(100)), Scan::Fork(_)));
+        let Scan::Refuse(r) = scan(mv.as_ref(), 70, Some(100)) else {
+            panic!("forked at 70 of 100")
+        };
+        assert_eq!(r.action, crate::Action::Sequential);
+        assert_eq!(
+            r.reason,
+            crate::RefuseReason::TokenBudget {
+                position: 70,
+                max_new_tokens: 100,
+                margin: 30
+            }
+        );
+        // A budget below the margin forbids every fork (Python's negative
+        // right-hand side); no budget, no guard.
+        assert!(matches!(scan(mv.as_ref(), 0, Some(20)), Scan::Refuse(_)));
+        assert!(matches!(scan(mv.as_ref(), 10_000, None), Scan::Fork(_)));
+        let mv = with_options("multiverse", &kv("fork_budget_margin", "5")).unwrap();
+        assert!(matches!(scan(mv.as_ref(), 94, Some(100)), Scan::Fork(_)));
+        assert!(matches!(scan(mv.as_ref(), 95, Some(100)), Scan::Refuse(_)));
+        let mv = with_options("multiverse", &kv("fork_budget_margin", "none")).unwrap();
+        assert!(matches!(scan(mv.as_ref(), 99, Some(100)), Scan::Fork(_)));
     }
 
     #[test]

@@ -80,6 +80,7 @@ impl Protocol for ParallelR1 {
             max_fork_rounds: Some(self.max_blocks),
             child_temperature: Some(1.0),
             child_repetition_penalty: None,
+            fork_budget_margin: None,
         }
     }
 

@@ -87,6 +87,16 @@ pub struct ForkContext {
     /// after its prompt; a parent's after its last join). 0 for a root
     /// that has not joined, so a prompt can force a fork.
     pub own_start: usize,
+    /// Positions past the request's prompt that the token after the
+    /// trigger takes: the RoPE position of the thread's next token minus
+    /// the root's prompt tokens, what Multiverse's and NPR's engines
+    /// compute as `right_most_pos - init_input_len` when they decide a
+    /// fork (a child's and a merged parent's positions run on from the
+    /// fork point, so this is the length of the critical path so far).
+    pub position: usize,
+    /// The request's token budget (its `max_tokens`, the engines'
+    /// `max_new_tokens`); `None`: no budget, and no budget guard.
+    pub max_new_tokens: Option<usize>,
 }
 
 /// What a scan of new text found.
@@ -263,6 +273,14 @@ pub enum RefuseReason {
     RoundLimit { rounds: u32, max: u32 },
     /// More children than the protocol allows.
     TooManyChildren { got: usize, max: usize },
+    /// Too little of the request's token budget is left: the thread is at
+    /// `position` past the prompt, and forks need `position <
+    /// max_new_tokens - margin` ([`Rules::fork_budget_margin`]).
+    TokenBudget {
+        position: usize,
+        max_new_tokens: usize,
+        margin: usize,
+    },
     /// The thread wrote the join marker the engine writes (APR
     /// `<Sub Searches>`): it is inventing its children's results.
     HallucinatedJoin,
@@ -296,6 +314,11 @@ pub struct Rules {
     /// Children sample with this repetition penalty on their own tokens
     /// (NPR's engine sets 1.02 at a fork and resets it at the merge).
     pub child_repetition_penalty: Option<f32>,
+    /// No fork once the thread's [`ForkContext::position`] is at least the
+    /// request's budget minus this many tokens (Multiverse-Engine:
+    /// `right_most_pos - init_input_len >= max_new_tokens - 30`; NPR's
+    /// engine the same with 1024). `None`: no such guard.
+    pub fork_budget_margin: Option<usize>,
 }
 
 impl Rules {
@@ -311,11 +334,13 @@ impl Rules {
             max_fork_rounds: None,
             child_temperature: None,
             child_repetition_penalty: None,
+            fork_budget_margin: None,
         }
     }
 
     /// The refusal for a fork of `children` children at `ctx`, if a rule
-    /// forbids it: `on_depth` past the depth limit, `on_cap` past a cap.
+    /// forbids it: `on_depth` past the depth limit or the token budget
+    /// guard, `on_cap` past a cap.
     pub fn check(
         &self,
         ctx: ForkContext,
@@ -330,6 +355,8 @@ impl Rules {
                 max: self.max_depth,
             };
             (reason, on_depth)
+        } else if let Some(reason) = self.budget_refusal(ctx) {
+            (reason, on_depth)
         } else if let Some(max) = self.max_fork_rounds.filter(|&m| ctx.rounds >= m) {
             let reason = RefuseReason::RoundLimit {
                 rounds: ctx.rounds,
@@ -342,6 +369,22 @@ impl Rules {
             return None;
         };
         Some(Refusal { at, reason, action })
+    }
+
+    /// [`RefuseReason::TokenBudget`] when [`Rules::fork_budget_margin`]
+    /// forbids a fork at `ctx`: `position >= max_new_tokens - margin`, the
+    /// engines' comparison in Python integers (a budget smaller than the
+    /// margin forbids every fork).
+    pub fn budget_refusal(&self, ctx: ForkContext) -> Option<RefuseReason> {
+        let margin = self.fork_budget_margin?;
+        let max_new_tokens = ctx.max_new_tokens?;
+        (ctx.position.saturating_add(margin) >= max_new_tokens).then_some(
+            RefuseReason::TokenBudget {
+                position: ctx.position,
+                max_new_tokens,
+                margin,
+            },
+        )
     }
 }
 

@@ -85,6 +85,7 @@ impl Protocol for ThreadWeaver {
             max_fork_rounds: Some(self.max_fork_rounds),
             child_temperature: None,
             child_repetition_penalty: None,
+            fork_budget_margin: None,
         }
     }
 

@@ -72,7 +72,11 @@ proptest! {
         outputs in prop::collection::vec((adversarial_text(), any::<u8>()), 0..4),
         segment_end in any::<usize>(),
     ) {
-        let ctx = ForkContext { depth, rounds, own_start: 0 };
+        let ctx = ForkContext {
+            depth,
+            rounds,
+            ..ForkContext::default()
+        };
         for name in NAMES {
             let protocol = by_name(name).unwrap();
             let mut detector = Detector::for_prompt(0);

@@ -5,7 +5,8 @@
 //! Format: `=== section` header lines; a section's content is the lines up
 //! to the next header, joined by `\n` (end a section with an empty line to
 //! give its content a trailing newline). Sections:
-//! `protocol`, `ctx` (`depth rounds [own_start]`), `parent`, `expect` (`fork`,
+//! `protocol`, `ctx` (`depth rounds [own_start [position max_new_tokens]]`:
+//! see `ForkContext`), `parent`, `expect` (`fork`,
 //! `continue`, `refuse <reason> <action>`), `segment`, `labels`,
 //! `child N prompt`, `child N output`, `child N end` (`stop|eos|length`),
 //! `result N` (`<none>` for no result), `joined`, `layout`
@@ -82,11 +83,13 @@ fn check_fixture(path: &Path) {
     };
     let protocol = by_name(get("protocol").trim()).unwrap();
     let ctx = s.get("ctx").map_or(ForkContext::default(), |c| {
-        let n: Vec<u32> = c.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let n: Vec<usize> = c.split_whitespace().map(|x| x.parse().unwrap()).collect();
         ForkContext {
-            depth: n[0],
-            rounds: n[1],
-            own_start: n.get(2).map_or(0, |&o| o as usize),
+            depth: n[0] as u32,
+            rounds: n[1] as u32,
+            own_start: n.get(2).copied().unwrap_or(0),
+            position: n.get(3).copied().unwrap_or(0),
+            max_new_tokens: n.get(4).copied(),
         }
     });
     let parent = get("parent");
@@ -106,6 +109,7 @@ fn check_fixture(path: &Path) {
                 RefuseReason::RoundLimit { .. } => "rounds",
                 RefuseReason::TooManyChildren { .. } => "children",
                 RefuseReason::HallucinatedJoin => "hallucinated-join",
+                RefuseReason::TokenBudget { .. } => "budget",
             };
             assert_eq!(got_reason, *reason, "{name}: {:?}", refusal.reason);
             let seen = &parent[..fed];

@@ -670,8 +670,21 @@ fn logprobs_come_in_each_endpoints_shape() {
 fn parallel_kv_merge_chooses_the_join_and_is_refused_where_it_cannot_apply() {
     let (plain, _, _) = *servers();
     let prompt = "Q: 17 * 23?\n<Parallel>\n<Goal>\n<Outline>1: 17 * 20.</Outline>\n<Outline>2: 17 * 3.</Outline>\n</Goal>";
+    // Eight tokens: within 30 of the budget, where Multiverse-Engine
+    // refuses to fork; `parallel.options` turns that guard off.
+    let guarded = |options: Value| {
+        let body = json!({"model": NAME, "prompt": prompt, "max_tokens": 8, "temperature": 0,
+                          "parallel": {"protocol": "multiverse", "options": options}});
+        let (status, v) = post(plain, "/v1/completions", body);
+        assert_eq!(status, 200, "{v}");
+        v["choices"][0]["weft"]["stats"]["forks"].clone()
+    };
+    assert_eq!(guarded(json!({})), 0);
+    assert_eq!(guarded(json!({"fork_budget_margin": 7})), 1);
+    assert_eq!(guarded(json!({"fork_budget_margin": 8})), 0);
     let ask = |kv_merge: Option<bool>| {
-        let mut parallel = json!({"protocol": "multiverse"});
+        let mut parallel =
+            json!({"protocol": "multiverse", "options": {"fork_budget_margin": "none"}});
         if let Some(m) = kv_merge {
             parallel["kv_merge"] = json!(m);
         }

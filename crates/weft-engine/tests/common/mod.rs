@@ -6,6 +6,18 @@ use std::path::Path;
 
 use rand::{Rng, SeedableRng};
 
+/// The protocol `name` with its reference settings, but without the
+/// engines' token-budget fork guards (`fork_budget_margin=none`; Multiverse
+/// refuses forks within 30 tokens of `max_tokens`, NPR within 1024): for
+/// tests that fork under small budgets to check something else.
+pub fn unguarded(name: &str) -> Box<dyn weft_protocol::Protocol> {
+    let options = match name {
+        "multiverse" | "npr" => vec![("fork_budget_margin".to_string(), "none".to_string())],
+        _ => Vec::new(),
+    };
+    weft_protocol::with_options(name, &options).unwrap()
+}
+
 /// Writes a 2-layer Llama (`config.json` + `model.safetensors`) with a
 /// `vocab`-token vocabulary and random weights into `dir`.
 ///

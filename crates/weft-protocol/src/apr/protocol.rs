@@ -93,6 +93,7 @@ impl Protocol for Apr {
             max_fork_rounds: self.max_fork_rounds,
             child_temperature: None,
             child_repetition_penalty: None,
+            fork_budget_margin: None,
         }
     }
 
