@@ -92,7 +92,9 @@ pub struct ForkContext {
     /// the root's prompt tokens, what Multiverse's and NPR's engines
     /// compute as `right_most_pos - init_input_len` when they decide a
     /// fork (a child's and a merged parent's positions run on from the
-    /// fork point, so this is the length of the critical path so far).
+    /// fork point, so this is the length of the critical path so far;
+    /// after a re-prefill join, `kv_merge` off, the joined text's
+    /// positions run on sequentially and every child's tokens count).
     pub position: usize,
     /// The request's token budget (its `max_tokens`, the engines'
     /// `max_new_tokens`); `None`: no budget, and no budget guard.
