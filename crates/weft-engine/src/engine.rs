@@ -277,7 +277,7 @@ impl<'m> Engine<'m> {
                 self.pool.n_blocks(),
                 self.cfg.block_size
             );
-            self.requests[t.request].stats.refused_forks.push(msg);
+            self.note(id, msg);
             return self.finish(id, ChildEnd::Length);
         }
         // Nothing can run and nothing will: no request may hang forever.
@@ -290,6 +290,20 @@ impl<'m> Engine<'m> {
             self.complete(r, FinishReason::Error);
         }
         Ok(())
+    }
+
+    /// Records a note on thread `id` (engine index) for its request: in
+    /// `stats.refused_forks`, and as an [`Event::Note`] for live trees.
+    pub(crate) fn note(&mut self, id: usize, text: String) {
+        let t = &self.threads[id];
+        let (r, thread, depth) = (t.request, t.local_id, t.depth);
+        self.events.push(Event::Note {
+            request: self.requests[r].id,
+            thread,
+            depth,
+            text: text.clone(),
+        });
+        self.requests[r].stats.refused_forks.push(text);
     }
 
     /// Runs `specs` to completion (a thin loop over `add` and `step` for
@@ -463,7 +477,7 @@ impl<'m> Engine<'m> {
                 t.local_id,
                 t.next_position()
             );
-            self.requests[t.request].stats.refused_forks.push(msg);
+            self.note(id, msg);
             self.finish(id, ChildEnd::Length)?;
         }
         Ok(())
@@ -689,10 +703,7 @@ impl<'m> Engine<'m> {
         match scan {
             Scan::Continue => Ok(false),
             Scan::Refuse(refusal) => {
-                self.requests[r]
-                    .stats
-                    .refused_forks
-                    .push(format!("{:?}", refusal.reason));
+                self.note(id, refusal.reason.to_string());
                 match refusal.action {
                     Action::Sequential => Ok(false),
                     Action::Rewrite {
@@ -726,7 +737,7 @@ impl<'m> Engine<'m> {
                         req.max_children,
                         req.max_depth
                     );
-                    self.requests[r].stats.refused_forks.push(msg);
+                    self.note(id, msg);
                     return Ok(false);
                 }
                 self.fork(id, fork)?;

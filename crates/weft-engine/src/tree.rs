@@ -140,6 +140,16 @@ pub enum Event {
         depth: u32,
         generated_tokens: usize,
     },
+    /// Something a person should see in the tree, in words: a refused
+    /// fork and why, a thread cut by the KV cache or the model's context, a
+    /// failed join. The same text is in the response's
+    /// `stats.refused_forks`.
+    Note {
+        request: RequestId,
+        thread: usize,
+        depth: u32,
+        text: String,
+    },
     /// The request ended; every block it held is back in the pool.
     Finished {
         request: RequestId,
@@ -157,6 +167,7 @@ impl Event {
             | Event::Forked { request, .. }
             | Event::Joined { request, .. }
             | Event::ThreadFinished { request, .. }
+            | Event::Note { request, .. }
             | Event::Finished { request, .. } => *request,
         }
     }

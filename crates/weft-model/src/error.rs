@@ -26,11 +26,12 @@ pub enum ModelError {
     ChatTemplate(String),
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("{path}: {source}")]
+    /// The cause is in the message (not also a `source`, which `{:#}`
+    /// printing would repeat).
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -59,7 +60,7 @@ impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

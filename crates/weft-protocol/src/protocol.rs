@@ -469,3 +469,35 @@ pub(crate) fn concat_children(
     out.push_str(append);
     out
 }
+
+impl std::fmt::Display for RefuseReason {
+    /// The reason in words, for people (the live tree, summaries, traces).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefuseReason::Malformed(e) => write!(f, "refused fork: {e}"),
+            RefuseReason::DepthLimit { depth, max } => write!(
+                f,
+                "refused fork: the thread is at depth {depth}, and only threads below depth {max} may fork"
+            ),
+            RefuseReason::RoundLimit { rounds, max } => write!(
+                f,
+                "refused fork: the request already forked {rounds} times (at most {max})"
+            ),
+            RefuseReason::TooManyChildren { got, max } => {
+                write!(f, "refused fork: {got} children (at most {max})")
+            }
+            RefuseReason::TokenBudget {
+                position,
+                max_new_tokens,
+                margin,
+            } => write!(
+                f,
+                "refused fork: {position} of the request's {max_new_tokens} new tokens are used, \
+                 and forks need {margin} left"
+            ),
+            RefuseReason::HallucinatedJoin => f.write_str(
+                "refused: the thread wrote the join marker itself, inventing its children's results",
+            ),
+        }
+    }
+}

@@ -219,6 +219,9 @@ pub fn tree_json(e: &Event) -> Option<Value> {
             generated_tokens,
             ..
         } => json!({"type": "done", "thread": thread, "generated_tokens": generated_tokens}),
+        Event::Note { thread, text, .. } => {
+            json!({"type": "note", "thread": thread, "text": text})
+        }
         Event::Finished {
             reason, response, ..
         } => json!({"type": "finished", "reason": reason.as_str(), "stats": response.stats}),

@@ -302,6 +302,26 @@ pub fn train(
         None
     };
     std::fs::create_dir_all(&layout.train_dir).map_err(|e| TrainError::io(&layout.train_dir, e))?;
+    // One run at a time per output: a second `weft train` into the same
+    // folder would interleave checkpoints, logs and exports. The lock is
+    // the OS's (released when this process ends, however it ends).
+    let lock_path = layout.train_dir.join("lock");
+    let _lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| TrainError::io(&lock_path, e))?;
+    match _lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(TrainError::Checkpoint {
+                path: layout.train_dir.clone(),
+                reason: "another `weft train` is using this folder (its lock is held); wait for it, or train into another --out".into(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(TrainError::io(&lock_path, e)),
+    }
 
     let tok_bytes = std::fs::metadata(&data.tokenizer)
         .map(|m| m.len())

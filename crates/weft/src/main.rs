@@ -36,8 +36,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Warnings read like the rest of the output: no clock, no module path,
+    // and no colour codes unless stderr is a terminal.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .with_target(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

@@ -253,6 +253,23 @@ fn solve_says_what_the_model_knows() {
     }
     let o = weft().args(["solve", "nonsense"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "a usage error");
+    // A refused fork shows in the live tree where it happened and in the
+    // summary, in words. (The shipped model, greedy, forks to a node it
+    // never wrote on this out-of-task problem.)
+    let o = weft()
+        .args(["solve", "9 3 4 7 -> 24", "--no-baseline"])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(
+        err.contains("[0] ── refused fork: fork names node #"),
+        "{err}"
+    );
+    assert!(out.contains("refused fork: fork names node #"), "{out}");
+    assert!(
+        !out.contains("Malformed(") && !err.contains("Malformed("),
+        "no debug dump"
+    );
 }
 
 #[test]
@@ -302,4 +319,66 @@ fn eval_warns_about_an_unfinished_run() {
         .arg(&problems)
         .args(["--budgets", "32", "--threads", "1"]));
     assert!(!err.contains("unfinished"), "{err}");
+}
+
+#[test]
+fn two_trainings_into_one_folder_are_refused() {
+    let dir = tmp("lock");
+    let data = dir.join("data");
+    ok(weft()
+        .args([
+            "data",
+            "countdown",
+            "--kind",
+            "apr",
+            "--n",
+            "20",
+            "--val",
+            "4",
+        ])
+        .args(["--count", "3", "--num-max", "12", "--out"])
+        .arg(&data));
+    let cfg = dir.join("m.json");
+    std::fs::write(
+        &cfg,
+        r#"{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 512}"#,
+    )
+    .unwrap();
+    let out = dir.join("model");
+    // Another run holds the folder's lock (as a running `weft train` does).
+    std::fs::create_dir_all(dir.join("model.train")).unwrap();
+    let lock = std::fs::File::create(dir.join("model.train/lock")).unwrap();
+    lock.lock().unwrap();
+    let train = |out: &Path| {
+        weft()
+            .args([
+                "train",
+                "--quiet",
+                "--steps",
+                "2",
+                "--batch-rows",
+                "1",
+                "--seq-len",
+                "64",
+            ])
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let o = train(&out);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).1.contains("another `weft train` is using"),
+        "{}",
+        text(&o).1
+    );
+    assert!(!out.join("model.safetensors").exists(), "nothing written");
+    lock.unlock().unwrap();
+    let o = train(&out);
+    assert!(o.status.success(), "{}", text(&o).1);
 }

@@ -352,10 +352,7 @@ impl Engine<'_> {
         let join = match protocol.join(&self.threads[id].context, &fork, &results, ctx) {
             Ok(j) => j,
             Err(e) => {
-                self.requests[r]
-                    .stats
-                    .refused_forks
-                    .push(format!("join failed: {e}"));
+                self.note(id, format!("join failed: {e}"));
                 self.release_children(kids)?;
                 self.threads[id].status = Status::Runnable;
                 return self.finish(id, ChildEnd::Stop);

@@ -199,9 +199,10 @@ pub fn run(args: DataArgs) -> anyhow::Result<ExitCode> {
                 .save(&out)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!(
-                "wrote {} ({} tokens, numbers: {numbers:?})",
+                "wrote {} ({} tokens, numbers: {})",
                 out.display(),
-                tokenizer.vocab_size()
+                tokenizer.vocab_size(),
+                serde_json::to_value(numbers)?.as_str().unwrap_or("?")
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -316,7 +317,10 @@ fn countdown(args: CountdownDataArgs) -> anyhow::Result<ExitCode> {
         total as f64 / elapsed.as_secs_f64()
     );
     for (name, summary) in &summaries {
-        println!("--- {name} ({kind:?}) ---");
+        println!(
+            "--- {name} ({}) ---",
+            serde_json::to_value(kind)?.as_str().unwrap_or("?")
+        );
         print!("{summary}");
     }
     let record = serde_json::json!({

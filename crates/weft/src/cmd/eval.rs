@@ -26,6 +26,7 @@ enum EvalCommand {
         /// Reports written by `weft eval countdown --json`.
         #[arg(required = true)]
         reports: Vec<PathBuf>,
+        /// The SVG to write (its folder is created if missing).
         #[arg(long)]
         out: PathBuf,
     },
@@ -53,12 +54,14 @@ struct CountdownEval {
     /// in the report, per budget.
     #[arg(long, default_value_t = 0, value_name = "N")]
     samples: usize,
-    /// Context budgets to evaluate at: most tokens each thread may generate.
-    #[arg(long, value_delimiter = ',', default_value = "2048")]
-    budgets: Vec<usize>,
+    /// Context budgets to evaluate at, comma-separated (e.g. 256,512,1024):
+    /// most tokens each thread may generate.
+    #[arg(long, value_delimiter = ',', default_value = "2048",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    budgets: Vec<u64>,
     /// Only the first N problems.
-    #[arg(long)]
-    limit: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
     /// Problems run at once (1 gives each problem the machine to itself,
     /// so latency is that problem's alone).
     #[arg(long, default_value_t = 1)]
@@ -155,6 +158,10 @@ pub struct Report {
     /// Problems outside the task's distribution.
     #[serde(default)]
     pub outside_task: usize,
+    /// Set when the model is from an unfinished training run
+    /// (`weft_train.json`): "step 109 of 300 (interrupted)".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfinished: Option<String>,
     pub budgets: Vec<BudgetReport>,
 }
 
@@ -220,19 +227,19 @@ pub fn summarize(budget: usize, outcomes: &[Outcome], wall_s: f64, samples: usiz
 fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
     let mut problems = read_problems(&a.problems)?;
     if let Some(n) = a.limit {
-        problems.truncate(n);
+        problems.truncate(n as usize);
     }
     anyhow::ensure!(!a.budgets.is_empty(), "--budgets needs at least one value");
     let mut solver = Solver::load_with(&a.model, a.threads)?;
     let record = weft_train::TrainRecord::load(&a.model)?;
     if let Some(r) = record.as_ref().filter(|r| !r.finished) {
         eprintln!(
-            "warning: {} is from an unfinished run: step {} of {} ({:?} in {}); \
+            "warning: {} is from an unfinished run: step {} of {} (status {} in {}); \
              rerun the same `weft train` command to finish it",
             a.model.display(),
             r.step,
             r.steps,
-            r.status,
+            serde_json::to_value(r.status)?,
             weft_train::RECORD_FILE
         );
     }
@@ -306,6 +313,17 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         task: solver.task.clone(),
         rules: solver.rules,
         outside_task: outside,
+        unfinished: record.as_ref().filter(|r| !r.finished).map(|r| {
+            format!(
+                "step {} of {} ({})",
+                r.step,
+                r.steps,
+                serde_json::to_value(r.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            )
+        }),
         budgets: Vec::new(),
     };
     println!(
@@ -321,7 +339,14 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         "arith",
         "states"
     );
-    for &budget in &a.budgets {
+    let max_context = solver.model.config.max_context;
+    if let Some(b) = a.budgets.iter().find(|&&b| b as usize >= max_context) {
+        eprintln!(
+            "warning: budget {b} is not below the model's context ({max_context} tokens): \
+             threads stop at the context first"
+        );
+    }
+    for budget in a.budgets.iter().map(|&b| b as usize) {
         let bar = ProgressBar::with_draw_target(
             Some(problems.len() as u64),
             ProgressDrawTarget::stderr(),
@@ -409,6 +434,13 @@ fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
 /// labelled with its budget. The latency line joins the points in order of
 /// latency, so it never doubles back.
 pub fn plot(reports: &[Report], out: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    plot_svg(reports, out).with_context(|| format!("writing {}", out.display()))
+}
+
+fn plot_svg(reports: &[Report], out: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
     let root = SVGBackend::new(out, (1100, 460)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -478,7 +510,10 @@ pub fn plot(reports: &[Report], out: &Path) -> anyhow::Result<()> {
             let line: Vec<(f64, f64)> = pts.iter().map(|&(x, y, _)| (x, y)).collect();
             chart
                 .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?
-                .label(format!("{} ({})", r.label, r.protocol))
+                .label(match &r.unfinished {
+                    Some(u) => format!("{} ({}; unfinished: {u})", r.label, r.protocol),
+                    None => format!("{} ({})", r.label, r.protocol),
+                })
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
             chart.draw_series(line.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
             if latency {

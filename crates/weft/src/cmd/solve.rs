@@ -25,6 +25,10 @@ pub struct SolveArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Exit status: 0 the answer is verified, 1 it is not (or the model \
+could not run: an error says so), 2 bad usage."
+)]
 pub struct DemoArgs {
     /// Which of the 500 held-out problems to show (0-based; default: one at
     /// random).
@@ -85,20 +89,39 @@ pub fn solve(args: SolveArgs) -> anyhow::Result<ExitCode> {
 
 pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let problems = heldout()?;
-    let k = args.pick.unwrap_or_else(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let h = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        h as usize
-    }) % problems.len();
+    let k = match args.pick {
+        Some(k) if k >= problems.len() => {
+            eprintln!(
+                "error: --pick {k}: there are {} held-out problems (0..={})",
+                problems.len(),
+                problems.len() - 1
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Some(k) => k,
+        None => {
+            use std::hash::{BuildHasher, Hasher};
+            let h = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            h as usize % problems.len()
+        }
+    };
     let problem = &problems[k];
-    eprintln!(
-        "weft demo: Countdown {problem}: reach the target with + - * / (each number once)\n\
-         held-out problem {k} of {} (numbers never seen in training; `--pick {k}` shows it again). \
-         The APR model solves 73.4% of them (models/MODEL.md).",
-        problems.len()
-    );
+    if args.opts.model.is_none() {
+        eprintln!(
+            "weft demo: Countdown {problem}: reach the target with + - * / (each number once)\n\
+             held-out problem {k} of {} (numbers never seen in training; `--pick {k}` shows it again). \
+             The shipped APR model solves 73.4% of them (models/MODEL.md).",
+            problems.len()
+        );
+    } else {
+        eprintln!(
+            "weft demo: Countdown {problem}: reach the target with + - * / (each number once)\n\
+             held-out problem {k} of {} of the shipped models' evaluation set (`--pick {k}` shows it again).",
+            problems.len()
+        );
+    }
     run(problem, &args.opts)
 }
 
@@ -114,6 +137,33 @@ fn describe(o: &Outcome) -> String {
             .unwrap_or_default();
         format!("no verified answer: {why}")
     }
+}
+
+/// Refuses a model trained on the other kind of traces than `mode` runs
+/// (task.json `kind`), and warns about a model from an unfinished run, as
+/// `weft eval` does.
+fn check_model(s: &Solver, dir: &std::path::Path, mode: Mode, flag: &str) -> anyhow::Result<()> {
+    if let Some(kind) = s.task.as_ref().and_then(|t| t.kind) {
+        anyhow::ensure!(
+            Mode::of_kind(kind) == mode,
+            "{flag} {}: that model was trained on {} traces (task.json), but {flag} runs as {}",
+            dir.display(),
+            serde_json::to_value(kind)?.as_str().unwrap_or("?"),
+            match mode {
+                Mode::Apr => "APR (forking)",
+                Mode::Sequential => "the sequential SoS+ baseline",
+            }
+        );
+    }
+    if let Some(r) = weft_train::TrainRecord::load(dir)?.filter(|r| !r.finished) {
+        eprintln!(
+            "warning: {} is from an unfinished run (step {} of {})",
+            dir.display(),
+            r.step,
+            r.steps
+        );
+    }
+    Ok(())
 }
 
 /// Exit status of `solve` and `demo`: 0 the model's answer is verified, 1 it
@@ -158,12 +208,21 @@ fn run(problem: &Problem, opts: &SolveOpts) -> anyhow::Result<ExitCode> {
         .model
         .clone()
         .unwrap_or_else(|| models_dir().join("countdown-apr"));
-    anyhow::ensure!(
-        dir.join("config.json").exists(),
-        "no model at {} (pass --model DIR, or run from the repository root)",
-        dir.display()
-    );
+    if opts.model.is_some() {
+        anyhow::ensure!(
+            dir.join("config.json").exists(),
+            "{} is not a model folder (it has no config.json)",
+            dir.display()
+        );
+    } else {
+        anyhow::ensure!(
+            dir.join("config.json").exists(),
+            "no model at {} (pass --model DIR, or run from the repository root)",
+            dir.display()
+        );
+    }
     let apr = Solver::load(&dir)?;
+    check_model(&apr, &dir, Mode::Apr, "--model")?;
     state_task(problem, &apr, &dir);
     let mut printer = TreePrinter::default();
     let quiet = opts.quiet;
@@ -200,6 +259,7 @@ fn run(problem: &Problem, opts: &SolveOpts) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| models_dir().join("countdown-sosp"));
     if !opts.no_baseline && baseline.join("config.json").exists() {
         let seq = Solver::load(&baseline)?;
+        check_model(&seq, &baseline, Mode::Sequential, "--baseline")?;
         let s = seq
             .solve(
                 std::slice::from_ref(problem),

@@ -87,6 +87,19 @@ impl TreePrinter {
                 }
             }
             Event::Forked { .. } => {}
+            Event::Note {
+                request,
+                thread,
+                depth,
+                text,
+            } => {
+                if let Some(rest) = self.partial.remove(&(*request, *thread)) {
+                    if !rest.is_empty() {
+                        Self::line(*depth, *thread, &rest);
+                    }
+                }
+                Self::line(*depth, *thread, &format!("── {text}"));
+            }
             Event::Finished {
                 request, reason, ..
             } => {
