@@ -61,12 +61,21 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::BadConfig(m));
-        if self.steps == 0 || self.batch_rows == 0 || self.seq_len < 2 {
-            return bad("steps and batch_rows must be positive and seq_len at least 2".into());
+        if self.steps == 0 {
+            return bad("--steps must be at least 1".into());
+        }
+        if self.batch_rows == 0 {
+            return bad("--batch-rows must be at least 1".into());
+        }
+        if self.seq_len < 2 {
+            return bad(format!(
+                "--seq-len must be at least 2, not {}",
+                self.seq_len
+            ));
         }
         if !(self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
             return bad(format!(
-                "need 0 <= min_lr <= lr and lr > 0 (lr {}, min_lr {})",
+                "need 0 <= --min-lr <= --lr and --lr > 0 (--lr {}, --min-lr {})",
                 self.lr, self.min_lr
             ));
         }
@@ -74,7 +83,7 @@ impl TrainConfig {
             return bad("betas must be in [0, 1)".into());
         }
         if self.checkpoint_every == 0 {
-            return bad("checkpoint_every must be positive".into());
+            return bad("--checkpoint-every must be at least 1".into());
         }
         Ok(())
     }

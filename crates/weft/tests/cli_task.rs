@@ -382,3 +382,162 @@ fn two_trainings_into_one_folder_are_refused() {
     let o = train(&out);
     assert!(o.status.success(), "{}", text(&o).1);
 }
+
+#[test]
+fn newcomer_mistakes_are_named() {
+    let dir = tmp("mistakes");
+    let data = dir.join("data");
+    ok(weft()
+        .args([
+            "data",
+            "countdown",
+            "--kind",
+            "apr",
+            "--n",
+            "10",
+            "--val",
+            "4",
+        ])
+        .args(["--count", "3", "--num-max", "12", "--out"])
+        .arg(&data));
+    let cfg = dir.join("m.json");
+    std::fs::write(
+        &cfg,
+        r#"{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 512}"#,
+    )
+    .unwrap();
+    // Training into the data folder is refused; a warm-up longer than the
+    // run is said.
+    let o = weft()
+        .args([
+            "train",
+            "--quiet",
+            "--steps",
+            "2",
+            "--batch-rows",
+            "1",
+            "--seq-len",
+            "64",
+        ])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    assert!(err.contains("is the data folder"), "{err}");
+    assert!(err.contains("--warmup 50 is not below --steps 2"), "{err}");
+    assert!(!data.join("model.safetensors").exists());
+    // Budgets and --limit of 0, and --pick past the end, are usage errors.
+    for args in [
+        &[
+            "eval",
+            "countdown",
+            "--model",
+            "models/countdown-apr",
+            "--problems",
+            "models/heldout.jsonl",
+            "--budgets",
+            "0",
+        ][..],
+        &[
+            "eval",
+            "countdown",
+            "--model",
+            "models/countdown-apr",
+            "--problems",
+            "models/heldout.jsonl",
+            "--limit",
+            "0",
+        ][..],
+        &["demo", "--pick", "500"][..],
+    ] {
+        let o = weft().args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o).1);
+    }
+    // A problem the model does not solve: solve says whether an answer
+    // exists.
+    let o = weft()
+        .args(["solve", "9 3 4 7 -> 24", "--quiet", "--no-baseline"])
+        .output()
+        .unwrap();
+    if o.status.code() == Some(1) {
+        let out = text(&o).0;
+        assert!(out.contains("exact:    9*3=27"), "{out}");
+    }
+    // A model trained on the other traces is refused as --model.
+    let o = weft()
+        .args([
+            "solve",
+            "9 3 4 -> 24",
+            "--quiet",
+            "--no-baseline",
+            "--model",
+            "models/countdown-sosp",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).1.contains("trained on sosp traces"),
+        "{}",
+        text(&o).1
+    );
+}
+
+/// Every option of every command says what it does in `--help`.
+#[test]
+fn every_option_is_described() {
+    let commands: &[&[&str]] = &[
+        &["run"],
+        &["serve"],
+        &["bench", "decode"],
+        &["bench", "threads"],
+        &["bench", "train"],
+        &["bench", "serve"],
+        &["countdown", "solve"],
+        &["countdown", "trace"],
+        &["data", "countdown"],
+        &["data", "tokenizer"],
+        &["eval", "countdown"],
+        &["eval", "plot"],
+        &["solve"],
+        &["demo"],
+        &["train"],
+    ];
+    let mut bare = Vec::new();
+    for c in commands {
+        let (out, _) = ok(weft().args(*c).arg("--help"));
+        let lines: Vec<&str> = out.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            // Options are indented 2-6 spaces, their descriptions deeper (an
+            // after-help paragraph starts at 0).
+            let indent = l.len() - t.len();
+            if !t.starts_with('-')
+                || !(2..=6).contains(&indent)
+                || t.contains("--help")
+                || t.contains("--version")
+            {
+                continue;
+            }
+            // `--name <VALUE>` alone on its line, and nothing under it.
+            let described_inline = t.split("  ").filter(|s| !s.is_empty()).count() > 1;
+            let next = lines.get(i + 1).copied().unwrap_or("");
+            let next_indent = next.len() - next.trim_start().len();
+            let described_below = !next.trim().is_empty() && next_indent > 6;
+            if !described_inline && !described_below {
+                bare.push(format!("weft {}: {t}", c.join(" ")));
+            }
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "options without a description:\n{}",
+        bare.join("\n")
+    );
+}

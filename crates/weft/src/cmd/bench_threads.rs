@@ -33,6 +33,7 @@ pub struct ThreadsArgs {
     /// `shared/tools/llama-cpp-anchor.sh` builds, when present).
     #[arg(long)]
     pub llama_batched_bench: Option<PathBuf>,
+    /// Time weft only (no llama-batched-bench run, no ratios).
     #[arg(long)]
     pub no_reference: bool,
     /// Repetitions of each measurement, weft and llama.cpp alike,
@@ -45,6 +46,7 @@ pub struct ThreadsArgs {
     /// Tokens per child in the join-cost comparison.
     #[arg(long, default_value_t = 256)]
     pub join_child_tokens: usize,
+    /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }

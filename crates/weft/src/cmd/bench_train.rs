@@ -12,8 +12,10 @@ pub struct TrainBenchArgs {
     /// models' shape (d=128, 4 layers, 4 heads, FFN 384, vocab 1120).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Packed rows per step (the batch).
     #[arg(long, default_value_t = 4)]
     rows: usize,
+    /// Tokens per row.
     #[arg(long, default_value_t = 1024)]
     seq_len: usize,
     /// Timed steps (after 2 untimed ones).
@@ -27,6 +29,7 @@ pub struct TrainBenchArgs {
     /// `python3 -m venv ~/.cache/weft/torch-venv && ~/.cache/weft/torch-venv/bin/pip install torch`.
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Time weft only (no PyTorch run, no ratio).
     #[arg(long)]
     no_reference: bool,
 }

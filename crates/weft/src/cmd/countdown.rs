@@ -47,11 +47,14 @@ enum CountdownCommand {
     Trace {
         /// The problem, e.g. "17 62 25 7 -> 63".
         problem: String,
+        /// Which trace: `apr` (parent calls and children) or `sosp` (the
+        /// sequential SoS+ baseline).
         #[arg(long, default_value = "apr", value_parser = ["apr", "sosp"])]
         kind: String,
         /// Seed of the Python-compatible random stream (the reference's `random.seed`).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Nodes kept per search level (the beam width).
         #[arg(long, default_value_t = 3)]
         beam: usize,
         /// APR: beam of each child search (default: the beam).
@@ -60,7 +63,12 @@ enum CountdownCommand {
         /// Chance of forking (APR, default 0.9) or of an inline sub search (SoS+, default 0.5).
         #[arg(long)]
         promising: Option<f64>,
-        #[arg(long, default_value = "mult")]
+        /// How the search ranks nodes: `mult` (distance to the target's
+        /// factors, as APR's data) or `sum` (mean distance to the target).
+        #[arg(long, default_value = "mult",
+              value_parser = clap::builder::TypedValueParser::map(
+                  clap::builder::PossibleValuesParser::new(["mult", "sum"]),
+                  |s| s.parse::<Heuristic>().expect("a listed value")))]
         heuristic: Heuristic,
         #[command(flatten)]
         rules: RulesArgs,

@@ -219,13 +219,13 @@ pub fn parse_problem(s: &str) -> anyhow::Result<Problem> {
         .filter(|x| !x.is_empty())
         .map(|x| {
             x.parse::<u64>()
-                .with_context(|| format!("{x:?} is not a number"))
+                .with_context(|| format!("{x:?} is not a whole number (0 or more)"))
         })
         .collect::<anyhow::Result<_>>()?;
     let target: u64 = rhs
         .trim()
         .parse()
-        .with_context(|| format!("target {:?} is not a number", rhs.trim()))?;
+        .with_context(|| format!("target {:?} is not a whole number (0 or more)", rhs.trim()))?;
     anyhow::ensure!(
         (2..=6).contains(&nums.len()),
         "a problem has 2 to 6 numbers, not {}",

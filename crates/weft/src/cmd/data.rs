@@ -28,6 +28,7 @@ enum DataCommand {
     Countdown(Box<CountdownDataArgs>),
     /// Write the trace tokenizer as a Hugging Face tokenizer.json.
     Tokenizer {
+        /// The tokenizer.json to write.
         #[arg(long)]
         out: PathBuf,
         /// `whole`: numbers 0-999 are one token each; `digits`: one token per digit.
@@ -63,7 +64,8 @@ struct CountdownDataArgs {
     /// Validation problems (deduplicated against training) [default: 1000].
     #[arg(long)]
     val: Option<usize>,
-    /// [default: 0]
+    /// Seed of the problem draws and traces (the same seed gives the same
+    /// folder) [default: 0].
     #[arg(long)]
     seed: Option<u64>,
     /// Numbers per problem, 2-6 [default: 4].
@@ -75,10 +77,10 @@ struct CountdownDataArgs {
     /// Largest number [default: 99].
     #[arg(long)]
     num_max: Option<u64>,
-    /// [default: 10]
+    /// Smallest target [default: 10].
     #[arg(long)]
     target_min: Option<u64>,
-    /// [default: 100]
+    /// Largest target [default: 100].
     #[arg(long)]
     target_max: Option<u64>,
     /// Forbid steps whose result exceeds this [default: no cap, as APR].

@@ -326,8 +326,10 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         }),
         budgets: Vec::new(),
     };
+    // The label column fits the label.
+    let w = label.chars().count().max(10);
     println!(
-        "{:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}",
+        "{:<w$} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}",
         "model",
         "budget",
         "acc",
@@ -375,7 +377,7 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
             a.samples,
         );
         println!(
-            "{:<10} {:>6} {:>6.1}% {:>9.0} {:>9.0} {:>7.0}ms {:>7.0}ms {:>8.1} {:>6.1}% {:>6.1}%",
+            "{:<w$} {:>6} {:>6.1}% {:>9.0} {:>9.0} {:>7.0}ms {:>7.0}ms {:>8.1} {:>6.1}% {:>6.1}%",
             label,
             budget,
             100.0 * r.accuracy,

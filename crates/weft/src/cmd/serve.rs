@@ -27,6 +27,7 @@ pub struct ServeArgs {
     /// Address to listen on (127.0.0.1: this machine only).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Port to listen on (0: any free port; the address is printed).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
     /// The model name `/v1/models` lists and requests must use (default:

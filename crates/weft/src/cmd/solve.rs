@@ -242,6 +242,21 @@ fn run(problem: &Problem, opts: &SolveOpts) -> anyhow::Result<ExitCode> {
         .remove(0);
     println!("problem:  {problem}");
     println!("answer:   {}", describe(&outcome));
+    if !outcome.correct {
+        // Is there an answer to find? The exact solver, under the same rules.
+        let exact = weft_tasks::Solver::new(apr.rules).solve_one(problem);
+        println!(
+            "exact:    {}",
+            match exact {
+                Some(steps) => steps
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None => "no solution exists under the model's rules".into(),
+            }
+        );
+    }
     let threads = outcome.children + 1;
     println!(
         "APR:      {:.0} ms, {threads} thread{}, {} tokens ({} on the critical path)",

@@ -59,13 +59,17 @@ pub struct TrainArgs {
     /// Final learning rate of the cosine.
     #[arg(long, default_value_t = 3e-4)]
     min_lr: f64,
+    /// Steps of linear warm-up from 0 to --lr (then the cosine to
+    /// --min-lr). Should be well below --steps.
     #[arg(long, default_value_t = 50)]
     warmup: usize,
+    /// AdamW's decoupled weight decay (matrices only; norms are not decayed).
     #[arg(long, default_value_t = 0.1)]
     weight_decay: f64,
     /// Global gradient-norm clip (0 disables).
     #[arg(long, default_value_t = 1.0)]
     clip: f64,
+    /// Seed of the initial weights and the order of the data.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Validation loss every this many steps (0: at the end only). May
@@ -138,6 +142,13 @@ keeping the last checkpoint. Rerun the same command to resume.";
 const INTERRUPTED: u8 = 130;
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    if args.warmup >= args.steps {
+        eprintln!(
+            "warning: --warmup {} is not below --steps {}: the learning rate never reaches --lr \
+             and never decays",
+            args.warmup, args.steps
+        );
+    }
     if let Some(t) = args.threads {
         use_threads(t)?;
     }
@@ -157,6 +168,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         checkpoint_every: args.checkpoint_every,
         ..TrainConfig::default()
     };
+    if let (Ok(out), Ok(data)) = (args.out.canonicalize(), args.data.canonicalize()) {
+        anyhow::ensure!(
+            out != data,
+            "--out {} is the data folder: the model would be mixed into the data; give another --out",
+            args.out.display()
+        );
+    }
     let data = DataPaths::from_dir(&args.data);
     for p in [&data.train, &data.tokenizer] {
         anyhow::ensure!(p.exists(), "{} does not exist", p.display());
