@@ -48,6 +48,10 @@ pub struct Engine<'m> {
     next_seq: u64,
     /// Events not yet returned by `step` (an abort's `Finished`, too).
     events: Vec<Event>,
+    /// Threads preempted while this step's batch is being applied (a
+    /// join that made room): their logits were computed over the KV just
+    /// dropped, so they are not applied; the thread recomputes.
+    preempted_in_step: Vec<usize>,
 }
 
 /// A new thread: where it hangs in the tree and what it starts from.
@@ -88,6 +92,7 @@ impl<'m> Engine<'m> {
             next_id: 0,
             next_seq: 0,
             events: Vec::new(),
+            preempted_in_step: Vec::new(),
         })
     }
 
@@ -259,16 +264,20 @@ impl<'m> Engine<'m> {
         if !batch.is_empty() {
             return self.forward_batch(&batch);
         }
-        // The next step of no thread fits, even with every other thread's KV
-        // dropped: end the oldest runnable thread at its current length (a
-        // per-thread outcome, not a failed run).
-        let oldest = self
+        // The next step of no thread fits, even with every newer thread's
+        // own KV dropped (a merged thread's segments stay). First come,
+        // first served across requests, as the scheduler preempts: in the
+        // newest request with a runnable thread, end its oldest runnable
+        // thread at its current length (a per-thread outcome, not a failed
+        // run), which frees its KV, and its request's once that ends, for
+        // the older requests.
+        let victim = self
             .threads
             .iter()
             .filter(|(_, t)| t.status == Status::Runnable)
-            .min_by_key(|(_, t)| t.seq)
+            .max_by_key(|(_, t)| (self.requests[t.request].id, std::cmp::Reverse(t.seq)))
             .map(|(id, _)| id);
-        if let Some(id) = oldest {
+        if let Some(id) = victim {
             let t = &self.threads[id];
             let msg = format!(
                 "thread {} stopped at {} tokens: the KV cache ({} blocks of {} tokens) cannot hold more",

@@ -147,15 +147,28 @@ impl Engine<'_> {
         if append_tokens.is_empty() {
             return Ok(None);
         }
-        // Room for every child's closing tokens, or no merge at all.
+        // Room for every child's closing tokens: newer threads are
+        // preempted for it, as the scheduler preempts for a step (a
+        // re-prefill here would change the layout, and so the text, with
+        // the memory pressure); only when nothing newer holds a block the
+        // join falls back.
         for tail in &tails {
-            let kid = &mut self.threads[tail.thread];
-            match kid.table.grow(&mut self.pool, tail.rest.len()) {
-                Ok(Some(op)) => self.kv.copy_block(op.src, op.dst, op.n_slots),
-                Ok(None) => {}
-                Err(KvError::OutOfBlocks { .. }) => return Ok(None),
-                Err(e) => return Err(e.into()),
+            loop {
+                let kid = &mut self.threads[tail.thread];
+                match kid.table.grow(&mut self.pool, tail.rest.len()) {
+                    Ok(Some(op)) => self.kv.copy_block(op.src, op.dst, op.n_slots),
+                    Ok(None) => {}
+                    Err(KvError::OutOfBlocks { .. }) => {
+                        if self.preempt_newer_than(id)? {
+                            continue;
+                        }
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                break;
             }
+            let kid = &mut self.threads[tail.thread];
             let n = kid.n_cached;
             kid.tokens.truncate(n);
             kid.tokens.extend(&tail.rest);

@@ -90,6 +90,34 @@ impl Engine<'_> {
         Ok(batch)
     }
 
+    /// Preempts the newest runnable thread that is newer than thread `id`
+    /// and holds a block nobody else holds (the scheduler's victim rule);
+    /// `false` when there is none.
+    pub(super) fn preempt_newer_than(&mut self, id: usize) -> Result<bool, EngineError> {
+        let seq = self.threads[id].seq;
+        let pool = &self.pool;
+        let victim = self
+            .threads
+            .iter()
+            .filter(|(_, t)| {
+                t.status == Status::Runnable
+                    && t.seq > seq
+                    && t.table
+                        .blocks()
+                        .iter()
+                        .any(|&b| pool.ref_count(b) == Some(1))
+            })
+            .max_by_key(|(_, t)| t.seq)
+            .map(|(v, _)| v);
+        match victim {
+            Some(v) => {
+                self.preempt(v)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Drops a thread's own KV (it is recomputed when the thread runs
     /// again); a merged thread keeps its segments.
     pub(super) fn preempt(&mut self, id: usize) -> Result<(), EngineError> {
@@ -98,6 +126,7 @@ impl Engine<'_> {
         t.table.free(&mut self.pool)?;
         t.n_cached = 0;
         self.requests[t.request].stats.preemptions += 1;
+        self.preempted_in_step.push(id);
         Ok(())
     }
 
@@ -132,10 +161,14 @@ impl Engine<'_> {
             let s = &mut self.requests[r].stats;
             s.max_batch_threads = s.max_batch_threads.max(n);
         }
+        self.preempted_in_step.clear();
         for (&(id, chunk), logits) in batch.iter().zip(logits) {
             // A thread of a request that ended earlier in this step (its
-            // root finished, a token limit) has no KV any more.
-            if self.requests[self.threads[id].request].done.is_some() {
+            // root finished, a token limit) has no KV any more; nor has one
+            // preempted by a join earlier in this step (it recomputes).
+            if self.requests[self.threads[id].request].done.is_some()
+                || self.preempted_in_step.contains(&id)
+            {
                 continue;
             }
             let t = &mut self.threads[id];
