@@ -200,6 +200,34 @@ fn spm_merges(tokens: &[String], scores: &[f32], types: &[i32]) -> Vec<String> {
     merges.into_iter().map(|m| m.3).collect()
 }
 
+/// A Hugging Face folder's chat template, where `transformers` looks for
+/// it: `chat_template` in `tokenizer_config.json` (a string, or a list of
+/// `{name, template}` of which `default` is used, else the first), then the
+/// `chat_template.jinja` file transformers 4.43+ saves beside it, then a
+/// `chat_template.json` (`{"chat_template": ...}`).
+fn hf_chat_template(dir: &Path, cfg: &Value) -> Option<String> {
+    match &cfg["chat_template"] {
+        Value::String(t) => return Some(t.clone()),
+        Value::Array(named) => {
+            let pick = named
+                .iter()
+                .find(|t| t["name"] == "default")
+                .or_else(|| named.first());
+            if let Some(t) = pick.and_then(|t| t["template"].as_str()) {
+                return Some(t.to_string());
+            }
+        }
+        _ => {}
+    }
+    if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
+        return Some(t);
+    }
+    std::fs::read_to_string(dir.join("chat_template.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["chat_template"].as_str().map(String::from))
+}
+
 /// The special tokens a `tokenizer.json` post-processor puts before and
 /// after a single sequence, as `tokenizers` applies it when
 /// `add_special_tokens` is set. `None` when there is no post-processor that
@@ -455,7 +483,7 @@ impl Tokenizer {
             add_bos: !special_prefix.is_empty(),
             special_prefix,
             special_suffix,
-            chat_template: cfg["chat_template"].as_str().map(String::from),
+            chat_template: hf_chat_template(dir, &cfg),
             literal: Default::default(),
             inner,
             bos,

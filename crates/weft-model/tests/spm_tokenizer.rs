@@ -139,3 +139,64 @@ fn bos_policy_of_hf_folders() {
         std::fs::remove_dir_all(&dir).ok();
     }
 }
+
+/// The chat template is found where transformers looks: a string or a list
+/// of named templates in tokenizer_config.json, else chat_template.jinja
+/// (transformers 4.43+ saves it there), else chat_template.json.
+#[test]
+fn chat_template_is_found_where_transformers_saves_it() {
+    let tj = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "hi": 1}, "unk_token": "<unk>"}
+    });
+    let cases: [(serde_json::Value, Option<(&str, &str)>, &str); 4] = [
+        (
+            serde_json::json!({"chat_template": "A{{ messages[0]['content'] }}"}),
+            None,
+            "Ahi",
+        ),
+        (
+            serde_json::json!({"chat_template": [
+                {"name": "tool_use", "template": "T"},
+                {"name": "default", "template": "D{{ messages[0]['content'] }}"}]}),
+            None,
+            "Dhi",
+        ),
+        (
+            serde_json::json!({}),
+            Some(("chat_template.jinja", "J{{ messages[0]['content'] }}")),
+            "Jhi",
+        ),
+        (
+            serde_json::json!({}),
+            Some((
+                "chat_template.json",
+                r#"{"chat_template": "P{{ messages[0]['content'] }}"}"#,
+            )),
+            "Phi",
+        ),
+    ];
+    for (i, (cfg, file, want)) in cases.into_iter().enumerate() {
+        let dir = std::env::temp_dir().join(format!("weft-chat-file-{}-{i}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), tj.to_string()).unwrap();
+        std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+        if let Some((name, text)) = file {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let tok = Tokenizer::load(&dir).unwrap();
+        let msgs = [weft_model::chat::Message::new("user", "hi")];
+        let got = tok
+            .render_chat_with(
+                &msgs,
+                weft_model::chat::ChatOptions {
+                    add_generation_prompt: false,
+                    continue_final_message: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(got, want, "case {i}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
