@@ -150,7 +150,13 @@ fn chat_template_is_found_where_transformers_saves_it() {
         "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
         "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "hi": 1}, "unk_token": "<unk>"}
     });
-    let cases: [(serde_json::Value, Option<(&str, &str)>, &str); 4] = [
+    /// tokenizer_config.json, an extra file (name, text), the render.
+    type Case = (
+        serde_json::Value,
+        Option<(&'static str, &'static str)>,
+        &'static str,
+    );
+    let cases: [Case; 4] = [
         (
             serde_json::json!({"chat_template": "A{{ messages[0]['content'] }}"}),
             None,
