@@ -109,10 +109,22 @@ impl ModelConfig {
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.rope.dim > self.head_dim || !self.rope.dim.is_multiple_of(2) {
+        if self.rope.dim == 0 || self.rope.dim > self.head_dim || !self.rope.dim.is_multiple_of(2) {
             return bad(format!(
-                "RoPE dimension {} does not fit head size {}",
-                self.rope.dim, self.head_dim
+                "RoPE dimension {} does not fit head size {} (it must be even and 2..={})",
+                self.rope.dim, self.head_dim, self.head_dim
+            ));
+        }
+        if !(self.rope.base.is_finite() && self.rope.base > 1.0) {
+            return bad(format!(
+                "RoPE base (freq_base / rope_theta) {} must be a number above 1",
+                self.rope.base
+            ));
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
+            return bad(format!(
+                "RMSNorm epsilon {} must be a number of at least 0",
+                self.norm_eps
             ));
         }
         Ok(())
@@ -217,7 +229,43 @@ impl ModelConfig {
                 .checked_div(hf.num_attention_heads)
                 .ok_or_else(|| ModelError::file(path, "num_attention_heads is 0"))?,
         };
-        let max_context = hf.max_position_embeddings.unwrap_or(4096);
+        let mut max_context = hf.max_position_embeddings.unwrap_or(4096);
+        // Biases a Llama-family config asks for that weft's Llama does not
+        // load: refused by name, never silently dropped.
+        if matches!(arch, Arch::Llama | Arch::Qwen3) {
+            for (key, on) in [
+                ("attention_bias", hf.attention_bias),
+                ("mlp_bias", hf.mlp_bias),
+            ] {
+                if on {
+                    return Err(ModelError::file(
+                        path,
+                        format!(
+                            "`{key}: true` is not supported for model_type `{}`",
+                            hf.model_type
+                        ),
+                    ));
+                }
+            }
+        }
+        // Sliding-window attention (Mistral's `sliding_window`, Qwen2/3 with
+        // `use_sliding_window`): up to the window it is full attention, so
+        // the context is capped at the window and the model is exact there.
+        let window = match hf.model_type.as_str() {
+            "mistral" => hf.sliding_window,
+            "qwen2" | "qwen3" if hf.use_sliding_window => hf.sliding_window,
+            _ => None,
+        };
+        if let Some(w) = window.filter(|&w| w < max_context) {
+            if w == 0 {
+                return Err(ModelError::file(path, "`sliding_window` is 0"));
+            }
+            tracing::warn!(
+                "{}: sliding_window {w} < max_position_embeddings {max_context}: the context is capped at {w} tokens (sliding-window attention is not implemented; below the window it is exact)",
+                path.display()
+            );
+            max_context = w;
+        }
         let cfg = ModelConfig {
             arch,
             n_layers: hf.num_hidden_layers,
@@ -265,6 +313,12 @@ pub struct HfConfig {
     pub tie_word_embeddings: bool,
     #[serde(default)]
     pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// Mistral / Qwen2 sliding-window attention (see [`ModelConfig::from_hf`]).
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub use_sliding_window: bool,
     /// transformers v4: RoPE scaling (`{"rope_type" | "type": ..., "factor": ...}`).
     pub rope_scaling: Option<serde_json::Value>,
     /// transformers v5: every RoPE setting (`{"rope_type": ..., "rope_theta": ..., ...}`).

@@ -16,7 +16,7 @@ pub enum ModelError {
         tensor: String,
         reason: String,
     },
-    #[error("{path}: unknown architecture `{arch}` (supported: llama, qwen2, qwen3)")]
+    #[error("{path}: unknown architecture `{arch}` (supported: llama, mistral, qwen2, qwen3)")]
     UnknownArchitecture { path: PathBuf, arch: String },
     #[error("{path}: no tokenizer: {reason}")]
     MissingTokenizer { path: PathBuf, reason: String },

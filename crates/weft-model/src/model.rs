@@ -163,6 +163,18 @@ impl HfFolder {
                 .collect();
             names.sort();
             names.dedup();
+            // Shards are files in this folder: a name with a path in it
+            // (`../../etc/passwd`, `/abs`) is refused, never opened.
+            if let Some(n) = names.iter().find(|n| {
+                let p = Path::new(n.as_str());
+                p.components().count() != 1
+                    || !matches!(p.components().next(), Some(std::path::Component::Normal(_)))
+            }) {
+                return Err(ModelError::file(
+                    &index_path,
+                    format!("`weight_map` names the shard {n:?}, which is not a file in the model folder"),
+                ));
+            }
             names.into_iter().map(|n| dir.join(n)).collect()
         } else {
             let single = dir.join("model.safetensors");

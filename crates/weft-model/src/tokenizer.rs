@@ -201,11 +201,15 @@ fn spm_merges(tokens: &[String], scores: &[f32], types: &[i32]) -> Vec<String> {
 }
 
 /// A Hugging Face folder's chat template, where `transformers` looks for
-/// it: `chat_template` in `tokenizer_config.json` (a string, or a list of
-/// `{name, template}` of which `default` is used, else the first), then the
-/// `chat_template.jinja` file transformers 4.43+ saves beside it, then a
+/// it: the `chat_template.jinja` file transformers 4.43+ saves (it
+/// overrides the config's, as in `tokenization_utils_base.py`), then
+/// `chat_template` in `tokenizer_config.json` (a string, or a list of
+/// `{name, template}` of which `default` is used, else the first), then a
 /// `chat_template.json` (`{"chat_template": ...}`).
 fn hf_chat_template(dir: &Path, cfg: &Value) -> Option<String> {
+    if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
+        return Some(t);
+    }
     match &cfg["chat_template"] {
         Value::String(t) => return Some(t.clone()),
         Value::Array(named) => {
@@ -218,9 +222,6 @@ fn hf_chat_template(dir: &Path, cfg: &Value) -> Option<String> {
             }
         }
         _ => {}
-    }
-    if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
-        return Some(t);
     }
     std::fs::read_to_string(dir.join("chat_template.json"))
         .ok()

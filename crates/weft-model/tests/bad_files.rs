@@ -212,3 +212,58 @@ fn absurd_rope_dimension_in_gguf_metadata_is_an_error() {
         "{e}"
     );
 }
+
+/// Config keys weft cannot honour are refused by name, or handled exactly:
+/// Llama biases, a zero RoPE dimension, a non-finite RoPE base or norm
+/// epsilon, a shard path outside the folder; a Mistral sliding window caps
+/// the context at the window (below it attention is full).
+#[test]
+fn config_keys_that_cannot_be_honoured_are_named() {
+    use weft_model::config::HfConfig;
+    let base = serde_json::json!({
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 32,
+        "max_position_embeddings": 4096
+    });
+    let path = Path::new("config.json");
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = base.clone();
+        c[k] = v;
+        serde_json::from_value::<HfConfig>(c).unwrap()
+    };
+    for (key, v) in [
+        ("attention_bias", serde_json::json!(true)),
+        ("mlp_bias", serde_json::json!(true)),
+    ] {
+        let e = weft_model::ModelConfig::from_hf(path, &with(key, v)).unwrap_err();
+        assert!(e.to_string().contains(key), "{e}");
+    }
+    let e = weft_model::ModelConfig::from_hf(path, &with("rms_norm_eps", serde_json::json!(-1.0)))
+        .unwrap_err();
+    assert!(e.to_string().contains("epsilon"), "{e}");
+    let mut mistral = base.clone();
+    mistral["model_type"] = "mistral".into();
+    mistral["sliding_window"] = 1024.into();
+    let cfg =
+        weft_model::ModelConfig::from_hf(path, &serde_json::from_value(mistral).unwrap()).unwrap();
+    assert_eq!(cfg.max_context, 1024);
+    // GGUF: a zero rotation and a NaN base.
+    for (key, value) in [
+        ("llama.rope.dimension_count", Value::U32(0)),
+        ("llama.rope.freq_base", Value::F32(f32::NAN)),
+    ] {
+        let (_dir, p) = tiny_gguf("rope-meta", &[(key, value)]);
+        let e = load_err(&p);
+        assert!(e.contains("tiny.gguf") && e.contains("RoPE"), "{key}: {e}");
+    }
+    // A shard named outside the folder is never opened.
+    let dir = common::temp_dir("escape");
+    common::Tiny::llama().write_hf(&dir, 1);
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"model.norm.weight": "../../../../etc/passwd"}}"#,
+    )
+    .unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("not a file in the model folder"), "{e}");
+}

@@ -133,6 +133,10 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 struct RawMessage {
     role: String,
     content: Option<Value>,
+    /// Tool calls and their results: refused rather than dropped (weft
+    /// does not pass them to chat templates yet).
+    tool_calls: Option<Value>,
+    tool_call_id: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -532,12 +536,13 @@ fn chat_prompt(messages: Option<&[RawMessage]>) -> Result<Prompt, InvalidRequest
         let content = match &m.content {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => s.clone(),
-            // The list-of-parts form: text parts only.
+            // The list-of-parts form: text parts only, joined with "\n" as
+            // vLLM joins them (`chat_utils.py`).
             Some(Value::Array(parts)) => {
-                let mut text = String::new();
+                let mut texts = Vec::with_capacity(parts.len());
                 for p in parts {
                     match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                        (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                        (Some("text"), Some(Value::String(t))) => texts.push(t.as_str()),
                         _ => {
                             return Err(InvalidRequest::new(
                                 "messages",
@@ -546,7 +551,7 @@ fn chat_prompt(messages: Option<&[RawMessage]>) -> Result<Prompt, InvalidRequest
                         }
                     }
                 }
-                text
+                texts.join("\n")
             }
             Some(_) => {
                 return Err(InvalidRequest::new(
@@ -555,6 +560,17 @@ fn chat_prompt(messages: Option<&[RawMessage]>) -> Result<Prompt, InvalidRequest
                 ))
             }
         };
+        let has = |v: &Option<Value>| !matches!(v, None | Some(Value::Null));
+        if has(&m.tool_calls) || has(&m.tool_call_id) {
+            return Err(InvalidRequest::new(
+                "messages",
+                format!(
+                    "message {i}: tool calls (`tool_calls`, `tool_call_id`) are not supported: \
+                     weft does not pass them to the chat template, and dropping them would \
+                     change the prompt"
+                ),
+            ));
+        }
         if !matches!(
             m.role.as_str(),
             "system" | "user" | "assistant" | "tool" | "developer"
@@ -671,4 +687,44 @@ fn parallel(value: Option<&Value>, defaults: &Defaults) -> Result<ParallelChoice
             })?);
     }
     Ok(choice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(messages: Value) -> Result<Vec<Message>, InvalidRequest> {
+        let raw: Vec<RawMessage> = serde_json::from_value(messages).unwrap();
+        match chat_prompt(Some(&raw))? {
+            Prompt::Chat(m) => Ok(m),
+            _ => unreachable!("chat_prompt builds chat prompts"),
+        }
+    }
+
+    #[test]
+    fn text_parts_join_with_newlines_as_vllm_joins_them() {
+        let m = chat(serde_json::json!([{"role": "user", "content": [
+            {"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]}]))
+        .unwrap();
+        assert_eq!(m[0].content, "hi\nthere");
+    }
+
+    #[test]
+    fn tool_calls_are_refused_not_dropped() {
+        let e = chat(serde_json::json!([
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]}
+        ]))
+        .unwrap_err();
+        assert!(e.message.contains("tool_calls"), "{}", e.message);
+        let e = chat(serde_json::json!([
+            {"role": "tool", "content": "sunny", "tool_call_id": "c1"}
+        ]))
+        .unwrap_err();
+        assert!(e.message.contains("tool_call_id"), "{}", e.message);
+        // Null or absent is fine.
+        chat(serde_json::json!([{"role": "assistant", "content": "x", "tool_calls": null}]))
+            .unwrap();
+    }
 }

@@ -76,10 +76,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let name = args.served_model_name.clone().unwrap_or_else(|| {
+        // A folder's whole name (`Qwen2.5-7B-Instruct`, dots kept); a
+        // file's name without its extension.
         let path = args.model.path();
-        path.file_stem()
-            .or_else(|| path.file_name())
-            .map_or_else(|| "weft".into(), |s| s.to_string_lossy().into_owned())
+        let name = if path.is_dir() {
+            path.file_name()
+        } else {
+            path.file_stem().or_else(|| path.file_name())
+        };
+        name.map_or_else(|| "weft".into(), |s| s.to_string_lossy().into_owned())
     });
     let (model, tok) = args.model.load_with(weft_model::LoadOptions {
         batch_invariant: !args.shared_prefix_attention,
