@@ -364,10 +364,22 @@ impl Tokenizer {
             tokenizers::Tokenizer::from_bytes(spec.to_string().as_bytes()).map_err(|e| {
                 ModelError::Tokenizer(format!("{}: cannot build tokenizer: {e}", g.path.display()))
             })?;
-        let bos = g.get_usize("tokenizer.ggml.bos_token_id").map(|v| v as u32);
-        let eos = g.get_usize("tokenizer.ggml.eos_token_id").map(|v| v as u32);
+        // Special-token ids must name tokens of the vocabulary (a broken
+        // file is refused here, not at the first request).
+        let special_id = |key: &str| -> Result<Option<u32>> {
+            match g.get_usize(key) {
+                None => Ok(None),
+                Some(id) if id < tokens.len() => Ok(Some(id as u32)),
+                Some(id) => Err(missing(&format!(
+                    "`{key}` is {id}, but the vocabulary has {} tokens",
+                    tokens.len()
+                ))),
+            }
+        };
+        let bos = special_id("tokenizer.ggml.bos_token_id")?;
+        let eos = special_id("tokenizer.ggml.eos_token_id")?;
         let mut stop: HashSet<u32> = eos.into_iter().collect();
-        if let Some(eot) = g.get_usize("tokenizer.ggml.eot_token_id") {
+        if let Some(eot) = special_id("tokenizer.ggml.eot_token_id")? {
             stop.insert(eot as u32);
         }
         for (id, (t, ty)) in tokens.iter().zip(&types).enumerate() {

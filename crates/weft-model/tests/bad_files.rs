@@ -267,3 +267,26 @@ fn config_keys_that_cannot_be_honoured_are_named() {
     let e = load_err(&dir);
     assert!(e.contains("not a file in the model folder"), "{e}");
 }
+
+#[test]
+fn special_token_ids_outside_the_vocabulary_are_refused_at_load() {
+    let tokens: Vec<Value> = ["<unk>", "<s>", "</s>", "a", "b"]
+        .iter()
+        .map(|t| Value::String(t.to_string()))
+        .collect();
+    for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
+        let (_dir, path) = tiny_gguf(
+            "bos-range",
+            &[
+                ("tokenizer.ggml.model", Value::String("llama".into())),
+                ("tokenizer.ggml.tokens", Value::Array(tokens.clone())),
+                (key, Value::U32(4_000_000_000)),
+            ],
+        );
+        let e = match Tokenizer::load(&path) {
+            Ok(_) => panic!("{key} out of range loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("tiny.gguf") && e.contains(key), "{e}");
+    }
+}
