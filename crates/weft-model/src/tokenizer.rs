@@ -380,7 +380,7 @@ impl Tokenizer {
         let eos = special_id("tokenizer.ggml.eos_token_id")?;
         let mut stop: HashSet<u32> = eos.into_iter().collect();
         if let Some(eot) = special_id("tokenizer.ggml.eot_token_id")? {
-            stop.insert(eot as u32);
+            stop.insert(eot);
         }
         for (id, (t, ty)) in tokens.iter().zip(&types).enumerate() {
             if *ty == GGUF_CONTROL && END_OF_GENERATION.contains(&t.as_str()) {
