@@ -644,10 +644,20 @@ pub(crate) fn project(
         Projection::Fused(w) => w.matmul(x, n_tok, out, scratch),
         Projection::Split(ws) => {
             let mut col = 0;
+            // Parts of different quantized types share one quantization of x.
+            let mut quantized = false;
             for w in ws {
                 let r = w.rows();
                 let part = resize(part, n_tok * r);
-                w.matmul(x, n_tok, part, scratch);
+                if w.takes_quantized_acts() {
+                    if !quantized {
+                        crate::kernels::quantize_acts(x, n_tok, w.cols(), &mut scratch.acts);
+                        quantized = true;
+                    }
+                    w.matmul_quantized(&scratch.acts, part);
+                } else {
+                    w.matmul(x, n_tok, part, scratch);
+                }
                 for t in 0..n_tok {
                     out[t * width + col..t * width + col + r]
                         .copy_from_slice(&part[t * r..(t + 1) * r]);

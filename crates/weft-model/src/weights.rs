@@ -7,7 +7,7 @@ use candle_core::quantized::k_quants::{self, GgmlType};
 use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 
-use crate::kernels::{self, BlockFormat, QuantizedActs};
+use crate::kernels::{self, BlockFormat, PlaneFormat, QuantizedActs};
 
 /// Bytes of a tensor: a slice of a memory-mapped file, or owned memory
 /// (8-byte aligned, so quantized blocks can be viewed in place).
@@ -133,7 +133,16 @@ pub enum Weight {
         data: Bytes,
         packed: bool,
     },
-    /// A K-quant or other GGML type, multiplied through candle's kernels.
+    /// `Q5_0`, `Q5_1`, `Q4_K`, `Q5_K` or `Q6_K`, repacked at load into the
+    /// bit-plane layout of [`kernels::pack_planes`] (row groups of 8).
+    Planes {
+        fmt: PlaneFormat,
+        rows: usize,
+        cols: usize,
+        data: Bytes,
+    },
+    /// Another GGML type (or a plane type whose row count is not a multiple
+    /// of 8), multiplied through candle's kernels.
     Ggml {
         dtype: GgmlDType,
         rows: usize,
@@ -165,11 +174,30 @@ impl Weight {
                 cols,
                 data: Arc::new(to_f32(dtype, bytes.as_slice())),
             },
-            _ => Weight::Ggml {
-                dtype,
-                rows,
-                cols,
-                data: bytes,
+            _ => match PlaneFormat::from_ggml(dtype) {
+                Some(fmt)
+                    if rows.is_multiple_of(kernels::PACK_ROWS)
+                        && cols.is_multiple_of(fmt.block_elems())
+                        && !std::env::var("WEFT_NO_PACK").is_ok_and(|v| v == "1") =>
+                {
+                    Weight::Planes {
+                        fmt,
+                        rows,
+                        cols,
+                        data: Bytes::from_vec(kernels::pack_planes(
+                            fmt,
+                            bytes.as_slice(),
+                            rows,
+                            cols / fmt.block_elems(),
+                        )),
+                    }
+                }
+                _ => Weight::Ggml {
+                    dtype,
+                    rows,
+                    cols,
+                    data: bytes,
+                },
             },
         }
     }
@@ -201,17 +229,19 @@ impl Weight {
 
     pub fn rows(&self) -> usize {
         match self {
-            Weight::Quant { rows, .. } | Weight::Ggml { rows, .. } | Weight::F32 { rows, .. } => {
-                *rows
-            }
+            Weight::Quant { rows, .. }
+            | Weight::Planes { rows, .. }
+            | Weight::Ggml { rows, .. }
+            | Weight::F32 { rows, .. } => *rows,
         }
     }
 
     pub fn cols(&self) -> usize {
         match self {
-            Weight::Quant { cols, .. } | Weight::Ggml { cols, .. } | Weight::F32 { cols, .. } => {
-                *cols
-            }
+            Weight::Quant { cols, .. }
+            | Weight::Planes { cols, .. }
+            | Weight::Ggml { cols, .. }
+            | Weight::F32 { cols, .. } => *cols,
         }
     }
 
@@ -219,6 +249,7 @@ impl Weight {
     pub fn kind(&self) -> String {
         match self {
             Weight::Quant { fmt, .. } => format!("{fmt:?}"),
+            Weight::Planes { fmt, .. } => fmt.name().to_string(),
             Weight::Ggml { dtype, .. } => dtype_name(*dtype).to_string(),
             Weight::F32 { .. } => "F32".to_string(),
         }
@@ -271,6 +302,22 @@ impl Weight {
                 }
                 Some(Weight::quant(*fmt, rows, cols, Bytes::owned(&all)))
             }
+            Weight::Planes { fmt, .. } => {
+                // The layout is group-major and every part has whole
+                // groups, so stacking rows is concatenating bytes.
+                let mut all = Vec::new();
+                for p in parts {
+                    if let Weight::Planes { data, .. } = p {
+                        all.extend_from_slice(data.as_slice());
+                    }
+                }
+                Some(Weight::Planes {
+                    fmt: *fmt,
+                    rows,
+                    cols,
+                    data: Bytes::from_vec(all),
+                })
+            }
             Weight::Ggml { dtype, .. } => {
                 let bytes = concat_bytes(parts);
                 Some(Weight::Ggml {
@@ -287,7 +334,7 @@ impl Weight {
     /// `x` holds `tokens` rows of `cols` values.
     pub fn matmul(&self, x: &[f32], tokens: usize, out: &mut [f32], scratch: &mut Scratch) {
         match self {
-            Weight::Quant { .. } => {
+            Weight::Quant { .. } | Weight::Planes { .. } => {
                 kernels::quantize_acts(x, tokens, self.cols(), &mut scratch.acts);
                 self.matmul_quantized(&scratch.acts, out);
             }
@@ -303,10 +350,22 @@ impl Weight {
         }
     }
 
+    /// Whether [`Weight::matmul_quantized`] applies (weft's own 8-bit
+    /// activation kernels).
+    pub fn takes_quantized_acts(&self) -> bool {
+        matches!(self, Weight::Quant { .. } | Weight::Planes { .. })
+    }
+
     /// Like [`Weight::matmul`] for activations already quantized (so several
-    /// matrices can share one quantization). Only for `Weight::Quant`.
+    /// matrices can share one quantization). Only for `Weight::Quant` and
+    /// `Weight::Planes`.
     pub fn matmul_quantized(&self, acts: &QuantizedActs, out: &mut [f32]) {
-        if let Weight::Quant {
+        if let Weight::Planes {
+            fmt, rows, data, ..
+        } = self
+        {
+            kernels::matmul_planes(*fmt, data.as_slice(), *rows, acts, out);
+        } else if let Weight::Quant {
             fmt,
             rows,
             data,
@@ -346,6 +405,7 @@ impl Weight {
                     }
                 }
             }
+            Weight::Planes { fmt, data, .. } => kernels::planes_row(*fmt, data.as_slice(), r, out),
             Weight::Ggml { dtype, data, .. } => {
                 let row_bytes = cols / dtype.block_size() * dtype.type_size();
                 let bytes = &data.as_slice()[r * row_bytes..(r + 1) * row_bytes];
@@ -360,7 +420,7 @@ fn concat_bytes(parts: &[&Weight]) -> Bytes {
     for p in parts {
         match p {
             Weight::Ggml { data, .. } => all.extend_from_slice(data.as_slice()),
-            Weight::Quant { .. } | Weight::F32 { .. } => {}
+            Weight::Quant { .. } | Weight::Planes { .. } | Weight::F32 { .. } => {}
         }
     }
     Bytes::owned(&all)

@@ -9,7 +9,7 @@ use super::Isa;
 pub fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
     debug_assert_eq!(q.len(), k.len());
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx2 {
+    if Isa::detect().has_avx2() {
         // SAFETY: the CPU supports AVX2, FMA and F16C (checked by `Isa::detect`).
         return unsafe { super::avx2::dot_f16(q, k) };
     }
@@ -21,7 +21,7 @@ pub fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
 pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
     debug_assert_eq!(out.len(), v.len());
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx2 {
+    if Isa::detect().has_avx2() {
         // SAFETY: as above.
         unsafe { super::avx2::axpy_f16(out, p, v) };
         return;
@@ -43,7 +43,7 @@ pub fn scores_f16(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx2 {
+    if Isa::detect().has_avx2() {
         // SAFETY: the CPU supports AVX2, FMA and F16C (checked by `Isa::detect`).
         unsafe { super::avx2::scores_f16(q, k, slots, stride, col, scale, out) };
         return;
@@ -65,7 +65,7 @@ pub fn weighted_sum_f16(
     col: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx2 {
+    if Isa::detect().has_avx2() {
         // SAFETY: as above.
         unsafe { super::avx2::weighted_sum_f16(out, p, v, slots, stride, col) };
         return;

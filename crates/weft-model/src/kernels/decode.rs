@@ -73,7 +73,7 @@ pub fn attend_group(
         .iter()
         .max()
         .is_none_or(|&s| s * stride + col + hd <= k.len().min(v.len()));
-    let simd = cfg!(target_arch = "x86_64") && Isa::detect() == Isa::Avx2 && in_bounds;
+    let simd = cfg!(target_arch = "x86_64") && Isa::detect().has_avx2() && in_bounds;
     #[cfg(target_arch = "x86_64")]
     if simd && supports(hd) {
         // SAFETY: AVX2/FMA/F16C checked; every row is in bounds (above).
@@ -181,7 +181,7 @@ pub(crate) mod expf {
 /// bits on every path); returns the sum, added in order.
 pub fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx2 {
+    if Isa::detect().has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked by `Isa::detect`).
         unsafe { super::avx2::exp_shifted(x, max) };
         return x.iter().sum();

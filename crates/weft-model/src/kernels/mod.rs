@@ -14,9 +14,13 @@ mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod decode;
+mod planes;
+#[cfg(target_arch = "x86_64")]
+mod planes_x86;
 mod quant;
 
 pub use attention::{axpy_f16, dot_f16, f16_to_f32_slice, scores_f16, weighted_sum_f16};
+pub use planes::{matmul_planes, pack_planes, planes_row, PlaneFormat};
 pub(crate) use quant::decode_block;
 pub use quant::{
     matmul_f32, matmul_packed, matmul_quant, pack_rows, packed_block, quantize_acts, unpack_rows,
@@ -31,27 +35,84 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C (every x86-64 CPU since Haswell / Zen 1).
     Avx2,
+    /// AVX2 plus AVX-512 F/BW/VL and VNNI (Ice Lake, Zen 4 and later):
+    /// the kernels that have a VNNI form use `vpdpbusd`; the rest run as AVX2.
+    Avx512,
 }
 
 impl Isa {
-    /// The best instruction set this CPU supports. `WEFT_ISA=scalar` forces the
-    /// portable path (for testing and for comparing speeds).
+    /// Every path, from the reference up.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+
+    /// The name `WEFT_ISA` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.supported()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Whether the AVX2 kernels may run (true for [`Isa::Avx512`] too).
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512)
+    }
+
+    /// The best instruction set this CPU supports, or the one `WEFT_ISA`
+    /// (`scalar`, `avx2`, `avx512`) names, for testing and comparing speeds.
+    /// A forced path the CPU lacks is refused with a warning on stderr and
+    /// the best available one runs instead.
     pub fn detect() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            if std::env::var("WEFT_ISA").is_ok_and(|v| v == "scalar") {
-                return Isa::Scalar;
+            let best = Isa::ALL
+                .into_iter()
+                .rev()
+                .find(|i| i.supported())
+                .unwrap_or(Isa::Scalar);
+            match std::env::var("WEFT_ISA") {
+                Ok(v) if !v.is_empty() => match Isa::ALL.into_iter().find(|i| i.name() == v) {
+                    Some(i) if i.supported() => i,
+                    Some(i) => {
+                        eprintln!(
+                            "[weft] WEFT_ISA={v}: this CPU lacks {i:?}; using {}",
+                            best.name()
+                        );
+                        best
+                    }
+                    None => {
+                        eprintln!(
+                            "[weft] WEFT_ISA={v} is not one of scalar, avx2, avx512; using {}",
+                            best.name()
+                        );
+                        best
+                    }
+                },
+                _ => best,
             }
-            #[cfg(target_arch = "x86_64")]
-            {
-                if is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-                {
-                    return Isa::Avx2;
-                }
-            }
-            Isa::Scalar
         })
     }
 }

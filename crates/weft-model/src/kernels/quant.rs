@@ -30,13 +30,16 @@ impl BlockFormat {
 }
 
 /// One block of 32 activations quantized to i8: `x ~= d * qs`, with
-/// `s = d * sum(qs)` kept for the offset term of Q4_0 / Q4_1 weights.
-#[derive(Debug, Clone, Copy)]
+/// `s = d * sum(qs)` kept for the offset term of weights with an offset
+/// (Q4_0, Q4_1, Q5_x, Q4_K, Q5_K), and the exact sums of each half of 16
+/// (`hs`) for Q6_K's per-16 scales.
+#[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
 pub struct ActBlock {
     pub d: f32,
     pub s: f32,
     pub qs: [i8; 32],
+    pub hs: [i16; 2],
 }
 
 /// A batch of activation rows (one per token), quantized block by block.
@@ -67,22 +70,37 @@ pub fn quantize_acts(x: &[f32], cols: usize, k: usize, out: &mut QuantizedActs) 
     out.cols = cols;
     out.k_blocks = k_blocks;
     out.blocks.clear();
-    out.blocks.reserve(cols * k_blocks);
+    out.blocks.resize(cols * k_blocks, ActBlock::default());
     let isa = Isa::detect();
-    for chunk in x.chunks_exact(32) {
-        let chunk: &[f32; 32] = chunk.try_into().expect("32 values");
-        let mut qs = [0i8; 32];
-        let (d, sum) = match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2/FMA/F16C present.
-            Isa::Avx2 => unsafe { super::avx2::quantize_block(chunk, &mut qs) },
-            _ => quantize_block_scalar(chunk, &mut qs),
-        };
-        out.blocks.push(ActBlock {
-            d: f16::from_f32(d).to_f32(),
-            s: f16::from_f32(d * sum as f32).to_f32(),
-            qs,
-        });
+    let quantize = |x: &[f32], blocks: &mut [ActBlock]| {
+        for (chunk, blk) in x.chunks_exact(32).zip(blocks) {
+            let chunk: &[f32; 32] = chunk.try_into().expect("32 values");
+            let mut qs = [0i8; 32];
+            let (d, sum) = match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2/FMA/F16C present.
+                Isa::Avx2 | Isa::Avx512 => unsafe { super::avx2::quantize_block(chunk, &mut qs) },
+                _ => quantize_block_scalar(chunk, &mut qs),
+            };
+            let half = |h: usize| qs[16 * h..16 * h + 16].iter().map(|&q| q as i16).sum();
+            *blk = ActBlock {
+                d: f16::from_f32(d).to_f32(),
+                s: f16::from_f32(d * sum as f32).to_f32(),
+                hs: [half(0), half(1)],
+                qs,
+            };
+        }
+    };
+    // A prefill's activations are worth spreading over the cores (each
+    // block is independent, so the result does not depend on the split).
+    let per_task = (16 * 1024 / k).max(1);
+    if cols > per_task {
+        out.blocks
+            .par_chunks_mut(per_task * k_blocks)
+            .zip(x.par_chunks(per_task * k))
+            .for_each(|(b, x)| quantize(x, b));
+    } else {
+        quantize(x, &mut out.blocks);
     }
 }
 
@@ -191,7 +209,7 @@ pub fn unpack_rows(fmt: BlockFormat, data: &[u8], rows: usize, k_blocks: usize) 
 
 /// Runs `f` on `n` index ranges that split `0..n_items`, in parallel on the
 /// current rayon pool (inline when `n == 1`).
-fn split_par(n_items: usize, n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+pub(crate) fn split_par(n_items: usize, n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     if n <= 1 {
         f(0..n_items);
         return;
@@ -229,7 +247,9 @@ pub fn matmul_packed(
     split_par(groups, n_tasks, |g| match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2/FMA/F16C present; the rows of groups `g` are this task's alone.
-        Isa::Avx2 => unsafe { super::avx2::gemm_packed(fmt, w, n_rows, acts, g, ptr) },
+        Isa::Avx2 | Isa::Avx512 => unsafe {
+            super::avx2::gemm_packed(fmt, w, n_rows, acts, g, ptr)
+        },
         _ => gemm_packed_scalar(fmt, w, n_rows, acts, g, ptr),
     });
 }
@@ -294,7 +314,9 @@ pub fn matmul_quant(
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2/FMA/F16C present; rows [start, end) are this task's alone.
-            Isa::Avx2 => unsafe { super::avx2::gemm_quant(fmt, w, n_rows, acts, start..end, ptr) },
+            Isa::Avx2 | Isa::Avx512 => unsafe {
+                super::avx2::gemm_quant(fmt, w, n_rows, acts, start..end, ptr)
+            },
             _ => gemm_quant_scalar(fmt, w, n_rows, acts, start..end, ptr),
         }
     };
@@ -364,62 +386,18 @@ fn gemm_quant_scalar(
 }
 
 /// `out[c * n_rows + r] = dot(w[r], x[c])` for f32 weights (`n_rows x k`,
-/// row-major) and `cols` f32 activation rows of length `k`.
+/// row-major) and `cols` f32 activation rows of length `k`. Rows are split
+/// across the rayon pool.
 pub fn matmul_f32(w: &[f32], n_rows: usize, k: usize, x: &[f32], cols: usize, out: &mut [f32]) {
     assert_eq!(w.len(), n_rows * k, "weight shape");
     assert_eq!(x.len(), cols * k, "activation shape");
     assert_eq!(out.len(), cols * n_rows, "output shape");
-    let isa = Isa::detect();
     let ptr = SyncPtr(out.as_mut_ptr());
     let step = rows_per_task(n_rows, k * 4, cols);
-    let tiled = isa == Isa::Avx2 && cols >= 4 && k.is_multiple_of(8);
     let run = |start: usize| {
         let end = (start + step).min(n_rows);
-        let mut r0 = start;
-        #[cfg(target_arch = "x86_64")]
-        if tiled {
-            // 4 rows x 4 tokens at a time; leftovers below.
-            while r0 + 4 <= end {
-                let wr = &w[r0 * k..(r0 + 4) * k];
-                let mut c = 0;
-                while c + 4 <= cols {
-                    // SAFETY: AVX2/FMA present; 4 rows and 4 columns of k values.
-                    let tile = unsafe { super::avx2::dot_f32_4x4(wr, &x[c * k..(c + 4) * k], k) };
-                    for (t, vals) in tile.iter().enumerate() {
-                        for (i, v) in vals.iter().enumerate() {
-                            // SAFETY: (c + t, r0 + i) belongs to this task.
-                            unsafe { *ptr.get().add((c + t) * n_rows + r0 + i) = *v };
-                        }
-                    }
-                    c += 4;
-                }
-                for c in c..cols {
-                    for r in r0..r0 + 4 {
-                        // SAFETY: AVX2/FMA present.
-                        let v = unsafe {
-                            super::avx2::dot_f32(&w[r * k..(r + 1) * k], &x[c * k..(c + 1) * k])
-                        };
-                        // SAFETY: (c, r) belongs to this task.
-                        unsafe { *ptr.get().add(c * n_rows + r) = v };
-                    }
-                }
-                r0 += 4;
-            }
-        }
-        for r in r0..end {
-            let wr = &w[r * k..(r + 1) * k];
-            for c in 0..cols {
-                let xc = &x[c * k..(c + 1) * k];
-                let v = match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: AVX2/FMA present.
-                    Isa::Avx2 => unsafe { super::avx2::dot_f32(wr, xc) },
-                    _ => wr.iter().zip(xc).map(|(a, b)| a * b).sum(),
-                };
-                // SAFETY: (c, r) belongs to this task.
-                unsafe { *ptr.get().add(c * n_rows + r) = v };
-            }
-        }
+        // SAFETY: rows [start, end) of every column belong to this task.
+        unsafe { gemm_f32_rows(w, n_rows, k, x, cols, start..end, ptr) }
     };
     if n_rows <= step {
         run(0);
@@ -429,6 +407,62 @@ pub fn matmul_f32(w: &[f32], n_rows: usize, k: usize, x: &[f32], cols: usize, ou
             .collect::<Vec<_>>()
             .into_par_iter()
             .for_each(run);
+    }
+}
+
+/// # Safety
+/// Shapes as [`matmul_f32`]; no one else writes rows `rows` of `out`.
+unsafe fn gemm_f32_rows(
+    w: &[f32],
+    n_rows: usize,
+    k: usize,
+    x: &[f32],
+    cols: usize,
+    rows: std::ops::Range<usize>,
+    ptr: SyncPtr,
+) {
+    let isa = Isa::detect();
+    let tiled = isa.has_avx2() && cols >= 4 && k.is_multiple_of(8);
+    let end = rows.end;
+    let mut r0 = rows.start;
+    #[cfg(target_arch = "x86_64")]
+    if tiled {
+        // 4 rows x 4 tokens at a time; leftovers below.
+        while r0 + 4 <= end {
+            let wr = &w[r0 * k..(r0 + 4) * k];
+            let mut c = 0;
+            while c + 4 <= cols {
+                // SAFETY: AVX2/FMA present; 4 rows and 4 columns of k values.
+                let tile = super::avx2::dot_f32_4x4(wr, &x[c * k..(c + 4) * k], k);
+                for (t, vals) in tile.iter().enumerate() {
+                    for (i, v) in vals.iter().enumerate() {
+                        *ptr.get().add((c + t) * n_rows + r0 + i) = *v;
+                    }
+                }
+                c += 4;
+            }
+            for c in c..cols {
+                for r in r0..r0 + 4 {
+                    let v = super::avx2::dot_f32(&w[r * k..(r + 1) * k], &x[c * k..(c + 1) * k]);
+                    *ptr.get().add(c * n_rows + r) = v;
+                }
+            }
+            r0 += 4;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = tiled;
+    for r in r0..end {
+        let wr = &w[r * k..(r + 1) * k];
+        for c in 0..cols {
+            let xc = &x[c * k..(c + 1) * k];
+            let v = match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 | Isa::Avx512 => super::avx2::dot_f32(wr, xc),
+                _ => wr.iter().zip(xc).map(|(a, b)| a * b).sum(),
+            };
+            *ptr.get().add(c * n_rows + r) = v;
+        }
     }
 }
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Makes the GGUF files `weft bench decode` is measured on: Q4_0, Q4_1, Q8_0,
+# Q4_K_M, Q5_K_M and Q6_K, all requantized from one source with llama.cpp's
+# own `llama-quantize` (built next to the anchor tools of
+# ../shared/tools/llama-cpp-anchor.sh). Nothing here is committed.
+#
+#   bash scripts/bench-files.sh            # prints the folder with the files
+#   SOURCE=path/to/model.gguf bash ...     # another source file
+#
+# The default source is the test model the test command downloads
+# (SmolLM2-135M-Instruct Q4_1), so files are `--allow-requantize`d: fine for
+# speed, not for quality. Files are made once and reused.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+CACHE="${WEFT_CACHE:-$HOME/.cache/weft}"
+SOURCE="${SOURCE:-$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+OUT="$CACHE/bench-files"
+ANCHOR="${LLAMA_ANCHOR_DIR:-$HOME/.cache/llama-cpp-anchor}"
+[ -s "$SOURCE" ] || { echo "bench-files: no source model at $SOURCE (run the test command once, or set SOURCE)" >&2; exit 1; }
+BIN="$(bash "$ROOT/../shared/tools/llama-cpp-anchor.sh" 2>/dev/null || true)"
+[ -n "$BIN" ] || BIN="$ANCHOR/build/bin"
+if [ ! -x "$BIN/llama-quantize" ]; then
+  echo "bench-files: building llama-quantize in $ANCHOR/build" >&2
+  cmake --build "$ANCHOR/build" -j"$(nproc)" --target llama-quantize >&2
+fi
+mkdir -p "$OUT"
+name="$(basename "$SOURCE" .gguf)"
+name="${name%.Q4_1}"
+for t in Q4_0 Q4_1 Q8_0 Q4_K_M Q5_K_M Q6_K; do
+  f="$OUT/$name.$t.gguf"
+  if [ ! -s "$f" ]; then
+    echo "bench-files: $t" >&2
+    "$BIN/llama-quantize" --allow-requantize "$SOURCE" "$f.part" "$t" 2 > "$OUT/$t.log" 2>&1 \
+      || { echo "bench-files: llama-quantize $t failed; see $OUT/$t.log" >&2; exit 1; }
+    mv "$f.part" "$f"
+  fi
+done
+echo "$OUT"
