@@ -166,17 +166,19 @@ pub(crate) unsafe fn gemm_quant(
 }
 
 /// Broadcasts the 4 activation bytes `qs[4j..4j+4]` to every 32-bit lane.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(always)]
 unsafe fn bcast4(qs: *const i8, j: usize) -> __m256i {
     _mm256_set1_epi32((qs.add(4 * j) as *const i32).read_unaligned())
 }
 
 /// One packed group (8 weight rows, lanes = rows) times `C` activation
-/// columns: returns per column the 8 row dot products.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn packed_tile<const F: u8, const C: usize>(
+/// columns: returns per column the 8 row dot products. With `VNNI`, the
+/// u8 x i8 sums are `vpdpbusd` into i32 lanes (Q8_0's signed weights are
+/// biased by 128 and the bias taken out through the activation sum).
+///
+/// Only inlined into the `target_feature` entry points below.
+#[inline(always)]
+unsafe fn packed_tile<const F: u8, const C: usize, const VNNI: bool>(
     g: *const u8,
     cols: [*const ActBlock; C],
     k_blocks: usize,
@@ -201,14 +203,28 @@ unsafe fn packed_tile<const F: u8, const C: usize>(
                 w[j] = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
                 aw[j] = _mm256_sign_epi8(w[j], w[j]);
             }
+            if VNNI {
+                // aw = w + 128 as u8.
+                for j in 0..8 {
+                    aw[j] = _mm256_xor_si256(w[j], _mm256_set1_epi8(-128));
+                }
+            }
             for c in 0..C {
                 let x = &*cols[c].add(b);
                 let xq = x.qs.as_ptr();
                 let mut s = _mm256_setzero_si256();
-                for j in 0..8 {
-                    let xs = _mm256_sign_epi8(bcast4(xq, j), w[j]);
-                    let p16 = _mm256_maddubs_epi16(aw[j], xs);
-                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p16, ones));
+                if VNNI {
+                    for j in 0..8 {
+                        s = _mm256_dpbusd_epi32(s, aw[j], bcast4(xq, j));
+                    }
+                    let bias = 128 * (x.hs[0] as i32 + x.hs[1] as i32);
+                    s = _mm256_sub_epi32(s, _mm256_set1_epi32(bias));
+                } else {
+                    for j in 0..8 {
+                        let xs = _mm256_sign_epi8(bcast4(xq, j), w[j]);
+                        let p16 = _mm256_maddubs_epi16(aw[j], xs);
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p16, ones));
+                    }
                 }
                 let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
                 acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[c]);
@@ -233,12 +249,20 @@ unsafe fn packed_tile<const F: u8, const C: usize>(
             for c in 0..C {
                 let x = &*cols[c].add(b);
                 let xq = x.qs.as_ptr();
-                // 8 products of u4 x i8 pairs: |sum| <= 8 * 2 * 15 * 127 < 2^15.
-                let mut s16 = _mm256_maddubs_epi16(w[0], bcast4(xq, 0));
-                for (j, wj) in w.iter().enumerate().skip(1) {
-                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*wj, bcast4(xq, j)));
-                }
-                let s = _mm256_madd_epi16(s16, ones);
+                let s = if VNNI {
+                    let mut s = _mm256_setzero_si256();
+                    for (j, wj) in w.iter().enumerate() {
+                        s = _mm256_dpbusd_epi32(s, *wj, bcast4(xq, j));
+                    }
+                    s
+                } else {
+                    // 8 products of u4 x i8 pairs: |sum| <= 8 * 2 * 15 * 127 < 2^15.
+                    let mut s16 = _mm256_maddubs_epi16(w[0], bcast4(xq, 0));
+                    for (j, wj) in w.iter().enumerate().skip(1) {
+                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*wj, bcast4(xq, j)));
+                    }
+                    _mm256_madd_epi16(s16, ones)
+                };
                 let scale = _mm256_mul_ps(dw, _mm256_set1_ps(x.d));
                 acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[c]);
                 acc[c] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.s), acc[c]);
@@ -252,9 +276,8 @@ unsafe fn packed_tile<const F: u8, const C: usize>(
 /// columns in L2 while the rows stream past.
 const COL_CHUNK: usize = 64;
 
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemm_packed_fmt<const F: u8>(
+#[inline(always)]
+unsafe fn gemm_packed_fmt<const F: u8, const VNNI: bool>(
     bb: usize,
     w: &[u8],
     n_rows: usize,
@@ -273,20 +296,21 @@ unsafe fn gemm_packed_fmt<const F: u8>(
             let gp = w.as_ptr().add(g * kb * PACK_ROWS * bb);
             let mut c = c0;
             while c + 4 <= c1 {
-                let o = packed_tile::<F, 4>(gp, [col(c), col(c + 1), col(c + 2), col(c + 3)], kb);
+                let o =
+                    packed_tile::<F, 4, VNNI>(gp, [col(c), col(c + 1), col(c + 2), col(c + 3)], kb);
                 for (i, v) in o.into_iter().enumerate() {
                     store(g, c + i, v);
                 }
                 c += 4;
             }
             if c + 2 <= c1 {
-                let o = packed_tile::<F, 2>(gp, [col(c), col(c + 1)], kb);
+                let o = packed_tile::<F, 2, VNNI>(gp, [col(c), col(c + 1)], kb);
                 store(g, c, o[0]);
                 store(g, c + 1, o[1]);
                 c += 2;
             }
             if c < c1 {
-                let o = packed_tile::<F, 1>(gp, [col(c)], kb);
+                let o = packed_tile::<F, 1, VNNI>(gp, [col(c)], kb);
                 store(g, c, o[0]);
             }
         }
@@ -308,11 +332,40 @@ pub(crate) unsafe fn gemm_packed(
     groups: std::ops::Range<usize>,
     out: SyncPtr,
 ) {
+    gemm_packed_any::<false>(fmt, w, n_rows, acts, groups, out)
+}
+
+/// As [`gemm_packed`] with `vpdpbusd`.
+///
+/// # Safety
+/// AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI must be available; no other
+/// thread may write the output entries of these rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn gemm_packed_avx512(
+    fmt: BlockFormat,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QuantizedActs,
+    groups: std::ops::Range<usize>,
+    out: SyncPtr,
+) {
+    gemm_packed_any::<true>(fmt, w, n_rows, acts, groups, out)
+}
+
+#[inline(always)]
+unsafe fn gemm_packed_any<const VNNI: bool>(
+    fmt: BlockFormat,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QuantizedActs,
+    groups: std::ops::Range<usize>,
+    out: SyncPtr,
+) {
     let bb = fmt.block_bytes();
     match fmt {
-        BlockFormat::Q4_0 => gemm_packed_fmt::<Q4_0>(bb, w, n_rows, acts, groups, out),
-        BlockFormat::Q4_1 => gemm_packed_fmt::<Q4_1>(bb, w, n_rows, acts, groups, out),
-        BlockFormat::Q8_0 => gemm_packed_fmt::<Q8_0>(bb, w, n_rows, acts, groups, out),
+        BlockFormat::Q4_0 => gemm_packed_fmt::<Q4_0, VNNI>(bb, w, n_rows, acts, groups, out),
+        BlockFormat::Q4_1 => gemm_packed_fmt::<Q4_1, VNNI>(bb, w, n_rows, acts, groups, out),
+        BlockFormat::Q8_0 => gemm_packed_fmt::<Q8_0, VNNI>(bb, w, n_rows, acts, groups, out),
     }
 }
 

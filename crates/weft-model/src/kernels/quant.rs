@@ -231,12 +231,24 @@ pub fn matmul_packed(
     acts: &QuantizedActs,
     out: &mut [f32],
 ) {
+    matmul_packed_isa(Isa::detect(), fmt, w, n_rows, acts, out)
+}
+
+/// [`matmul_packed`] on a given instruction set (which the CPU must have).
+pub(crate) fn matmul_packed_isa(
+    isa: Isa,
+    fmt: BlockFormat,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) {
     let k_blocks = acts.k_blocks;
     let row_bytes = k_blocks * fmt.block_bytes();
     assert_eq!(n_rows % PACK_ROWS, 0, "packed rows");
     assert_eq!(w.len(), n_rows * row_bytes, "weight shape");
     assert_eq!(out.len(), acts.cols * n_rows, "output shape");
-    let isa = Isa::detect();
+    assert!(isa.supported(), "{isa:?} is not available on this CPU");
     let ptr = SyncPtr(out.as_mut_ptr());
     let groups = n_rows / PACK_ROWS;
     // Enough work per task to amortise waking a thread (~64 KiB of weights
@@ -246,10 +258,11 @@ pub fn matmul_packed(
     let n_tasks = (work / (64 * 1024)).clamp(1, threads * 2).min(groups);
     split_par(groups, n_tasks, |g| match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA/F16C present; the rows of groups `g` are this task's alone.
-        Isa::Avx2 | Isa::Avx512 => unsafe {
-            super::avx2::gemm_packed(fmt, w, n_rows, acts, g, ptr)
-        },
+        // SAFETY: AVX2/FMA/F16C present (asserted); the rows of groups `g` are this task's alone.
+        Isa::Avx2 => unsafe { super::avx2::gemm_packed(fmt, w, n_rows, acts, g, ptr) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, with AVX-512 VNNI.
+        Isa::Avx512 => unsafe { super::avx2::gemm_packed_avx512(fmt, w, n_rows, acts, g, ptr) },
         _ => gemm_packed_scalar(fmt, w, n_rows, acts, g, ptr),
     });
 }
@@ -537,6 +550,23 @@ mod tests {
                     );
                     let mut fast = vec![0.0; cols * n_rows];
                     matmul_packed(fmt, &p, n_rows, &acts, &mut fast);
+                    // Every other available path gives the same sums too.
+                    for isa in Isa::ALL {
+                        if !isa.supported() {
+                            eprintln!(
+                                "packed kernels: {isa:?} skipped (this CPU does not have it)"
+                            );
+                            continue;
+                        }
+                        let mut other = vec![0.0; cols * n_rows];
+                        matmul_packed_isa(isa, fmt, &p, n_rows, &acts, &mut other);
+                        for (a, b) in other.iter().zip(&fast) {
+                            assert!(
+                                (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                                "{fmt:?} {isa:?} {a} vs {b} ({n_rows}x{k}x{cols})"
+                            );
+                        }
+                    }
                     let mut slow = vec![0.0; cols * n_rows];
                     gemm_packed_scalar(
                         fmt,
