@@ -214,8 +214,8 @@ unsafe fn packed_tile<const F: u8, const C: usize, const VNNI: bool>(
                 let xq = x.qs.as_ptr();
                 let mut s = _mm256_setzero_si256();
                 if VNNI {
-                    for j in 0..8 {
-                        s = _mm256_dpbusd_epi32(s, aw[j], bcast4(xq, j));
+                    for (j, awj) in aw.iter().enumerate() {
+                        s = _mm256_dpbusd_epi32(s, *awj, bcast4(xq, j));
                     }
                     let bias = 128 * (x.hs[0] as i32 + x.hs[1] as i32);
                     s = _mm256_sub_epi32(s, _mm256_set1_epi32(bias));
