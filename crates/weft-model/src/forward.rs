@@ -63,7 +63,6 @@ pub struct Workspace {
     attn: Vec<f32>,
     tmp: Vec<f32>,
     gu: Vec<f32>,
-    act: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
     scratch: Scratch,
@@ -360,15 +359,20 @@ impl Model {
                 &mut ws.part,
                 &mut ws.scratch,
             );
-            let act = resize(&mut ws.act, n_tok * ff);
-            for (t, a) in act.chunks_exact_mut(ff).enumerate() {
-                let (g, u) = ws.gu[t * 2 * ff..(t + 1) * 2 * ff].split_at(ff);
-                for ((a, g), u) in a.iter_mut().zip(g).zip(u) {
-                    *a = g / (1.0 + (-g).exp()) * u;
+            // SwiGLU in place: token t's `silu(gate) * up` goes to
+            // gu[t * ff..], which lies before every row still to be read
+            // (row t' >= t starts at 2 t' ff), so no separate buffer.
+            for t in 0..n_tok {
+                let (src, dst) = (2 * t * ff, t * ff);
+                for i in 0..ff {
+                    let (g, u) = (ws.gu[src + i], ws.gu[src + ff + i]);
+                    ws.gu[dst + i] = g / (1.0 + (-g).exp()) * u;
                 }
             }
             let tmp = resize(&mut ws.tmp, n_tok * d);
-            layer.down.matmul(&ws.act, n_tok, tmp, &mut ws.scratch);
+            layer
+                .down
+                .matmul(&ws.gu[..n_tok * ff], n_tok, tmp, &mut ws.scratch);
             ws.x.iter_mut()
                 .zip(ws.tmp.iter())
                 .for_each(|(x, o)| *x += o);

@@ -395,8 +395,10 @@ impl Model {
 
     pub fn load_gguf(g: &GgufFile, opts: &LoadOptions) -> Result<Model> {
         let cfg = ModelConfig::from_gguf(g)?;
-        let layers = load_layers(g, &cfg, true)?;
+        // The largest matrix first: while it is repacked, its file pages and
+        // its copy are both resident, and little else is yet (peak RSS).
         let embed = g.weight("token_embd.weight", &[cfg.vocab_size, cfg.d_model])?;
+        let layers = load_layers(g, &cfg, true)?;
         let output = if g.has_tensor("output.weight") {
             g.weight("output.weight", &[cfg.vocab_size, cfg.d_model])?
         } else {
@@ -413,8 +415,8 @@ impl Model {
             .map_err(|e| ModelError::file(&cfg_path, format!("invalid config: {e}")))?;
         let cfg = ModelConfig::from_hf(&cfg_path, &hf)?;
         let src = HfFolder::open(dir)?;
-        let layers = load_layers(&src, &cfg, false)?;
         let embed = src.weight("model.embed_tokens.weight", &[cfg.vocab_size, cfg.d_model])?;
+        let layers = load_layers(&src, &cfg, false)?;
         let output = if src.has("lm_head.weight") && !hf.tie_word_embeddings {
             src.weight("lm_head.weight", &[cfg.vocab_size, cfg.d_model])?
         } else {

@@ -76,6 +76,29 @@ impl Bytes {
         })
     }
 
+    /// Tells the kernel that this slice of a mapped file will not be read
+    /// again (the weights were copied into another layout), so its pages
+    /// leave the resident set instead of doubling the model's memory. Only
+    /// whole pages inside the slice are released; owned bytes are left as
+    /// they are. Reading the slice afterwards is still correct: the pages
+    /// are read back from the file.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let Backing::Map(m) = &self.backing {
+            const PAGE: usize = 4096;
+            let start = self.offset.div_ceil(PAGE) * PAGE;
+            let end = (self.offset + self.len) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: a read-only private file mapping: dropped pages are
+                // re-read from the unchanged file on the next access, so no
+                // reader can observe a difference. Errors only cost memory.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                };
+            }
+        }
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -169,27 +192,29 @@ impl Weight {
             GgmlDType::Q4_0 => Weight::quant(BlockFormat::Q4_0, rows, cols, bytes),
             GgmlDType::Q4_1 => Weight::quant(BlockFormat::Q4_1, rows, cols, bytes),
             GgmlDType::Q8_0 => Weight::quant(BlockFormat::Q8_0, rows, cols, bytes),
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => Weight::F32 {
-                rows,
-                cols,
-                data: Arc::new(to_f32(dtype, bytes.as_slice())),
-            },
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                let data = Arc::new(to_f32(dtype, bytes.as_slice()));
+                bytes.release_pages();
+                Weight::F32 { rows, cols, data }
+            }
             _ => match PlaneFormat::from_ggml(dtype) {
                 Some(fmt)
                     if rows.is_multiple_of(kernels::PACK_ROWS)
                         && cols.is_multiple_of(fmt.block_elems())
                         && !std::env::var("WEFT_NO_PACK").is_ok_and(|v| v == "1") =>
                 {
+                    let data = Bytes::from_vec(kernels::pack_planes(
+                        fmt,
+                        bytes.as_slice(),
+                        rows,
+                        cols / fmt.block_elems(),
+                    ));
+                    bytes.release_pages();
                     Weight::Planes {
                         fmt,
                         rows,
                         cols,
-                        data: Bytes::from_vec(kernels::pack_planes(
-                            fmt,
-                            bytes.as_slice(),
-                            rows,
-                            cols / fmt.block_elems(),
-                        )),
+                        data,
                     }
                 }
                 _ => Weight::Ggml {
@@ -209,12 +234,14 @@ impl Weight {
         let packed = rows.is_multiple_of(kernels::PACK_ROWS)
             && !std::env::var("WEFT_NO_PACK").is_ok_and(|v| v == "1");
         let data = if packed {
-            Bytes::owned(&kernels::pack_rows(
+            let data = Bytes::from_vec(kernels::pack_rows(
                 fmt,
                 bytes.as_slice(),
                 rows,
                 cols / BlockFormat::ELEMS,
-            ))
+            ));
+            bytes.release_pages();
+            data
         } else {
             bytes
         };
@@ -242,6 +269,16 @@ impl Weight {
             | Weight::Planes { cols, .. }
             | Weight::Ggml { cols, .. }
             | Weight::F32 { cols, .. } => *cols,
+        }
+    }
+
+    /// Bytes the weight's data takes in memory.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Weight::Quant { data, .. }
+            | Weight::Planes { data, .. }
+            | Weight::Ggml { data, .. } => data.len(),
+            Weight::F32 { data, .. } => data.len() * 4,
         }
     }
 
@@ -281,6 +318,27 @@ impl Weight {
                     data: Arc::new(data),
                 })
             }
+            Weight::Quant { fmt, .. }
+                if parts
+                    .iter()
+                    .all(|p| matches!(p, Weight::Quant { packed: true, .. })) =>
+            {
+                // Packed layouts are group-major: stacking whole groups of
+                // rows is concatenating bytes (no unpacked copy).
+                let mut all = Vec::with_capacity(parts.iter().map(|p| p.byte_len()).sum());
+                for p in parts {
+                    if let Weight::Quant { data, .. } = p {
+                        all.extend_from_slice(data.as_slice());
+                    }
+                }
+                Some(Weight::Quant {
+                    fmt: *fmt,
+                    rows,
+                    cols,
+                    data: Bytes::from_vec(all),
+                    packed: true,
+                })
+            }
             Weight::Quant { fmt, .. } => {
                 let mut all = Vec::new();
                 for p in parts {
@@ -305,7 +363,7 @@ impl Weight {
             Weight::Planes { fmt, .. } => {
                 // The layout is group-major and every part has whole
                 // groups, so stacking rows is concatenating bytes.
-                let mut all = Vec::new();
+                let mut all = Vec::with_capacity(parts.iter().map(|p| p.byte_len()).sum());
                 for p in parts {
                     if let Weight::Planes { data, .. } = p {
                         all.extend_from_slice(data.as_slice());

@@ -45,6 +45,12 @@ pub struct DecodeArgs {
     /// Repetitions; the median is reported.
     #[arg(long, short = 'r', default_value_t = 3)]
     pub reps: usize,
+    /// Prompt tokens per forward pass (the engine's `prefill_chunk`, as
+    /// `weft serve` and `weft run` use it by default; llama-bench's
+    /// counterpart is its ubatch of 512). The prompt is prefilled in
+    /// chunks of this size.
+    #[arg(long, default_value_t = weft_engine::EngineConfig::default().prefill_chunk)]
+    pub prefill_chunk: usize,
     /// Also run this `llama-bench` binary on the same model, with the same
     /// thread count and shape, and print weft/llama.cpp ratios. Default: the
     /// one `shared/tools/llama-cpp-anchor.sh` builds, when present.
@@ -56,22 +62,37 @@ pub struct DecodeArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Measure each of these GGUF files in turn (each in a fresh process,
+    /// so every peak RSS is its own) and print one table of weft against
+    /// llama-bench, with this CPU's SIMD flags. `scripts/bench-files.sh`
+    /// makes Q4_0, Q4_1, Q8_0, Q4_K_M, Q5_K_M and Q6_K files from one source.
+    /// Replaces --model.
+    #[arg(long, num_args = 1.., value_name = "GGUF", conflicts_with = "model")]
+    pub models: Vec<PathBuf>,
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, serde::Deserialize, Debug, Default)]
 struct DecodeReport {
     model: String,
     weights: String,
+    /// The kernel path (`WEFT_ISA`).
+    isa: String,
     threads: usize,
     prompt_tokens: usize,
     gen_tokens: usize,
     prompt_tok_s: f64,
     decode_tok_s: f64,
     peak_rss_mib: f64,
+    /// Size of the model file(s).
+    file_mib: f64,
+    /// The KV cache the engine allocated for the run.
+    kv_mib: f64,
+    /// `peak_rss_mib / (file_mib + kv_mib)`.
+    rss_ratio: f64,
     reference: Option<Reference>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, serde::Deserialize, Debug)]
 struct Reference {
     engine: String,
     prompt_tok_s: f64,
@@ -103,6 +124,152 @@ fn default_llama_bench() -> Option<PathBuf> {
     let home = std::env::var_os("HOME")?;
     let p = PathBuf::from(home).join(".cache/llama-cpp-anchor/build/bin/llama-bench");
     p.exists().then_some(p)
+}
+
+/// Size of a model file, or of every file in a model folder, in MiB.
+fn file_mib(path: &Path) -> f64 {
+    let bytes: u64 = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    } else {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    };
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// The CPU's model name and the SIMD flags the kernels care about, from
+/// /proc/cpuinfo (Linux).
+pub fn cpu_summary() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let wanted = [
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512_bf16",
+    ];
+    let have: Vec<&str> = wanted
+        .into_iter()
+        .filter(|w| flags.split_whitespace().any(|f| f == *w))
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!(
+        "{} ({} cores; {})",
+        field("model name"),
+        cores,
+        if have.is_empty() {
+            "no x86 SIMD flags".to_string()
+        } else {
+            have.join(" ")
+        }
+    )
+}
+
+/// `--models`: one child process per file (`weft bench decode --json`), then
+/// one table.
+fn decode_files(a: &DecodeArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("finding the weft binary")?;
+    let mut reports = Vec::new();
+    let bar = indicatif::ProgressBar::new(a.models.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .expect("static template"),
+    );
+    for m in &a.models {
+        anyhow::ensure!(m.exists(), "{} does not exist", m.display());
+        bar.set_message(
+            m.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string(),
+        );
+        let mut cmd = Command::new(&exe);
+        cmd.args(["bench", "decode", "--json", "-m"])
+            .arg(m)
+            .args(["--prompt-tokens", &a.prompt_tokens.to_string()])
+            .args(["--gen-tokens", &a.gen_tokens.to_string()])
+            .args(["-r", &a.reps.to_string()])
+            .args(["--prefill-chunk", &a.prefill_chunk.to_string()]);
+        if let Some(t) = a.model.threads {
+            cmd.args(["-t", &t.to_string()]);
+        }
+        if let Some(b) = &a.llama_bench {
+            cmd.arg("--llama-bench").arg(b);
+        }
+        if a.no_reference {
+            cmd.arg("--no-reference");
+        }
+        let out = cmd
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", exe.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "weft bench decode failed on {}",
+            m.display()
+        );
+        let r: DecodeReport = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("reading the report for {}", m.display()))?;
+        reports.push(r);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("CPU: {}", cpu_summary());
+    if let Some(r) = reports.first() {
+        println!(
+            "weft kernels: {}, {}; pp{} and tg{}, median of {} (llama-bench: mean)",
+            r.isa,
+            super::threads::plural(r.threads, "thread"),
+            r.prompt_tokens,
+            r.gen_tokens,
+            a.reps
+        );
+    }
+    println!(
+        "| file | weft weights | pp weft | pp llama.cpp | pp ratio | tg weft | tg llama.cpp | tg ratio | peak RSS / (file + KV) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in &reports {
+        let name = Path::new(&r.model)
+            .file_name()
+            .map_or(r.model.clone(), |n| n.to_string_lossy().to_string());
+        let (rpp, rpr, rtg, rtr) = match &r.reference {
+            Some(x) => (
+                format!("{:.1}", x.prompt_tok_s),
+                format!("**{:.2}x**", x.prompt_ratio),
+                format!("{:.1}", x.decode_tok_s),
+                format!("**{:.2}x**", x.decode_ratio),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "| {name} | {} | {:.1} | {rpp} | {rpr} | {:.1} | {rtg} | {rtr} | {:.0} / ({:.0} + {:.0}) MiB = {:.2}x |",
+            r.weights, r.prompt_tok_s, r.decode_tok_s, r.peak_rss_mib, r.file_mib, r.kv_mib, r.rss_ratio
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs llama-bench and reads its pp / tg averages from the JSON output.
@@ -194,6 +361,9 @@ fn timed_request(
 }
 
 fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
+    if !a.models.is_empty() {
+        return decode_files(&a);
+    }
     anyhow::ensure!(a.prompt_tokens >= 1, "--prompt-tokens must be at least 1");
     anyhow::ensure!(a.gen_tokens >= 1, "--gen-tokens must be at least 1");
     anyhow::ensure!(a.reps >= 1, "--reps must be at least 1");
@@ -209,20 +379,21 @@ fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
     // The whole run goes through the engine, as every request does: pp is a
     // request of `prompt_tokens` prefilled in one chunk, tg one of a single
     // token decoding `gen_tokens` (llama-bench's tg starts from an empty
-    // context too).
+    // context too). The KV cache holds what the longer request needs, plus
+    // a margin: it is resident memory, and counts in the RSS ratio.
+    let block_bytes = weft_model::KvCache::bytes_per_block(&model.config, 16);
+    let kv_tokens = a.prompt_tokens.max(a.gen_tokens) + 64;
+    let kv_budget_mib = (kv_tokens.div_ceil(16) * block_bytes).div_ceil(1 << 20) + 1;
+    anyhow::ensure!(a.prefill_chunk >= 1, "--prefill-chunk must be at least 1");
+    let chunk = a.prefill_chunk.min(a.prompt_tokens);
     let cfg = EngineConfig {
-        prefill_chunk: a.prompt_tokens.max(1),
-        max_batch_tokens: a.prompt_tokens.max(1),
-        kv_budget_mib: 64.max(
-            (a.prompt_tokens + a.gen_tokens + 64)
-                * weft_model::KvCache::bytes_per_block(&model.config, 16)
-                / 16
-                / (1 << 20)
-                + 8,
-        ),
+        prefill_chunk: chunk,
+        max_batch_tokens: chunk,
+        kv_budget_mib,
         max_tokens_per_thread: a.gen_tokens.max(1),
         ..Default::default()
     };
+    let kv_mib = ((kv_budget_mib << 20) / block_bytes * block_bytes) as f64 / (1u64 << 20) as f64;
     let mut engine = Engine::new(&model, &tok, cfg)?;
     // Warm-up: touch every weight once.
     timed_request(&mut engine, random_tokens(8, vocab, 0), 2)?;
@@ -238,15 +409,21 @@ fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
             timed_request(&mut engine, random_tokens(1, vocab, salt + 1), a.gen_tokens)?;
         tg.push(a.gen_tokens as f64 / (ttft + rest));
     }
+    let file_mib = file_mib(&a.model.path());
+    let peak = peak_rss_mib();
     let mut report = DecodeReport {
         model: a.model.path().display().to_string(),
         weights: model.weight_kind.clone(),
+        isa: weft_model::kernels::Isa::detect().name().to_string(),
         threads: model.threads(),
+        file_mib,
+        kv_mib,
+        rss_ratio: peak / (file_mib + kv_mib),
         prompt_tokens: a.prompt_tokens,
         gen_tokens: a.gen_tokens,
         prompt_tok_s: median(pp),
         decode_tok_s: median(tg),
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib: peak,
         reference: None,
     };
     drop(engine);
@@ -282,7 +459,10 @@ fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
             "decode       {:>8.1} tok/s  (tg{})",
             report.decode_tok_s, report.gen_tokens
         );
-        println!("peak RSS     {:>8.1} MiB", report.peak_rss_mib);
+        println!(
+            "peak RSS     {:>8.1} MiB  ({:.2}x the file's {:.1} MiB + the KV cache's {:.1} MiB)",
+            report.peak_rss_mib, report.rss_ratio, report.file_mib, report.kv_mib
+        );
         if let Some(r) = &report.reference {
             println!(
                 "{}: prompt {:.1} tok/s, decode {:.1} tok/s",
