@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::config::RopeStyle;
 use crate::error::{ModelError, Result};
-use crate::kernels::{axpy_f16, decode, dot_f16, scores_f16, weighted_sum_f16, SyncPtr};
+use crate::kernels::{decode, scores_f16, weighted_sum_f16, SyncPtr};
 use crate::kv_cache::{KvCache, LayerKv};
 use crate::model::{Model, Projection};
 use crate::prefix_attention::{attend_runs, shared_runs, Dims, Partial};
@@ -452,6 +452,9 @@ impl Model {
         let mut tasks = Vec::new();
         let mut split_tasks = Vec::new();
         for (i, &n) in parts.iter().enumerate() {
+            if n > 0 {
+                decode::count_split_step();
+            }
             for g in 0..cfg.n_kv_heads {
                 for part in 0..n {
                     split_tasks.push((i, g, part));
@@ -610,24 +613,22 @@ fn finish_query(
     scores: &mut Vec<f32>,
     o: &mut [f32],
 ) {
-    let hd = q.len();
+    // The many-row kernels: the same bits as `dot_f16` / `axpy_f16` row by
+    // row, with the query and the output held in registers.
     scores.clear();
-    let mut max = m1;
-    for &slot in ctx {
-        let sc = dot_f16(q, &kv.k[slot * kvd + col..slot * kvd + col + hd]) * scale;
-        max = max.max(sc);
-        scores.push(sc);
-    }
+    scores.resize(ctx.len(), 0.0);
+    scores_f16(q, &kv.k, ctx, kvd, col, scale, scores);
+    let max = scores.iter().fold(m1, |m, &s| m.max(s));
     let alpha = (m1 - max).exp();
     let mut sum = l1 * alpha;
     for (o, x) in o.iter_mut().zip(o1) {
         *o = x * alpha;
     }
-    for (&slot, sc) in ctx.iter().zip(scores.iter()) {
-        let p = (sc - max).exp();
-        sum += p;
-        axpy_f16(o, p, &kv.v[slot * kvd + col..slot * kvd + col + hd]);
+    for sc in scores.iter_mut() {
+        *sc = (*sc - max).exp();
+        sum += *sc;
     }
+    weighted_sum_f16(o, scores, &kv.v, ctx, kvd, col);
     let inv = 1.0 / sum;
     o.iter_mut().for_each(|x| *x *= inv);
 }

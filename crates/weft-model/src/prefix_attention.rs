@@ -12,7 +12,7 @@
 //! A prefill chunk of one sequence is handled the same way: every token of
 //! the chunk sees all the context before it, so that part is one GEMM too.
 
-use half::slice::HalfFloatSliceExt;
+use crate::kernels::f16_to_f32_slice;
 use rayon::prelude::*;
 
 use crate::kv_cache::LayerKv;
@@ -135,8 +135,8 @@ pub(crate) fn attend_runs(
             let mut vf = vec![0f32; n * hd];
             for (j, &slot) in lead.iter().enumerate() {
                 let src = slot * dims.kv_dim + g * hd;
-                kv.k[src..src + hd].convert_to_f32_slice(&mut kf[j * hd..(j + 1) * hd]);
-                kv.v[src..src + hd].convert_to_f32_slice(&mut vf[j * hd..(j + 1) * hd]);
+                f16_to_f32_slice(&kv.k[src..src + hd], &mut kf[j * hd..(j + 1) * hd]);
+                f16_to_f32_slice(&kv.v[src..src + hd], &mut vf[j * hd..(j + 1) * hd]);
             }
             let mut ids = Vec::new();
             let mut q = Vec::new();
@@ -160,12 +160,8 @@ pub(crate) fn attend_runs(
                 .zip(max.iter_mut().zip(sum.iter_mut()))
             {
                 *m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut acc = 0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - *m).exp();
-                    acc += *x;
-                }
-                *l = acc;
+                // Eight exponentials at a time (the split decode path's exp).
+                *l = crate::kernels::decode::exp_shifted(row, *m);
             }
             let mut o = vec![0f32; nq * hd];
             matmul(nq, hd, n, &s, n, 1, &vf, hd, 1, &mut o, 1.0);

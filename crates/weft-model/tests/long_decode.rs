@@ -4,7 +4,7 @@
 //! threshold; against the dense reference forward, to the level the rest of
 //! the forward already differs at.
 
-use weft_model::kernels::decode::SPLIT_MIN;
+use weft_model::kernels::decode::{split_steps, SPLIT_MIN};
 use weft_model::session::Session;
 use weft_model::{LoadOptions, Model};
 
@@ -49,14 +49,22 @@ fn long_context_decode_matches_one_pass_attention_and_the_reference() {
         let tokens: Vec<u32> = (0..ctx as u32 + 1)
             .map(|i| (i * 7919 + 13) % vocab as u32)
             .collect();
+        let before = split_steps();
         let got = decode_logits(&split, &tokens);
+        let split_ran = split_steps() > before;
         let plain = decode_logits(&one_pass, &tokens);
         let (worst, scale) = max_diff(&got, &plain);
         assert!(scale > 1.0, "degenerate logits");
         if ctx + 1 < SPLIT_MIN {
+            assert!(
+                !split_ran,
+                "ctx {ctx}: below the threshold the split path ran"
+            );
             assert_eq!(worst, 0.0, "ctx {ctx}: below the threshold nothing changes");
         } else {
-            assert!(worst > 0.0, "ctx {ctx}: the split path did not run");
+            // (The logits may still be equal to the bit: 8-bit activations
+            // often round both attention results to the same values.)
+            assert!(split_ran, "ctx {ctx}: the split path did not run");
             // Rounding in one step's attention, moved through 30 layers of
             // 8-bit activations: the level any change of summation order
             // gives on this model.

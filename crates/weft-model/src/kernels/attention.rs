@@ -81,8 +81,16 @@ pub fn weighted_sum_f16(
     }
 }
 
-/// Converts f16 values to f32.
+/// Converts f16 values to f32 (exact), eight at a time where the CPU
+/// allows; `min(src.len(), dst.len())` values.
+#[inline]
 pub fn f16_to_f32_slice(src: &[f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect().has_avx2() {
+        // SAFETY: the CPU supports AVX2 and F16C (checked by `Isa::detect`).
+        unsafe { super::avx2::f16_to_f32(src, dst) };
+        return;
+    }
     for (d, s) in dst.iter_mut().zip(src) {
         *d = s.to_f32();
     }

@@ -460,6 +460,26 @@ pub(crate) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// `dst[i] = src[i] as f32` for `min(src.len(), dst.len())` values.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let (ps, pd) = (src.as_ptr() as *const u16, dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_cvtph_ps(_mm_loadu_si128(ps.add(i) as *const __m128i));
+        _mm256_storeu_ps(pd.add(i), v);
+        i += 8;
+    }
+    while i < n {
+        dst[i] = src[i].to_f32();
+        i += 1;
+    }
+}
+
 /// # Safety
 /// AVX2, FMA and F16C must be available.
 #[target_feature(enable = "avx2,fma,f16c")]

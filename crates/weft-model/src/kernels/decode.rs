@@ -18,6 +18,20 @@ use super::Isa;
 /// Decode steps over at least this many context slots take the split path.
 pub const SPLIT_MIN: usize = 256;
 
+static SPLIT_STEPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many (sequence, layer) decode attentions took the split path in
+/// this process so far: lets tests check which path ran, since a different
+/// summation order does not always change the logits (8-bit activations
+/// often round both results to the same values).
+pub fn split_steps() -> usize {
+    SPLIT_STEPS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub(crate) fn count_split_step() {
+    SPLIT_STEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Fewest slots in one part.
 pub const PART_MIN: usize = 64;
 
