@@ -12,7 +12,7 @@
 //! A prefill chunk of one sequence is handled the same way: every token of
 //! the chunk sees all the context before it, so that part is one GEMM too.
 
-use crate::kernels::f16_to_f32_slice;
+use crate::kernels::gather_f16_rows;
 use rayon::prelude::*;
 
 use crate::kv_cache::LayerKv;
@@ -133,11 +133,8 @@ pub(crate) fn attend_runs(
             let lead = &slots[run.members[0]][a..b];
             let mut kf = vec![0f32; n * hd];
             let mut vf = vec![0f32; n * hd];
-            for (j, &slot) in lead.iter().enumerate() {
-                let src = slot * dims.kv_dim + g * hd;
-                f16_to_f32_slice(&kv.k[src..src + hd], &mut kf[j * hd..(j + 1) * hd]);
-                f16_to_f32_slice(&kv.v[src..src + hd], &mut vf[j * hd..(j + 1) * hd]);
-            }
+            gather_f16_rows(&kv.k, lead, dims.kv_dim, g * hd, hd, &mut kf);
+            gather_f16_rows(&kv.v, lead, dims.kv_dim, g * hd, hd, &mut vf);
             let mut ids = Vec::new();
             let mut q = Vec::new();
             for &m in &run.members {

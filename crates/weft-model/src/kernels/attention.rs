@@ -81,6 +81,42 @@ pub fn weighted_sum_f16(
     }
 }
 
+/// Gathers the f16 rows `src[s * stride + col..][..hd]` for each `s` in
+/// `slots` into `dst` (`slots.len() x hd` f32, row-major), converting
+/// exactly; one call for many rows.
+///
+/// # Panics
+/// When a row lies outside `src` or `dst` is too short.
+pub fn gather_f16_rows(
+    src: &[f16],
+    slots: &[usize],
+    stride: usize,
+    col: usize,
+    hd: usize,
+    dst: &mut [f32],
+) {
+    assert!(dst.len() >= slots.len() * hd, "gather destination");
+    let in_bounds = slots
+        .iter()
+        .max()
+        .is_none_or(|&s| s * stride + col + hd <= src.len());
+    assert!(in_bounds, "gathered row outside the KV cache");
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect().has_avx2() {
+        // SAFETY: the CPU supports AVX2 and F16C; every row is in bounds.
+        unsafe { super::avx2::gather_f16_rows(src, slots, stride, col, hd, dst) };
+        return;
+    }
+    for (j, &s) in slots.iter().enumerate() {
+        for (d, x) in dst[j * hd..(j + 1) * hd]
+            .iter_mut()
+            .zip(&src[s * stride + col..s * stride + col + hd])
+        {
+            *d = x.to_f32();
+        }
+    }
+}
+
 /// Converts f16 values to f32 (exact), eight at a time where the CPU
 /// allows; `min(src.len(), dst.len())` values.
 #[inline]
@@ -99,6 +135,27 @@ pub fn f16_to_f32_slice(src: &[f16], dst: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Gathering rows converts exactly what `to_f32` gives, for head sizes
+    /// with and without a tail under 8.
+    #[test]
+    fn gathered_rows_convert_exactly() {
+        for hd in [64, 13, 8, 3] {
+            let stride = 3 * hd + 5;
+            let src: Vec<f16> = (0..40 * stride)
+                .map(|i| f16::from_f32((i as f32 * 0.37).sin() * 100.0))
+                .collect();
+            let slots = [7, 0, 39, 12, 12];
+            let col = hd + 2;
+            let mut dst = vec![0f32; slots.len() * hd];
+            gather_f16_rows(&src, &slots, stride, col, hd, &mut dst);
+            for (j, &s) in slots.iter().enumerate() {
+                for d in 0..hd {
+                    assert_eq!(dst[j * hd + d], src[s * stride + col + d].to_f32());
+                }
+            }
+        }
+    }
 
     /// The many-row kernels (query and output held in registers) give the
     /// same bits as the one-row primitives, for every head size shape:

@@ -460,6 +460,37 @@ pub(crate) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// See `attention::gather_f16_rows`.
+///
+/// # Safety
+/// AVX2 and F16C must be available; every row lies inside `src` and `dst`
+/// holds `slots.len() * hd` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gather_f16_rows(
+    src: &[f16],
+    slots: &[usize],
+    stride: usize,
+    col: usize,
+    hd: usize,
+    dst: &mut [f32],
+) {
+    let ps = src.as_ptr() as *const u16;
+    for (j, &s) in slots.iter().enumerate() {
+        let row = ps.add(s * stride + col);
+        let out = dst.as_mut_ptr().add(j * hd);
+        let mut i = 0;
+        while i + 8 <= hd {
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(row.add(i) as *const __m128i));
+            _mm256_storeu_ps(out.add(i), v);
+            i += 8;
+        }
+        while i < hd {
+            *out.add(i) = f16::from_bits(*row.add(i)).to_f32();
+            i += 1;
+        }
+    }
+}
+
 /// `dst[i] = src[i] as f32` for `min(src.len(), dst.len())` values.
 ///
 /// # Safety

@@ -19,7 +19,9 @@ mod planes;
 mod planes_x86;
 mod quant;
 
-pub use attention::{axpy_f16, dot_f16, f16_to_f32_slice, scores_f16, weighted_sum_f16};
+pub use attention::{
+    axpy_f16, dot_f16, f16_to_f32_slice, gather_f16_rows, scores_f16, weighted_sum_f16,
+};
 pub use planes::{matmul_planes, pack_planes, planes_row, PlaneFormat};
 pub(crate) use quant::decode_block;
 pub use quant::{
