@@ -239,7 +239,7 @@ fn decode_files(a: &DecodeArgs) -> anyhow::Result<ExitCode> {
     println!("CPU: {}", cpu_summary());
     if let Some(r) = reports.first() {
         println!(
-            "weft kernels: {}, {}; pp{} and tg{}, median of {} (llama-bench: mean)",
+            "weft kernels: {}, {}; pp{} and tg{}; medians of {} repetitions, weft and llama-bench alternating",
             r.isa,
             super::threads::plural(r.threads, "thread"),
             r.prompt_tokens,
@@ -278,6 +278,7 @@ fn run_llama_bench(
     model: &Path,
     threads: usize,
     a: &DecodeArgs,
+    reps: usize,
 ) -> anyhow::Result<(f64, f64)> {
     let out = Command::new(bin)
         .args(["-m", &model.to_string_lossy(), "-t", &threads.to_string()])
@@ -287,7 +288,7 @@ fn run_llama_bench(
             "-n",
             &a.gen_tokens.to_string(),
         ])
-        .args(["-r", &a.reps.to_string(), "-o", "json"])
+        .args(["-r", &reps.to_string(), "-o", "json"])
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
@@ -397,8 +398,20 @@ fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
     let mut engine = Engine::new(&model, &tok, cfg)?;
     // Warm-up: touch every weight once.
     timed_request(&mut engine, random_tokens(8, vocab, 0), 2)?;
+    let reference = if a.no_reference {
+        None
+    } else {
+        let bin = a.llama_bench.clone().or_else(default_llama_bench);
+        if bin.is_none() {
+            eprintln!("[weft] no llama-bench found (build it with shared/tools/llama-cpp-anchor.sh or pass --llama-bench); reporting weft alone");
+        }
+        bin
+    };
     let mut pp = Vec::new();
     let mut tg = Vec::new();
+    let (mut rpp, mut rtg) = (Vec::new(), Vec::new());
+    // weft and llama-bench alternate, one repetition each, so a change in
+    // this machine's load hits both sides alike; medians are compared.
     for rep in 0..a.reps.max(1) {
         let salt = 1 + 2 * rep as u64;
         // The prompt's time is the time to its first token: the prefill
@@ -408,6 +421,16 @@ fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
         let (ttft, rest) =
             timed_request(&mut engine, random_tokens(1, vocab, salt + 1), a.gen_tokens)?;
         tg.push(a.gen_tokens as f64 / (ttft + rest));
+        if let Some(bin) = &reference {
+            eprintln!(
+                "[weft] rep {}: running reference {}",
+                rep + 1,
+                bin.display()
+            );
+            let (p, t) = run_llama_bench(bin, &a.model.path(), model.threads(), &a, 1)?;
+            rpp.push(p);
+            rtg.push(t);
+        }
     }
     let file_mib = file_mib(&a.model.path());
     let peak = peak_rss_mib();
@@ -427,20 +450,15 @@ fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
         reference: None,
     };
     drop(engine);
-    if !a.no_reference {
-        if let Some(bin) = a.llama_bench.clone().or_else(default_llama_bench) {
-            eprintln!("[weft] running reference: {}", bin.display());
-            let (rpp, rtg) = run_llama_bench(&bin, &a.model.path(), model.threads(), &a)?;
-            report.reference = Some(Reference {
-                engine: "llama.cpp (llama-bench)".into(),
-                prompt_tok_s: rpp,
-                decode_tok_s: rtg,
-                prompt_ratio: report.prompt_tok_s / rpp,
-                decode_ratio: report.decode_tok_s / rtg,
-            });
-        } else {
-            eprintln!("[weft] no llama-bench found (build it with shared/tools/llama-cpp-anchor.sh or pass --llama-bench); reporting weft alone");
-        }
+    if !rpp.is_empty() {
+        let (rpp, rtg) = (median(rpp), median(rtg));
+        report.reference = Some(Reference {
+            engine: "llama.cpp (llama-bench)".into(),
+            prompt_tok_s: rpp,
+            decode_tok_s: rtg,
+            prompt_ratio: report.prompt_tok_s / rpp,
+            decode_ratio: report.decode_tok_s / rtg,
+        });
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
