@@ -16,7 +16,10 @@ What counts as an example, and how each kind runs:
   are run against (the README's port 8000 is replaced by a free one; the
   python block runs with the official `openai` client from the venv);
 - `bash scripts/test.sh` is the command that runs this script, so it is
-  skipped (and said so).
+  skipped (and said so);
+- the benchmark recipe (`bash scripts/bench-files.sh` + `weft bench decode
+  --models ...`) runs where llama.cpp's `llama-quantize` is built, the
+  benchmark on a short shape; elsewhere it is skipped, and said so.
 - --help examples: each listed below must appear in its command's --help,
   so help and this list cannot drift apart.
 A README example this script does not know how to run fails it, so a new
@@ -77,6 +80,22 @@ try:
             skipped.append((body, "the test command itself (it runs this script)"))
         elif lang == "sh" and body.startswith("CARGO_TARGET_DIR=") and body.endswith("-- demo"):
             sh(body, ok=(0, 1))
+        elif lang == "sh" and body.startswith("bash scripts/bench-files.sh"):
+            # The benchmark recipe: needs llama.cpp's llama-quantize (the
+            # anchor build of ../shared/tools/llama-cpp-anchor.sh), which CI
+            # does not make. Where it is built, both lines run, the
+            # benchmark on a short shape (the README's is minutes long).
+            anchor = os.path.expanduser("~/.cache/llama-cpp-anchor/build/bin/llama-quantize")
+            if not os.path.exists(anchor):
+                skipped.append((body, "needs llama-quantize from ../shared/tools/llama-cpp-anchor.sh"))
+            else:
+                lines = [l for l in body.splitlines() if l.strip()]
+                assert lines[0] == "bash scripts/bench-files.sh", lines
+                sh(lines[0], timeout=1800)
+                for l in lines[1:]:
+                    p = sh(l + " --prompt-tokens 32 --gen-tokens 8 -r 1", timeout=900,
+                           executable="/bin/bash")
+                    assert "| SmolLM2-135M-Instruct.Q4_K_M.gguf |" in p.stdout, p.stdout
         elif lang == "sh" and body.startswith("weft serve "):
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))

@@ -1,14 +1,18 @@
 //! Hot CPU kernels: quantized and f32 matrix multiplication, and the small
 //! vector routines attention needs.
 //!
-//! Quantized weights (`Q4_0`, `Q4_1`, `Q8_0`) are multiplied the way llama.cpp
-//! does it: the activations are quantized once per step to 8-bit blocks of 32
-//! ([`QuantizedActs`]), and each weight block is combined with each activation
-//! block by integer dot products. The AVX2 kernels work on a tile of 4 weight
-//! rows by up to 2 activation columns, so each weight byte is read once per
-//! batch rather than once per sequence. The SIMD path is picked at run time
-//! ([`Isa::detect`]); the scalar path computes the same sums and is the
-//! reference the SIMD kernels are tested against.
+//! Quantized weights are multiplied the way llama.cpp does it: the
+//! activations are quantized once per matmul to 8-bit blocks of 32
+//! ([`QuantizedActs`]), and each weight block is combined with each
+//! activation block by integer dot products. `Q4_0`, `Q4_1` and `Q8_0` keep
+//! their GGUF blocks, interleaved 8 rows at a time ([`pack_rows`]); `Q5_0`,
+//! `Q5_1`, `Q4_K`, `Q5_K` and `Q6_K` are repacked into nibble and high-bit
+//! planes ([`pack_planes`]). The kernels work on a tile of 8 weight rows (one
+//! per 32-bit lane) by up to 4 activation columns, so each weight byte is
+//! read once per batch rather than once per sequence. The path is picked at
+//! run time ([`Isa::detect`], `WEFT_ISA` forces one): AVX-512 VNNI, AVX2, or
+//! the scalar reference, which computes the same sums and which every SIMD
+//! path is tested against on every CPU that has it.
 
 mod attention;
 #[cfg(target_arch = "x86_64")]
