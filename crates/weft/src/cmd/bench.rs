@@ -238,13 +238,23 @@ fn decode_files(a: &DecodeArgs) -> anyhow::Result<ExitCode> {
     }
     println!("CPU: {}", cpu_summary());
     if let Some(r) = reports.first() {
+        let with_ref = reports.iter().any(|r| r.reference.is_some());
         println!(
-            "weft kernels: {}, {}; pp{} and tg{}; medians of {} repetitions, weft and llama-bench alternating",
+            "weft kernels: {}, {}; pp{} and tg{}; {}{}",
             r.isa,
             super::threads::plural(r.threads, "thread"),
             r.prompt_tokens,
             r.gen_tokens,
-            a.reps
+            if a.reps == 1 {
+                "one repetition".to_string()
+            } else {
+                format!("medians of {} repetitions", a.reps)
+            },
+            if with_ref {
+                ", weft and llama-bench alternating"
+            } else {
+                ""
+            }
         );
     }
     println!(
