@@ -359,16 +359,8 @@ impl Model {
                 &mut ws.part,
                 &mut ws.scratch,
             );
-            // SwiGLU in place: token t's `silu(gate) * up` goes to
-            // gu[t * ff..], which lies before every row still to be read
-            // (row t' >= t starts at 2 t' ff), so no separate buffer.
-            for t in 0..n_tok {
-                let (src, dst) = (2 * t * ff, t * ff);
-                for i in 0..ff {
-                    let (g, u) = (ws.gu[src + i], ws.gu[src + ff + i]);
-                    ws.gu[dst + i] = g / (1.0 + (-g).exp()) * u;
-                }
-            }
+            // SwiGLU in place (no separate buffer), rows in parallel.
+            swiglu_in_place(&mut ws.gu, ff, n_tok);
             let tmp = resize(&mut ws.tmp, n_tok * d);
             layer
                 .down
@@ -631,6 +623,31 @@ fn finish_query(
     weighted_sum_f16(o, scores, &kv.v, ctx, kvd, col);
     let inv = 1.0 / sum;
     o.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// SwiGLU over `n_tok` rows of `[gate (ff) | up (ff)]`, in place: token
+/// `t`'s `silu(gate) * up` goes to `gu[t * ff..(t + 1) * ff]`. The results
+/// first go to a scratch row per token (the rows are computed in parallel,
+/// each exactly as one at a time), then are compacted in order.
+fn swiglu_in_place(gu: &mut [f32], ff: usize, n_tok: usize) {
+    let silu_mul = |row: &mut [f32]| {
+        let (g, u) = row.split_at_mut(ff);
+        for (g, u) in g.iter_mut().zip(u.iter()) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    };
+    if n_tok >= 2 {
+        gu[..2 * ff * n_tok]
+            .par_chunks_mut(2 * ff)
+            .for_each(silu_mul);
+    } else if n_tok == 1 {
+        silu_mul(&mut gu[..2 * ff]);
+    }
+    // Row t's result sits at 2 t ff; move it to t ff (t ff <= 2 t ff, in
+    // increasing t, so nothing unread is overwritten).
+    for t in 1..n_tok {
+        gu.copy_within(2 * t * ff..2 * t * ff + ff, t * ff);
+    }
 }
 
 /// Computes several projections of `x` into one row per token, laid out as
