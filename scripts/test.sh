@@ -30,6 +30,10 @@ fi
 "$JINJA_VENV/bin/python" scripts/chat_template_references.py --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked
+# The kernel tests again, their output shown: which instruction-set paths
+# (scalar, avx2, avx512) this CPU ran, and which it skipped.
+cargo test --release --locked -p weft-model --lib kernels -- --nocapture 2>&1 \
+  | grep -E "path (ran|skipped)|test result"
 # The server against the official `openai` Python client (venv under ~/.cache/weft).
 bash scripts/serve-client-test.sh
 # Every example in README.md and in --help, run as a user types it.

@@ -512,6 +512,13 @@ mod tests {
     /// matmul over the dequantized weights, for every tile remainder.
     #[test]
     fn quant_kernels_match_reference() {
+        for isa in Isa::ALL {
+            if isa.supported() {
+                eprintln!("packed kernels: {isa:?} path ran");
+            } else {
+                eprintln!("packed kernels: {isa:?} path skipped (this CPU does not have it)");
+            }
+        }
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for fmt in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
             for (n_rows, k, cols) in [
@@ -553,9 +560,6 @@ mod tests {
                     // Every other available path gives the same sums too.
                     for isa in Isa::ALL {
                         if !isa.supported() {
-                            eprintln!(
-                                "packed kernels: {isa:?} skipped (this CPU does not have it)"
-                            );
                             continue;
                         }
                         let mut other = vec![0.0; cols * n_rows];
