@@ -148,6 +148,21 @@ impl Tiny {
     /// The same weights as an F32 GGUF, with llama.cpp's names and, for
     /// `llama`, q/k rows permuted for its interleaved RoPE.
     pub fn write_gguf(&self, path: &Path, seed: u64, extra_meta: &[(&str, Value)]) {
+        self.write_gguf_typed(path, seed, extra_meta, GgmlDType::F32, false)
+    }
+
+    /// As [`Tiny::write_gguf`], with every matrix quantized to `dtype` by
+    /// candle (vectors stay F32); with `dequantized`, the quantized values
+    /// are decoded back and stored as F32 (the same weights, exactly, for a
+    /// float reference).
+    pub fn write_gguf_typed(
+        &self,
+        path: &Path,
+        seed: u64,
+        extra_meta: &[(&str, Value)],
+        dtype: GgmlDType,
+        dequantized: bool,
+    ) {
         let hd = self.head_dim();
         let permute = |v: &[f32], n_head: usize, cols: usize| -> Vec<f32> {
             let mut out = vec![0.0; v.len()];
@@ -200,7 +215,18 @@ impl Tiny {
                 v = permute(&v, self.kv_heads, shape[1]);
             }
             let t = Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap();
-            tensors.push((gname, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+            let q = if shape.len() == 2 && dtype != GgmlDType::F32 {
+                let q = QTensor::quantize(&t, dtype).unwrap();
+                if dequantized {
+                    let f = q.dequantize(&Device::Cpu).unwrap();
+                    QTensor::quantize(&f, GgmlDType::F32).unwrap()
+                } else {
+                    q
+                }
+            } else {
+                QTensor::quantize(&t, GgmlDType::F32).unwrap()
+            };
+            tensors.push((gname, q));
         }
         let a = self.arch;
         let mut meta: Vec<(String, Value)> = vec![
