@@ -53,6 +53,9 @@ pub struct KvSpan<'a> {
     pub end: usize,
 }
 
+/// Tokens per MLP pass within a forward step (see `Model::forward`'s MLP).
+const MLP_TOKENS: usize = 64;
+
 /// Buffers reused from step to step.
 #[derive(Default)]
 pub struct Workspace {
@@ -351,20 +354,29 @@ impl Model {
                     &mut h[t * d..(t + 1) * d],
                 );
             }
-            project(
-                &layer.gate_up,
-                &ws.h,
-                n_tok,
-                &mut ws.gu,
-                &mut ws.part,
-                &mut ws.scratch,
-            );
-            // SwiGLU in place (no separate buffer), rows in parallel.
-            swiglu_in_place(&mut ws.gu, ff, n_tok);
+            // The MLP runs over at most MLP_TOKENS tokens at a time: its
+            // [gate | up] rows are the widest buffer of a prefill step, and
+            // every token's result is the same whatever the split.
             let tmp = resize(&mut ws.tmp, n_tok * d);
-            layer
-                .down
-                .matmul(&ws.gu[..n_tok * ff], n_tok, tmp, &mut ws.scratch);
+            for t0 in (0..n_tok).step_by(MLP_TOKENS) {
+                let n = MLP_TOKENS.min(n_tok - t0);
+                project(
+                    &layer.gate_up,
+                    &ws.h[t0 * d..(t0 + n) * d],
+                    n,
+                    &mut ws.gu,
+                    &mut ws.part,
+                    &mut ws.scratch,
+                );
+                // SwiGLU in place (no separate buffer), rows in parallel.
+                swiglu_in_place(&mut ws.gu, ff, n);
+                layer.down.matmul(
+                    &ws.gu[..n * ff],
+                    n,
+                    &mut tmp[t0 * d..(t0 + n) * d],
+                    &mut ws.scratch,
+                );
+            }
             ws.x.iter_mut()
                 .zip(ws.tmp.iter())
                 .for_each(|(x, o)| *x += o);

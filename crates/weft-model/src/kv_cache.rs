@@ -19,6 +19,18 @@ pub(crate) struct LayerKv {
     pub v: Vec<f16>,
 }
 
+/// `n` zeros, allocated zeroed (`calloc`), so that a page becomes resident
+/// only when a slot on it is first written: a large KV budget costs memory
+/// as it fills, not up front. `vec![f16::ZERO; n]` would write every page,
+/// because the standard library only takes that path for primitive types.
+fn zeroed_f16(n: usize) -> Vec<f16> {
+    let mut v = std::mem::ManuallyDrop::new(vec![0u16; n]);
+    // SAFETY: `f16` is `repr(transparent)` over `u16` (same size and
+    // alignment, and every bit pattern is valid), so the allocation's layout
+    // is the same and the zero bits are `f16::ZERO`.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f16>(), v.len(), v.capacity()) }
+}
+
 impl KvCache {
     /// A cache of `n_blocks` blocks of `block_size` token slots each.
     pub fn new(cfg: &ModelConfig, block_size: usize, n_blocks: usize) -> KvCache {
@@ -30,8 +42,8 @@ impl KvCache {
             kv_dim,
             layers: (0..cfg.n_layers)
                 .map(|_| LayerKv {
-                    k: vec![f16::ZERO; per_layer],
-                    v: vec![f16::ZERO; per_layer],
+                    k: zeroed_f16(per_layer),
+                    v: zeroed_f16(per_layer),
                 })
                 .collect(),
         }

@@ -41,6 +41,10 @@ pub struct Tokenizer {
     pub chat_template: Option<String>,
     /// `inner` with special tokens read as plain text (built on first use).
     literal: std::sync::OnceLock<tokenizers::Tokenizer>,
+    /// `inner.get_vocab_size(true)`, counted once: the `tokenizers` crate
+    /// counts by cloning the whole vocabulary (4 MiB of strings for a
+    /// 49k-token model), and every request's validation asks for it.
+    vocab_size: usize,
 }
 
 const GGUF_CONTROL: i32 = 3;
@@ -360,10 +364,15 @@ impl Tokenizer {
                 )))
             }
         };
-        let inner =
-            tokenizers::Tokenizer::from_bytes(spec.to_string().as_bytes()).map_err(|e| {
-                ModelError::Tokenizer(format!("{}: cannot build tokenizer: {e}", g.path.display()))
-            })?;
+        // The JSON value is dropped before the tokenizer is built, so that the
+        // tokenizer's many small allocations reuse its memory instead of
+        // interleaving with it (what stays resident after loading).
+        let text = spec.to_string();
+        drop(spec);
+        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| {
+            ModelError::Tokenizer(format!("{}: cannot build tokenizer: {e}", g.path.display()))
+        })?;
+        drop(text);
         // Special-token ids must name tokens of the vocabulary (a broken
         // file is refused here, not at the first request).
         let special_id = |key: &str| -> Result<Option<u32>> {
@@ -396,6 +405,7 @@ impl Tokenizer {
             && bos.is_some();
         let add_eos = g.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false) && eos.is_some();
         Ok(Tokenizer {
+            vocab_size: inner.get_vocab_size(true),
             inner,
             bos,
             eos,
@@ -493,6 +503,7 @@ impl Tokenizer {
         let mut stop_ids: Vec<u32> = stop.into_iter().collect();
         stop_ids.sort();
         Ok(Tokenizer {
+            vocab_size: inner.get_vocab_size(true),
             add_bos: !special_prefix.is_empty(),
             special_prefix,
             special_suffix,
@@ -673,8 +684,9 @@ impl Tokenizer {
             .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
+    /// Number of token ids, added tokens included (ids are `0..vocab_size`).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn token_to_id(&self, text: &str) -> Option<u32> {
