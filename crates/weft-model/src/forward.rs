@@ -54,7 +54,7 @@ pub struct KvSpan<'a> {
 }
 
 /// Tokens per MLP pass within a forward step (see `Model::forward`'s MLP).
-const MLP_TOKENS: usize = 64;
+const MLP_TOKENS: usize = 32;
 
 /// Buffers reused from step to step.
 #[derive(Default)]
@@ -63,8 +63,6 @@ pub struct Workspace {
     h: Vec<f32>,
     qkv: Vec<f32>,
     part: Vec<f32>,
-    attn: Vec<f32>,
-    tmp: Vec<f32>,
     gu: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -311,7 +309,11 @@ impl Model {
                     *dst = f16::from_f32(*src);
                 }
             }
-            resize(&mut ws.attn, n_tok * qd);
+            // The attention output goes to `h` (the normed input, read only by
+            // the q/k/v projection above), and each projection's output to
+            // `qkv` (read only by the attention): a prefill step holds three
+            // token-sized buffers, not five.
+            resize(&mut ws.h, n_tok * qd);
             let partial = (!runs.is_empty()).then(|| {
                 let rows: Vec<std::ops::Range<usize>> = seqs
                     .iter()
@@ -336,14 +338,12 @@ impl Model {
                 &n_shared,
                 &tok_offset,
                 (&run_len, partial.as_ref()),
-                &mut ws.attn,
+                &mut ws.h,
             );
 
-            let tmp = resize(&mut ws.tmp, n_tok * d);
-            layer.o.matmul(&ws.attn, n_tok, tmp, &mut ws.scratch);
-            ws.x.iter_mut()
-                .zip(ws.tmp.iter())
-                .for_each(|(x, o)| *x += o);
+            let out = resize(&mut ws.qkv, n_tok * d);
+            layer.o.matmul(&ws.h, n_tok, out, &mut ws.scratch);
+            ws.x.iter_mut().zip(out.iter()).for_each(|(x, o)| *x += o);
 
             let h = resize(&mut ws.h, n_tok * d);
             for t in 0..n_tok {
@@ -357,7 +357,7 @@ impl Model {
             // The MLP runs over at most MLP_TOKENS tokens at a time: its
             // [gate | up] rows are the widest buffer of a prefill step, and
             // every token's result is the same whatever the split.
-            let tmp = resize(&mut ws.tmp, n_tok * d);
+            let out = resize(&mut ws.qkv, n_tok * d);
             for t0 in (0..n_tok).step_by(MLP_TOKENS) {
                 let n = MLP_TOKENS.min(n_tok - t0);
                 project(
@@ -373,13 +373,11 @@ impl Model {
                 layer.down.matmul(
                     &ws.gu[..n * ff],
                     n,
-                    &mut tmp[t0 * d..(t0 + n) * d],
+                    &mut out[t0 * d..(t0 + n) * d],
                     &mut ws.scratch,
                 );
             }
-            ws.x.iter_mut()
-                .zip(ws.tmp.iter())
-                .for_each(|(x, o)| *x += o);
+            ws.x.iter_mut().zip(out.iter()).for_each(|(x, o)| *x += o);
         }
 
         // Final norm and the output head, only on the rows asked for.

@@ -211,6 +211,15 @@ impl GgufFile {
         arr.iter().map(|v| v.to_string().ok().cloned()).collect()
     }
 
+    /// A string-array metadata value, borrowed from the parsed header (no
+    /// copy of the strings: a vocabulary is ~100k of them).
+    pub fn get_str_slices(&self, key: &str) -> Option<Vec<&str>> {
+        let arr = self.get(key)?.to_vec().ok()?;
+        arr.iter()
+            .map(|v| v.to_string().ok().map(|s| s.as_str()))
+            .collect()
+    }
+
     /// An f32-array metadata value.
     pub fn get_f32_array(&self, key: &str) -> Option<Vec<f32>> {
         let arr = self.get(key)?.to_vec().ok()?;

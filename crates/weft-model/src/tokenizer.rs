@@ -161,7 +161,7 @@ fn pre_name_or_default(pre: Option<&str>) -> &str {
     }
 }
 
-fn added_tokens(tokens: &[String], types: &[i32]) -> Vec<Value> {
+fn added_tokens(tokens: &[&str], types: &[i32]) -> Vec<Value> {
     tokens
         .iter()
         .zip(types)
@@ -174,15 +174,76 @@ fn added_tokens(tokens: &[String], types: &[i32]) -> Vec<Value> {
         .collect()
 }
 
+/// A `tokenizer.json` whose `model` gets `vocab` (token -> id, ids in
+/// order) and `merges` written from borrowed strings; `spec` is the rest
+/// (its `model` object without those two keys).
+struct StreamedSpec<'a> {
+    spec: &'a Value,
+    vocab: &'a [&'a str],
+    merges: &'a [&'a str],
+}
+
+impl serde::Serialize for StreamedSpec<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Vocab<'a>(&'a [&'a str]);
+        impl serde::Serialize for Vocab<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                // A repeated token keeps its last id, as a JSON object
+                // parsed into a map does.
+                let mut m = s.serialize_map(Some(self.0.len()))?;
+                for (id, t) in self.0.iter().enumerate() {
+                    m.serialize_entry(t, &id)?;
+                }
+                m.end()
+            }
+        }
+        struct Model<'a>(
+            &'a serde_json::Map<String, Value>,
+            &'a [&'a str],
+            &'a [&'a str],
+        );
+        impl serde::Serialize for Model<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.len() + 2))?;
+                for (k, v) in self.0 {
+                    m.serialize_entry(k, v)?;
+                }
+                m.serialize_entry("vocab", &Vocab(self.1))?;
+                m.serialize_entry("merges", self.2)?;
+                m.end()
+            }
+        }
+        let empty = serde_json::Map::new();
+        let top = self.spec.as_object().unwrap_or(&empty);
+        let model = top
+            .get("model")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let mut m = s.serialize_map(Some(top.len()))?;
+        for (k, v) in top {
+            if k == "model" {
+                m.serialize_entry(k, &Model(model, self.vocab, self.merges))?;
+            } else {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
+}
+
 /// Merges for a SentencePiece vocabulary: every split of a piece into two
 /// pieces, ranked by the merged piece's score (as llama.cpp's SPM tokenizer
 /// merges the highest-scoring pair first).
-fn spm_merges(tokens: &[String], scores: &[f32], types: &[i32]) -> Vec<String> {
-    let index: std::collections::HashMap<&str, usize> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_str(), i))
-        .collect();
+fn spm_merges(tokens: &[&str], scores: &[f32], types: &[i32]) -> Vec<String> {
+    let index: std::collections::HashMap<&str, usize> =
+        tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
     let mut merges: Vec<(f32, usize, usize, String)> = Vec::new();
     for (id, piece) in tokens.iter().enumerate() {
         if types.get(id).copied().unwrap_or(1) != 1 {
@@ -294,22 +355,18 @@ impl Tokenizer {
             .get_str("tokenizer.ggml.model")
             .ok_or_else(|| missing("no `tokenizer.ggml.model` key"))?;
         let tokens = g
-            .get_str_array("tokenizer.ggml.tokens")
+            .get_str_slices("tokenizer.ggml.tokens")
             .ok_or_else(|| missing("no `tokenizer.ggml.tokens` array"))?;
         let types = g
             .get_i32_array("tokenizer.ggml.token_type")
             .unwrap_or_else(|| vec![1; tokens.len()]);
-        let vocab: serde_json::Map<String, Value> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), json!(i)))
-            .collect();
         let added = added_tokens(&tokens, &types);
         let mut default_add_bos = kind == "llama";
-        let spec = match kind {
+        let spm_merged;
+        let (spec, merges) = match kind {
             "gpt2" => {
                 let merges = g
-                    .get_str_array("tokenizer.ggml.merges")
+                    .get_str_slices("tokenizer.ggml.merges")
                     .ok_or_else(|| missing("BPE vocabulary without `tokenizer.ggml.merges`"))?;
                 let name = g.get_str("tokenizer.ggml.pre");
                 let pre = BpePre::named(name).ok_or_else(|| {
@@ -319,20 +376,22 @@ impl Tokenizer {
                     ))
                 })?;
                 default_add_bos = pre.add_bos;
-                json!({
+                let spec = json!({
                     "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
                     "normalizer": null, "pre_tokenizer": pre.spec(), "post_processor": null,
                     "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
                     "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                               "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                              "ignore_merges": pre.ignore_merges, "vocab": vocab, "merges": merges}
-                })
+                              "ignore_merges": pre.ignore_merges}
+                });
+                (spec, merges)
             }
             "llama" => {
                 let scores = g
                     .get_f32_array("tokenizer.ggml.scores")
                     .unwrap_or_else(|| vec![0.0; tokens.len()]);
-                let merges = spm_merges(&tokens, &scores, &types);
+                spm_merged = spm_merges(&tokens, &scores, &types);
+                let merges = spm_merged.iter().map(String::as_str).collect();
                 let prefix = g
                     .get_bool("tokenizer.ggml.add_space_prefix")
                     .unwrap_or(true);
@@ -345,8 +404,8 @@ impl Tokenizer {
                 let unk = g
                     .get_usize("tokenizer.ggml.unknown_token_id")
                     .and_then(|i| tokens.get(i))
-                    .cloned();
-                json!({
+                    .copied();
+                let spec = json!({
                     "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
                     "normalizer": {"type": "Sequence", "normalizers": norm}, "pre_tokenizer": null, "post_processor": null,
                     "decoder": {"type": "Sequence", "decoders": [
@@ -355,8 +414,9 @@ impl Tokenizer {
                         {"type": "Strip", "content": " ", "start": if prefix { 1 } else { 0 }, "stop": 0}]},
                     "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
                               "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
-                              "ignore_merges": false, "vocab": vocab, "merges": merges}
-                })
+                              "ignore_merges": false}
+                });
+                (spec, merges)
             }
             other => {
                 return Err(missing(&format!(
@@ -367,8 +427,18 @@ impl Tokenizer {
         // The JSON value is dropped before the tokenizer is built, so that the
         // tokenizer's many small allocations reuse its memory instead of
         // interleaving with it (what stays resident after loading).
-        let text = spec.to_string();
-        drop(spec);
+        // The vocabulary and merges are written straight from the file's
+        // strings into the JSON text (no JSON value of 100k strings), then
+        // everything but the tokenizer is dropped before it is built, so that
+        // its many small allocations do not interleave with garbage (what
+        // stays resident after loading).
+        let text = serde_json::to_string(&StreamedSpec {
+            spec: &spec,
+            vocab: &tokens,
+            merges: &merges,
+        })
+        .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", g.path.display())))?;
+        drop((spec, merges));
         let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| {
             ModelError::Tokenizer(format!("{}: cannot build tokenizer: {e}", g.path.display()))
         })?;
@@ -392,7 +462,7 @@ impl Tokenizer {
             stop.insert(eot);
         }
         for (id, (t, ty)) in tokens.iter().zip(&types).enumerate() {
-            if *ty == GGUF_CONTROL && END_OF_GENERATION.contains(&t.as_str()) {
+            if *ty == GGUF_CONTROL && END_OF_GENERATION.contains(t) {
                 stop.insert(id as u32);
             }
         }
@@ -405,7 +475,9 @@ impl Tokenizer {
             && bos.is_some();
         let add_eos = g.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false) && eos.is_some();
         Ok(Tokenizer {
-            vocab_size: inner.get_vocab_size(true),
+            // Ids are the list's positions; a repeated piece counts once in
+            // `inner`'s map but still owns its id (and embedding row).
+            vocab_size: inner.get_vocab_size(true).max(tokens.len()),
             inner,
             bos,
             eos,

@@ -206,3 +206,61 @@ fn chat_template_is_found_where_transformers_saves_it() {
         std::fs::remove_dir_all(&dir).ok();
     }
 }
+
+/// A piece listed twice keeps its last id, as in llama.cpp's
+/// `token_to_id[word] = i` over the list (and as a JSON object read into a
+/// map); the vocabulary keeps its full size and the file loads.
+#[test]
+fn repeated_piece_keeps_its_last_id() {
+    let pieces = [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "\u{2581}",
+        "a",
+        "b",
+        "ab",
+        "a",
+        "\u{2581}ab",
+    ];
+    let dir = common::temp_dir("spm-repeated");
+    let path = dir.join("spm.gguf");
+    let arr = |f: &dyn Fn(usize, &str) -> Value| {
+        Value::Array(pieces.iter().enumerate().map(|(i, p)| f(i, p)).collect())
+    };
+    common::Tiny::llama().write_gguf(
+        &path,
+        1,
+        &[
+            ("tokenizer.ggml.model", Value::String("llama".into())),
+            (
+                "tokenizer.ggml.tokens",
+                arr(&|_, p| Value::String(p.into())),
+            ),
+            (
+                "tokenizer.ggml.scores",
+                arr(&|i, _| Value::F32(-(i as f32))),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                arr(&|i, _| {
+                    Value::I32(if i == 0 {
+                        2
+                    } else if i < 3 {
+                        3
+                    } else {
+                        1
+                    })
+                }),
+            ),
+            ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+            ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
+        ],
+    );
+    let tok = Tokenizer::load(&path).unwrap();
+    assert_eq!(tok.token_to_id("a"), Some(7));
+    assert_eq!(tok.vocab_size(), pieces.len());
+    assert_eq!(tok.encode("ab", false).unwrap(), vec![8]);
+    let _ = std::fs::remove_dir_all(dir);
+}
