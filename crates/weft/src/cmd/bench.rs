@@ -275,7 +275,7 @@ fn decode_files(a: &DecodeArgs) -> anyhow::Result<ExitCode> {
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
         println!(
-            "| {name} | {} | {:.1} | {rpp} | {rpr} | {:.1} | {rtg} | {rtr} | {:.0} / ({:.0} + {:.0}) MiB = {:.2}x |",
+            "| {name} | {} | {:.1} | {rpp} | {rpr} | {:.1} | {rtg} | {rtr} | {:.0} / ({:.0} + {:.0}) MiB = {:.3}x |",
             r.weights, r.prompt_tok_s, r.decode_tok_s, r.peak_rss_mib, r.file_mib, r.kv_mib, r.rss_ratio
         );
     }
@@ -488,7 +488,7 @@ fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
             report.decode_tok_s, report.gen_tokens
         );
         println!(
-            "peak RSS     {:>8.1} MiB  ({:.2}x the file's {:.1} MiB + the KV cache's {:.1} MiB)",
+            "peak RSS     {:>8.1} MiB  ({:.3}x the file's {:.1} MiB + the KV cache's {:.1} MiB)",
             report.peak_rss_mib, report.rss_ratio, report.file_mib, report.kv_mib
         );
         if let Some(r) = &report.reference {
