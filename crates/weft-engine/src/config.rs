@@ -31,6 +31,12 @@ pub struct EngineConfig {
     /// and every child's KV, nothing is recomputed. `false` re-prefills
     /// every join (for a model not trained with the merged layout).
     pub kv_merge: bool,
+    /// Make the whole KV budget resident when the engine starts (every page
+    /// written once), as vLLM reserves its KV memory up front: memory use
+    /// is flat from the first request on, and a budget the machine cannot
+    /// hold fails at start rather than under load. `false`: pages become
+    /// resident as slots are first written (the cache is allocated zeroed).
+    pub reserve_kv: bool,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +53,7 @@ impl Default for EngineConfig {
             prefill_chunk: 256,
             max_batch_tokens: 512,
             kv_merge: true,
+            reserve_kv: false,
         }
     }
 }

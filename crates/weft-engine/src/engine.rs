@@ -77,7 +77,10 @@ impl<'m> Engine<'m> {
         tok: &'m Tokenizer,
         cfg: EngineConfig,
     ) -> Result<Engine<'m>, EngineError> {
-        let kv = KvCache::with_budget_mib(&model.config, cfg.block_size, cfg.kv_budget_mib);
+        let mut kv = KvCache::with_budget_mib(&model.config, cfg.block_size, cfg.kv_budget_mib);
+        if cfg.reserve_kv {
+            kv.reserve();
+        }
         let pool = BlockPool::new(kv.n_blocks, cfg.block_size)?;
         Ok(Engine {
             model,

@@ -49,6 +49,17 @@ impl KvCache {
         }
     }
 
+    /// Writes every page of the cache once, so that all of it is resident
+    /// from now on (it is allocated zeroed, and pages otherwise become
+    /// resident as slots are first written). The values stay zero.
+    pub fn reserve(&mut self) {
+        // One write per 4 KiB page is enough; `fill` is as fast and simpler.
+        for l in &mut self.layers {
+            l.k.fill(f16::ZERO);
+            l.v.fill(f16::ZERO);
+        }
+    }
+
     /// Bytes one block takes across all layers (K and V).
     pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize) -> usize {
         cfg.n_layers * 2 * block_size * cfg.kv_dim() * std::mem::size_of::<f16>()

@@ -42,7 +42,8 @@ pub struct ServeArgs {
     /// Retry-After (TGI's max-concurrent-requests).
     #[arg(long, default_value_t = 256)]
     pub max_concurrent_requests: usize,
-    /// KV cache size in MiB.
+    /// KV cache size in MiB, made resident at start (as vLLM reserves its KV
+    /// memory), so memory use stays flat under load.
     #[arg(long, default_value_t = 512)]
     pub kv_mib: usize,
     /// Attend a KV prefix that several sequences share once for all of them
@@ -96,6 +97,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // A request without max_tokens may use the rest of the context, as
         // vLLM allows.
         max_tokens_per_thread: model.config.max_context,
+        // The whole --kv-mib budget is resident from the start, as vLLM
+        // and llama-server reserve theirs.
+        reserve_kv: true,
         ..Default::default()
     };
     anyhow::ensure!(
