@@ -12,6 +12,9 @@ bash scripts/fetch-peer-suites.sh
 # Tiny checkpoints, RoPE frequencies and tokenizer folders made by
 # transformers itself (torch + transformers in ~/.cache/weft/torch-venv).
 bash scripts/transformers-peer.sh
+# llama-server, the peer of the remote-backend tests (built once into
+# ~/.cache/llama-cpp-anchor).
+bash scripts/llama-cpp-tools.sh >/dev/null
 cargo fmt --all -- --check
 # The protocol fixtures derived from the reference implementations are
 # what scripts/protocol_reference_fixtures.py writes.

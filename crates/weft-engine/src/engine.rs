@@ -225,6 +225,7 @@ impl<'m> Engine<'m> {
             max_generated: v.max_tokens,
         });
         self.requests[r].root = root;
+        self.requests[r].stats.prompt_cached_tokens = self.threads[root].n_cached;
         Ok(id)
     }
 

@@ -44,6 +44,10 @@ pub struct RequestStats {
     pub prefill_tokens_saved: usize,
     /// Prompt tokens computed.
     pub prefill_tokens: usize,
+    /// The root's prompt tokens taken from the prefix cache when it was
+    /// first scheduled (`usage.prompt_tokens_details.cached_tokens`, as
+    /// vLLM reports it).
+    pub prompt_cached_tokens: usize,
     pub forks: usize,
     /// Joins done by merging the children's KV in place.
     pub kv_merge_joins: usize,

@@ -98,6 +98,9 @@ pub(crate) struct Dims {
     pub scale: f32,
 }
 
+/// Query rows per score block in [`attend_runs`].
+const QUERY_BLOCK: usize = 128;
+
 /// Attends every query of every run's members over the run. `queries[i]`
 /// lists the token rows of sequence `i` (indices into `qkv`).
 pub(crate) fn attend_runs(
@@ -139,8 +142,11 @@ pub(crate) fn attend_runs(
             let mut vf = vec![0f32; n * hd];
             gather_f16_rows(&kv.k, lead, dims.kv_dim, g * hd, hd, &mut kf);
             gather_f16_rows(&kv.v, lead, dims.kv_dim, g * hd, hd, &mut vf);
-            let mut ids = Vec::new();
-            let mut q = Vec::new();
+            // Sized up front: a growing buffer would leave a trail of freed
+            // smaller ones in the worker's heap.
+            let n_rows: usize = run.members.iter().map(|&m| token_rows[m].len()).sum();
+            let mut ids = Vec::with_capacity(n_rows * group);
+            let mut q = Vec::with_capacity(n_rows * group * hd);
             for &m in &run.members {
                 for t in token_rows[m].clone() {
                     for h in g * group..(g + 1) * group {
@@ -151,21 +157,31 @@ pub(crate) fn attend_runs(
                 }
             }
             let nq = ids.len();
-            let mut s = vec![0f32; nq * n];
-            // S = scale * Q K^T
-            matmul(nq, n, hd, &q, hd, 1, &kf, 1, hd, &mut s, dims.scale);
             let mut max = vec![0f32; nq];
             let mut sum = vec![0f32; nq];
-            for (row, (m, l)) in s
-                .chunks_exact_mut(n)
-                .zip(max.iter_mut().zip(sum.iter_mut()))
-            {
-                *m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                // Eight exponentials at a time (the split decode path's exp).
-                *l = crate::kernels::decode::exp_shifted(row, *m);
-            }
             let mut o = vec![0f32; nq * hd];
-            matmul(nq, hd, n, &s, n, 1, &vf, hd, 1, &mut o, 1.0);
+            // Queries in blocks of QUERY_BLOCK rows, so the score matrix is
+            // QUERY_BLOCK x n, not nq x n (a 256-token prefill chunk has 768
+            // query rows per KV head). Each row's result is the same bits as
+            // in one GEMM over all rows (`row_blocks_are_bit_identical`).
+            let mut s = vec![0f32; QUERY_BLOCK.min(nq) * n];
+            for r0 in (0..nq).step_by(QUERY_BLOCK) {
+                let rows = QUERY_BLOCK.min(nq - r0);
+                let s = &mut s[..rows * n];
+                // S = scale * Q K^T
+                matmul(rows, n, hd, &q[r0 * hd..], hd, 1, &kf, 1, hd, s, dims.scale);
+                for (row, (m, l)) in s.chunks_exact_mut(n).zip(
+                    max[r0..r0 + rows]
+                        .iter_mut()
+                        .zip(sum[r0..r0 + rows].iter_mut()),
+                ) {
+                    *m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    // Eight exponentials at a time (the split decode path's exp).
+                    *l = crate::kernels::decode::exp_shifted(row, *m);
+                }
+                let out = &mut o[r0 * hd..(r0 + rows) * hd];
+                matmul(rows, hd, n, s, n, 1, &vf, hd, 1, out, 1.0);
+            }
             (ids, max, sum, o)
         })
         .collect();
@@ -271,5 +287,47 @@ mod tests {
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].members, vec![2]);
         assert_eq!(len, vec![0, 0, 99]);
+    }
+}
+
+#[cfg(test)]
+mod blocking {
+    use super::matmul;
+
+    /// What `attend_runs`' query blocks rely on: a GEMM over a block of rows
+    /// gives those rows the same bits as the GEMM over all rows.
+    #[test]
+    fn row_blocks_are_bit_identical() {
+        let mut state = 12345u64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 2000) as f32 / 1000.0 - 1.0
+        };
+        for &(m, n, k) in &[
+            (768usize, 256usize, 64usize),
+            (300, 200, 64),
+            (768, 64, 256),
+            (24, 256, 64),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let mut full = vec![0f32; m * n];
+            matmul(m, n, k, &a, k, 1, &b, 1, k, &mut full, 0.125);
+            for qb in [super::QUERY_BLOCK, 64, 100] {
+                let mut blocked = vec![0f32; m * n];
+                for r0 in (0..m).step_by(qb) {
+                    let r = qb.min(m - r0);
+                    let out = &mut blocked[r0 * n..(r0 + r) * n];
+                    matmul(r, n, k, &a[r0 * k..], k, 1, &b, 1, k, out, 0.125);
+                }
+                let same = full
+                    .iter()
+                    .zip(&blocked)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{m}x{n}x{k} in blocks of {qb} rows differs");
+            }
+        }
     }
 }

@@ -12,8 +12,9 @@ use crate::RemoteError;
 /// default applies).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CompletionRequest {
-    /// The served model's id (`/v1/models`); [`crate::Pool::check`] fills
-    /// it in when empty.
+    /// The served model's id. Empty: each backend's own id (its
+    /// `GET /v1/models`), so replicas that name the model differently
+    /// serve alike.
     pub model: String,
     /// The thread's whole text: remote servers keep no state between
     /// requests, their prefix cache makes the repeated prefix cheap.

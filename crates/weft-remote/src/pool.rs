@@ -93,6 +93,9 @@ pub(crate) struct Backend {
     /// quarter of their prompt bytes (a token-count estimate).
     work: AtomicU64,
     requests: AtomicU64,
+    /// The id `GET /v1/models` lists first (what a request with no model
+    /// name is sent as).
+    model: Mutex<Option<String>>,
 }
 
 /// One backend as the pool sees it now.
@@ -181,6 +184,7 @@ impl Pool {
                 health: Mutex::new(Health::default()),
                 work: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
+                model: Mutex::new(None),
             });
         }
         let client = reqwest::Client::builder()
@@ -224,8 +228,11 @@ impl Pool {
     }
 
     /// Asks every backend for `GET /v1/models` (within the connect and
-    /// first-byte timeouts) and returns the first served model's id.
-    /// Backends that do not answer are marked down.
+    /// first-byte timeouts) and returns the first answering backend's
+    /// model id. Each backend's id is kept: a request with an empty `model`
+    /// is sent to each backend as the model it serves (vLLM and `weft
+    /// serve` refuse other names, and replicas may name one model
+    /// differently). Backends that do not answer are marked down.
     ///
     /// Errors: [`RemoteError::NoBackend`] when none answers, naming each
     /// URL and why.
@@ -290,13 +297,29 @@ impl Pool {
                 url: url.clone(),
                 message: format!("`/v1/models` is not JSON ({e})"),
             })?;
-        v.pointer("/data/0/id")
+        let id = v
+            .pointer("/data/0/id")
             .and_then(|x| x.as_str())
             .map(str::to_string)
             .ok_or_else(|| RemoteError::Protocol {
                 url,
                 message: format!("`/v1/models` lists no model: {}", clip(&text)),
-            })
+            })?;
+        *b.model.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.clone());
+        Ok(id)
+    }
+
+    /// The model id backend `id` serves (asked once, then kept).
+    async fn backend_model(&self, id: BackendId) -> Result<String, RemoteError> {
+        let known = self.inner.backends[id]
+            .model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match known {
+            Some(m) => Ok(m),
+            None => self.models(id).await,
+        }
     }
 
     pub(crate) fn mark_down(&self, id: BackendId, e: &RemoteError) {
@@ -429,7 +452,17 @@ impl Pool {
         let url = format!("{}/v1/completions", self.inner.backends[id].url);
         let limit = self.inner.cfg.timeouts.first_byte;
         let fut = async {
-            let mut rq = self.inner.client.post(&url).json(&req.body());
+            let body = if req.model.is_empty() {
+                let model = self.backend_model(id).await?;
+                CompletionRequest {
+                    model,
+                    ..req.clone()
+                }
+                .body()
+            } else {
+                req.body()
+            };
+            let mut rq = self.inner.client.post(&url).json(&body);
             if let Some(k) = &self.inner.cfg.api_key {
                 rq = rq.bearer_auth(k);
             }

@@ -13,18 +13,26 @@ pub fn finish_reason(r: FinishReason) -> &'static str {
 
 /// `usage`: prompt tokens (each prompt once, however many of the `n`
 /// choices per prompt ran it, as OpenAI counts), completion tokens (every
-/// thread of every choice: what the server computed).
+/// thread of every choice: what the server computed), and
+/// `prompt_tokens_details.cached_tokens`: the prompt tokens taken from the
+/// prefix cache (vLLM's field, with `--enable-prompt-tokens-details`).
 pub fn usage(responses: &[Response], n: usize) -> Value {
     let prompt: usize = responses
         .iter()
         .step_by(n.max(1))
         .map(|r| r.prompt_tokens)
         .sum();
+    let cached: usize = responses
+        .iter()
+        .step_by(n.max(1))
+        .map(|r| r.stats.prompt_cached_tokens)
+        .sum();
     let completion: usize = responses.iter().map(|r| r.stats.total_tokens).sum();
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
     })
 }
 

@@ -202,7 +202,15 @@ fn a_stream_adds_up_to_the_whole_response() {
         .find_map(|c| c["choices"][0]["finish_reason"].as_str());
     assert_eq!(finish, whole["choices"][0]["finish_reason"].as_str());
     let usage = &chunks.last().unwrap()["usage"];
-    assert_eq!(usage, &whole["usage"]);
+    for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(usage[k], whole["usage"][k], "{k}");
+    }
+    // The same prompt a second time: its full blocks come from the prefix
+    // cache (vLLM's `prompt_tokens_details.cached_tokens`).
+    let cached = |u: &Value| u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    let prompt = usage["prompt_tokens"].as_u64().unwrap();
+    assert!(cached(usage) >= cached(&whole["usage"]) && cached(usage) < prompt);
+    assert!(cached(usage) >= prompt / 16 * 16 - 16, "{usage}");
 }
 
 #[test]

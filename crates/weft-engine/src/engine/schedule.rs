@@ -45,7 +45,11 @@ impl Engine<'_> {
                 let last = t.tokens.len().saturating_sub(1);
                 t.table = BlockTable::from_prefix_cache(&mut self.pool, &t.tokens[..last])?;
                 t.n_cached = t.table.len();
-                self.requests[t.request].stats.prefill_tokens_saved += t.n_cached;
+                let stats = &mut self.requests[t.request].stats;
+                stats.prefill_tokens_saved += t.n_cached;
+                if t.parent.is_none() && t.generated == 0 {
+                    stats.prompt_cached_tokens = t.n_cached.min(t.prompt_tokens);
+                }
             }
             let t = &self.threads[id];
             let mut chunk = (t.tokens.len() - t.n_cached)

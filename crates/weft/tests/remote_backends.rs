@@ -1,0 +1,205 @@
+//! `weft-remote` against real servers started here on loopback, on the
+//! SmolLM2 test model: llama-server (built by `scripts/llama-cpp-tools.sh`)
+//! and `weft serve`. Each streams a greedy completion with `usage`, reports
+//! the prompt tokens it took from its prefix cache on a repeated prompt,
+//! and with two backends of which one is killed, requests finish on the
+//! other.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weft_remote::{CompletionRequest, Pool, PoolConfig, Timeouts, Usage};
+
+fn model() -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME");
+    PathBuf::from(home).join(".cache/weft/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn llama_server() -> PathBuf {
+    let dir = std::env::var_os("LLAMA_ANCHOR_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/llama-cpp-anchor")
+        });
+    let bin = dir.join("build/bin/llama-server");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `bash scripts/llama-cpp-tools.sh` (the test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A server process, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_ready(url: &str, child: &mut Child) {
+    let t = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server at {url} exited at start: {status}");
+        }
+        if let Ok(r) = reqwest::get(format!("{url}/v1/models")).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{url} never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start_llama_server() -> Server {
+    let port = free_port();
+    let mut child = Command::new(llama_server())
+        .args(["-m"])
+        .arg(model())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["-c", "2048", "-np", "1", "-t", "2", "--no-webui"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start llama-server");
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&url, &mut child).await;
+    Server { child, url }
+}
+
+async fn start_weft_serve() -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["serve", "--model"])
+        .arg(model())
+        .args(["--host", "127.0.0.1", "--port", "0", "--kv-mib", "64"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start weft serve");
+    // It prints the address it bound on stderr.
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("weft serve exited before serving")
+            .unwrap();
+        if let Some(at) = line.find("http://127.0.0.1:") {
+            let rest = &line[at..];
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    wait_ready(&url, &mut child).await;
+    Server { child, url }
+}
+
+fn pool(urls: &[&str]) -> Pool {
+    let urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
+    Pool::new(
+        &urls,
+        PoolConfig {
+            timeouts: Timeouts {
+                connect: Duration::from_secs(2),
+                first_byte: Duration::from_secs(60),
+                idle: Duration::from_secs(30),
+            },
+            backoff: Duration::from_millis(50),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+const PROMPT: &str = "A list of the planets of the solar system, in order from the sun, with one fact about each:\n1. Mercury";
+
+async fn complete(pool: &Pool) -> (String, Usage, usize) {
+    let req = CompletionRequest::greedy(PROMPT, 12);
+    let mut s = pool.stream(&req, None).await.unwrap();
+    let (mut text, mut usage) = (String::new(), None);
+    while let Some(c) = s.next().await {
+        let c = c.unwrap();
+        text.push_str(&c.text);
+        usage = usage.or(c.usage);
+    }
+    (text, usage.expect("no usage chunk"), s.backend())
+}
+
+async fn streams_with_usage_and_cache(server: &Server) {
+    let pool = pool(&[&server.url]);
+    pool.check().await.unwrap();
+    let (text, first, _) = complete(&pool).await;
+    assert!(!text.trim().is_empty(), "no text from {}", server.url);
+    assert!(first.prompt_tokens >= 20, "{first:?}");
+    assert!(
+        first.completion_tokens >= 1 && first.completion_tokens <= 12,
+        "{first:?}"
+    );
+    // The same prompt again: most of it comes from the prefix cache.
+    let (again, second, _) = complete(&pool).await;
+    assert_eq!(again, text, "greedy decoding differs between two runs");
+    let cached = second
+        .cached_tokens
+        .expect("the server reports no cached tokens");
+    assert!(
+        cached * 2 >= second.prompt_tokens && cached <= second.prompt_tokens,
+        "{} took {cached} of {} prompt tokens from its cache",
+        server.url,
+        second.prompt_tokens
+    );
+}
+
+#[tokio::test]
+async fn llama_server_streams_usage_and_cached_prompt_tokens() {
+    let s = start_llama_server().await;
+    streams_with_usage_and_cache(&s).await;
+}
+
+#[tokio::test]
+async fn weft_serve_streams_usage_and_cached_prompt_tokens() {
+    let s = start_weft_serve().await;
+    streams_with_usage_and_cache(&s).await;
+}
+
+#[tokio::test]
+async fn with_one_of_two_real_backends_killed_requests_finish_on_the_other() {
+    let a = start_weft_serve().await;
+    let mut b = start_llama_server().await;
+    let pool = pool(&[&a.url, &b.url]);
+    pool.check().await.unwrap();
+    // The two name the model differently: requests leave `model` empty and
+    // each backend gets its own name.
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    for _ in 0..3 {
+        let req = CompletionRequest::greedy(PROMPT, 4);
+        let mut s = pool.stream(&req, Some(1)).await.unwrap();
+        assert_eq!(s.backend(), 0, "a request went to the killed backend");
+        while let Some(c) = s.next().await {
+            c.unwrap();
+        }
+    }
+    assert!(!pool.status()[1].healthy);
+}
