@@ -207,7 +207,11 @@ fn a_stream_adds_up_to_the_whole_response() {
     }
     // The same prompt a second time: its full blocks come from the prefix
     // cache (vLLM's `prompt_tokens_details.cached_tokens`).
-    let cached = |u: &Value| u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    let cached = |u: &Value| {
+        u["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
     let prompt = usage["prompt_tokens"].as_u64().unwrap();
     assert!(cached(usage) >= cached(&whole["usage"]) && cached(usage) < prompt);
     assert!(cached(usage) >= prompt / 16 * 16 - 16, "{usage}");

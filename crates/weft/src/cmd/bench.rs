@@ -19,7 +19,9 @@ pub struct BenchArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchWhat {
-    /// Prompt processing and batch-1 decode speed (like `llama-bench -p 512 -n 128`).
+    /// Prompt processing and batch-1 decode speed (like `llama-bench -p 512
+    /// -n 128`), side by side with llama-bench, and peak RSS against the
+    /// model file plus the KV cache the run allocated.
     Decode(DecodeArgs),
     /// B threads forked from a shared prefix, decoded in one batch (like
     /// `llama-batched-bench -pps`), fork latency and KV bytes.
@@ -42,7 +44,8 @@ pub struct DecodeArgs {
     /// Tokens for the decode test.
     #[arg(long, default_value_t = 128)]
     pub gen_tokens: usize,
-    /// Repetitions; the median is reported.
+    /// Repetitions; the median is reported (the mean of the middle two for
+    /// an even count).
     #[arg(long, short = 'r', default_value_t = 3)]
     pub reps: usize,
     /// Prompt tokens per forward pass (the engine's `prefill_chunk`, as
@@ -52,8 +55,9 @@ pub struct DecodeArgs {
     #[arg(long, default_value_t = weft_engine::EngineConfig::default().prefill_chunk)]
     pub prefill_chunk: usize,
     /// Also run this `llama-bench` binary on the same model, with the same
-    /// thread count and shape, and print weft/llama.cpp ratios. Default: the
-    /// one `shared/tools/llama-cpp-anchor.sh` builds, when present.
+    /// thread count and shape, and print weft/llama.cpp ratios. Default:
+    /// `~/.cache/llama-cpp-anchor/build/bin/llama-bench` (what
+    /// `../shared/tools/llama-cpp-anchor.sh` builds), when present.
     #[arg(long)]
     pub llama_bench: Option<PathBuf>,
     /// Skip the llama.cpp reference.
@@ -65,8 +69,9 @@ pub struct DecodeArgs {
     /// Measure each of these GGUF files in turn (each in a fresh process,
     /// so every peak RSS is its own) and print one table of weft against
     /// llama-bench, with this CPU's SIMD flags. `scripts/bench-files.sh`
-    /// makes Q4_0, Q4_1, Q8_0, Q4_K_M, Q5_K_M and Q6_K files from one source.
-    /// Replaces --model.
+    /// makes Q4_0, Q4_1, Q8_0, Q4_K_M, Q5_K_M and Q6_K files from one source
+    /// into `~/.cache/weft/bench-files`. Every file is checked to exist
+    /// before the first is measured. Replaces --model.
     #[arg(long, num_args = 1.., value_name = "GGUF", conflicts_with = "model")]
     pub models: Vec<PathBuf>,
 }
@@ -80,12 +85,19 @@ struct DecodeReport {
     threads: usize,
     prompt_tokens: usize,
     gen_tokens: usize,
+    /// Repetitions of each test (medians reported).
+    #[serde(default)]
+    reps: usize,
+    /// Prompt tokens per forward pass.
+    #[serde(default)]
+    prefill_chunk: usize,
     prompt_tok_s: f64,
     decode_tok_s: f64,
     peak_rss_mib: f64,
     /// Size of the model file(s).
     file_mib: f64,
-    /// The KV cache the engine allocated for the run.
+    /// The KV cache the engine allocated for the run: the longer test's
+    /// tokens plus 64, in whole blocks.
     kv_mib: f64,
     /// `peak_rss_mib / (file_mib + kv_mib)`.
     rss_ratio: f64,
@@ -103,7 +115,12 @@ struct Reference {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n > 0 && n.is_multiple_of(2) {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
 /// Peak resident memory of this process, from /proc (Linux).
@@ -194,7 +211,9 @@ fn decode_files(a: &DecodeArgs) -> anyhow::Result<ExitCode> {
             .expect("static template"),
     );
     for m in &a.models {
-        anyhow::ensure!(m.exists(), "{} does not exist", m.display());
+        anyhow::ensure!(m.is_file(), "{}: no such file", m.display());
+    }
+    for m in &a.models {
         bar.set_message(
             m.file_name()
                 .unwrap_or_default()
@@ -433,8 +452,14 @@ fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
         tg.push(a.gen_tokens as f64 / (ttft + rest));
         if let Some(bin) = &reference {
             eprintln!(
-                "[weft] rep {}: running reference {}",
+                "[weft] {}: rep {}/{}: running reference {}",
+                a.model
+                    .path()
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy(),
                 rep + 1,
+                a.reps,
                 bin.display()
             );
             let (p, t) = run_llama_bench(bin, &a.model.path(), model.threads(), &a, 1)?;
@@ -453,6 +478,8 @@ fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
         kv_mib,
         rss_ratio: peak / (file_mib + kv_mib),
         prompt_tokens: a.prompt_tokens,
+        reps: a.reps,
+        prefill_chunk: chunk,
         gen_tokens: a.gen_tokens,
         prompt_tok_s: median(pp),
         decode_tok_s: median(tg),
