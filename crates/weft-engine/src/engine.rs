@@ -561,6 +561,25 @@ impl<'m> Engine<'m> {
             let own = &t.tokens[t.history_start.min(t.tokens.len())..];
             t.sampler.sample_penalized(logits, own, penalty)
         };
+        let logprobs = match self.requests[r].logprobs {
+            Some(k) if is_root => Some(self.token_logprobs(logits, next, k)),
+            _ => None,
+        };
+        self.accept(id, next, logprobs)
+    }
+
+    /// Takes `next` as thread `id`'s next token, however it was chosen:
+    /// end of sequence and stop ids, the text and its stop strings, the
+    /// protocol's stops, and the thread's and request's token limits.
+    /// `logprobs` is what the root reports for it.
+    fn accept(
+        &mut self,
+        id: usize,
+        next: u32,
+        logprobs: Option<TokenLogprobs>,
+    ) -> Result<(), EngineError> {
+        let r = self.threads[id].request;
+        let is_root = self.threads[id].parent.is_none();
         let req = &self.requests[r];
         // The token after a kept stop string is kept whatever it is, end of
         // sequence included (Multiverse's and NPR's engines: `check_finished`
@@ -587,10 +606,6 @@ impl<'m> Engine<'m> {
             self.requests[r].stats.ttft_ms = now;
         }
         let req_id = self.requests[r].id;
-        let logprobs = match self.requests[r].logprobs {
-            Some(k) if is_root => Some(self.token_logprobs(logits, next, k)),
-            _ => None,
-        };
         let t = &mut self.threads[id];
         t.tokens.push(next);
         t.generated += 1;
