@@ -8,6 +8,7 @@
 
 mod fork_join;
 mod merge;
+mod remote;
 mod schedule;
 mod thread;
 
@@ -35,12 +36,12 @@ use crate::EngineError;
 /// calls [`Engine::step`] directly; the server runs it on its own OS
 /// thread behind a channel).
 pub struct Engine<'m> {
-    model: &'m Model,
+    compute: Compute<'m>,
+    /// The model's context length (tokens).
+    max_context: usize,
     tok: &'m Tokenizer,
     cfg: EngineConfig,
-    kv: KvCache,
     pool: BlockPool,
-    ws: Workspace,
     threads: Slab<Thread>,
     requests: Slab<RequestState>,
     by_id: HashMap<RequestId, usize>,
@@ -52,6 +53,21 @@ pub struct Engine<'m> {
     /// join that made room): their logits were computed over the KV just
     /// dropped, so they are not applied; the thread recomputes.
     preempted_in_step: Vec<usize>,
+}
+
+/// Where tokens come from. (One per engine: the variants' sizes do not
+/// matter.)
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Compute<'m> {
+    /// This process's model over its own paged KV cache.
+    Native {
+        model: &'m Model,
+        kv: KvCache,
+        ws: Workspace,
+    },
+    /// OpenAI-compatible servers (`weft_remote`): each runnable thread
+    /// streams from one of them; the block pool is bookkeeping only.
+    Remote(remote::RemoteCompute),
 }
 
 /// A new thread: where it hangs in the tree and what it starts from.
@@ -83,12 +99,15 @@ impl<'m> Engine<'m> {
         }
         let pool = BlockPool::new(kv.n_blocks, cfg.block_size)?;
         Ok(Engine {
-            model,
+            max_context: model.config.max_context,
+            compute: Compute::Native {
+                model,
+                kv,
+                ws: Workspace::default(),
+            },
             tok,
             cfg,
-            kv,
             pool,
-            ws: Workspace::default(),
             threads: Slab::default(),
             requests: Slab::default(),
             by_id: HashMap::new(),
@@ -97,6 +116,53 @@ impl<'m> Engine<'m> {
             events: Vec::new(),
             preempted_in_step: Vec::new(),
         })
+    }
+
+    /// An engine whose threads stream from remote OpenAI-compatible
+    /// servers (`pool`) instead of a local model: the same requests, trees,
+    /// protocols, limits, events and stats. `tok` must be the served
+    /// model's tokenizer (it counts tokens and builds joined text);
+    /// `max_context` is the served context length. Joins re-prefill (the
+    /// servers' prefix caches make that cheap); KV-merge protocols run with
+    /// `kv_merge` off, which their stats report as `approximate_join`.
+    pub fn remote(
+        tok: &'m Tokenizer,
+        mut cfg: EngineConfig,
+        pool: weft_remote::Pool,
+        max_context: usize,
+    ) -> Result<Engine<'m>, EngineError> {
+        cfg.kv_merge = false;
+        // Bookkeeping only (no table grows here): sized to one full
+        // context, so validation's KV-capacity check is the context's.
+        let pool_blocks =
+            BlockPool::new(max_context.div_ceil(cfg.block_size).max(1), cfg.block_size)?;
+        Ok(Engine {
+            max_context,
+            compute: Compute::Remote(remote::RemoteCompute::new(pool)?),
+            tok,
+            cfg,
+            pool: pool_blocks,
+            threads: Slab::default(),
+            requests: Slab::default(),
+            by_id: HashMap::new(),
+            next_id: 0,
+            next_seq: 0,
+            events: Vec::new(),
+            preempted_in_step: Vec::new(),
+        })
+    }
+
+    /// Applies a copy-on-write of a block's first slots (native KV only:
+    /// remote threads hold no KV here).
+    pub(crate) fn copy_block(&mut self, op: weft_kv::CopyOp) {
+        if let Compute::Native { kv, .. } = &mut self.compute {
+            kv.copy_block(op.src, op.dst, op.n_slots);
+        }
+    }
+
+    /// Whether threads stream from remote servers ([`Engine::remote`]).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.compute, Compute::Remote(_))
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -148,13 +214,7 @@ impl<'m> Engine<'m> {
     /// adding it (what a server does at the door).
     pub fn validate(&self, spec: RequestSpec) -> Result<ValidRequest, ValidationError> {
         let kv_tokens = self.pool.n_blocks() * self.cfg.block_size;
-        validate(
-            spec,
-            self.tok,
-            self.model.config.max_context,
-            kv_tokens,
-            &self.cfg,
-        )
+        validate(spec, self.tok, self.max_context, kv_tokens, &self.cfg)
     }
 
     /// Adds a request; it starts at the next [`Engine::step`]. Works at any
@@ -262,6 +322,9 @@ impl<'m> Engine<'m> {
     }
 
     fn step_inner(&mut self) -> Result<(), EngineError> {
+        if self.is_remote() {
+            return self.step_remote();
+        }
         self.admit();
         self.enforce_context()?;
         let batch = self.schedule()?;
@@ -476,7 +539,7 @@ impl<'m> Engine<'m> {
     /// Ends every runnable thread whose context has reached the model's
     /// (a child's prompt or a join's text can be longer than the root's).
     fn enforce_context(&mut self) -> Result<(), EngineError> {
-        let max = self.model.config.max_context;
+        let max = self.max_context;
         let over: Vec<usize> = self
             .threads
             .iter()
@@ -605,12 +668,30 @@ impl<'m> Engine<'m> {
             let now = req.now_ms();
             self.requests[r].stats.ttft_ms = now;
         }
-        let req_id = self.requests[r].id;
         let t = &mut self.threads[id];
         t.tokens.push(next);
-        t.generated += 1;
-        self.requests[r].generated += 1;
         let piece = t.decoder.push(self.tok, next)?.unwrap_or_default();
+        self.accept_text(id, piece, vec![next], logprobs)
+    }
+
+    /// Appends `piece`, the text of `token_ids` (at least one token), to
+    /// thread `id`'s context, then applies the stop strings, the protocol's
+    /// stops and the token limits (what follows a token however it came:
+    /// sampled here, or streamed by a remote server).
+    fn accept_text(
+        &mut self,
+        id: usize,
+        piece: String,
+        token_ids: Vec<u32>,
+        logprobs: Option<TokenLogprobs>,
+    ) -> Result<(), EngineError> {
+        let r = self.threads[id].request;
+        let is_root = self.threads[id].parent.is_none();
+        let req_id = self.requests[r].id;
+        let n = token_ids.len().max(1);
+        let t = &mut self.threads[id];
+        t.generated += n;
+        self.requests[r].generated += n;
         t.context.push_str(&piece);
         let stops = &self.requests[r].stop;
         if is_root && !stops.is_empty() {
@@ -633,7 +714,7 @@ impl<'m> Engine<'m> {
                 thread: t.local_id,
                 depth: t.depth,
                 text,
-                token_ids: vec![next],
+                token_ids: token_ids.clone(),
                 logprobs,
             });
             if let Some(pos) = hit {
@@ -647,13 +728,12 @@ impl<'m> Engine<'m> {
                 thread: t.local_id,
                 depth: t.depth,
                 text: piece.clone(),
-                token_ids: vec![next],
+                token_ids: token_ids.clone(),
                 logprobs,
             });
         }
         let t = &mut self.threads[id];
-        let at_limit =
-            t.generated >= t.max_generated || t.next_position() >= self.model.config.max_context;
+        let at_limit = t.generated >= t.max_generated || t.next_position() >= self.max_context;
         if at_limit && t.keep_after > 0 {
             // Multiverse's and NPR's engines check the length before any
             // stop, and merge a child's `output_ids[:-1]` whatever ended it:

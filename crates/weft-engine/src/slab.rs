@@ -41,6 +41,10 @@ impl<T> Slab<T> {
         v
     }
 
+    pub fn get(&self, i: usize) -> Option<&T> {
+        self.entries.get(i).and_then(Option::as_ref)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len() - self.free.len()
     }

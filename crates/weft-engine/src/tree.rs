@@ -48,6 +48,11 @@ pub struct RequestStats {
     /// first scheduled (`usage.prompt_tokens_details.cached_tokens`, as
     /// vLLM reports it).
     pub prompt_cached_tokens: usize,
+    /// A join of a KV-merge protocol (Multiverse, NPR) re-prefilled the
+    /// joined text instead of merging the children's KV (a remote backend,
+    /// `kv_merge` off, or a layout the merge could not keep): the
+    /// continuation is an approximation of the authors' engine.
+    pub approximate_join: bool,
     pub forks: usize,
     /// Joins done by merging the children's KV in place.
     pub kv_merge_joins: usize,

@@ -217,6 +217,24 @@ impl ModelConfig {
     /// Reads a Hugging Face `config.json` (`path` names it in errors).
     /// RoPE comes from transformers v5's `rope_parameters` or v4's
     /// `rope_theta` + `rope_scaling` (see [`HfConfig::rope`]).
+    /// The configuration of a `.gguf` file (its header only) or a Hugging
+    /// Face folder (its `config.json`), without loading any weight: what a
+    /// client of a remote server needs (context length, vocabulary).
+    ///
+    /// Errors: as [`crate::Model::load`] for the header or `config.json`.
+    pub fn load(path: &Path) -> Result<ModelConfig> {
+        if path.is_dir() {
+            let cfg_path = path.join("config.json");
+            let text =
+                std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+            let hf: HfConfig = serde_json::from_str(&text)
+                .map_err(|e| ModelError::file(&cfg_path, format!("invalid config: {e}")))?;
+            ModelConfig::from_hf(&cfg_path, &hf)
+        } else {
+            ModelConfig::from_gguf(&GgufFile::open(path)?)
+        }
+    }
+
     pub fn from_hf(path: &Path, hf: &HfConfig) -> Result<ModelConfig> {
         let arch = Arch::parse(&hf.model_type).ok_or_else(|| ModelError::UnknownArchitecture {
             path: path.to_path_buf(),

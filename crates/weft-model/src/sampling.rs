@@ -63,6 +63,11 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 }
 
 impl Sampler {
+    /// The parameters this sampler was made with.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
     pub fn new(params: SamplingParams) -> Sampler {
         Sampler {
             rng: rand::rngs::StdRng::seed_from_u64(params.seed),

@@ -203,3 +203,163 @@ async fn with_one_of_two_real_backends_killed_requests_finish_on_the_other() {
     }
     assert!(!pool.status()[1].healthy);
 }
+
+// ---- The engine's thread trees on remote servers ----
+
+use std::sync::Arc;
+use weft_engine::{Engine, EngineConfig, RequestSpec, Response};
+
+fn local() -> (weft_model::Model, weft_model::Tokenizer) {
+    let opts = weft_model::LoadOptions::default();
+    (
+        weft_model::Model::load(&model(), &opts).unwrap(),
+        weft_model::Tokenizer::load(&model()).unwrap(),
+    )
+}
+
+const TW_PROMPT: &str = "Question: how far apart are (1, 2) and (7, -7)?\n<think>\n<Parallel>\n<Outlines>\n<Outline>1: Compute (dx)^2.</Outline>\n<Outline>2: Compute (dy)^2.</Outline>\n<Outline>3: Add them.</Outline>\n<Outline>4: Take the square root.</Outline>\n</Outlines>";
+
+fn specs(protocol: Option<&str>, prompt: &str) -> Vec<RequestSpec> {
+    let mut s = RequestSpec::text(prompt.to_string());
+    s.max_tokens = Some(16);
+    if let Some(p) = protocol {
+        // Forks under budgets of a few tokens: Multiverse's budget guard
+        // would refuse them.
+        let options = match p {
+            "multiverse" => vec![("fork_budget_margin".to_string(), "none".to_string())],
+            _ => Vec::new(),
+        };
+        s = s.with_protocol(Arc::from(weft_protocol::with_options(p, &options).unwrap()));
+    }
+    vec![s]
+}
+
+fn run_native(protocol: Option<&str>, prompt: &str) -> Response {
+    let (m, tok) = local();
+    let cfg = EngineConfig {
+        max_tokens_per_thread: 16,
+        ..Default::default()
+    };
+    let mut e = Engine::new(&m, &tok, cfg).unwrap();
+    e.run(specs(protocol, prompt), &mut |_| {})
+        .unwrap()
+        .remove(0)
+}
+
+fn run_remote(url: &str, protocol: Option<&str>, prompt: &str) -> Response {
+    let (m, tok) = local();
+    let cfg = EngineConfig {
+        max_tokens_per_thread: 16,
+        ..Default::default()
+    };
+    let pool = pool(&[url]);
+    let mut e = Engine::remote(&tok, cfg, pool, m.config.max_context).unwrap();
+    e.run(specs(protocol, prompt), &mut |_| {})
+        .unwrap()
+        .remove(0)
+}
+
+fn structure(r: &Response) -> Vec<(Option<usize>, usize)> {
+    r.threads.iter().map(|t| (t.parent, t.id)).collect()
+}
+
+#[test]
+fn a_plain_request_on_weft_serve_gives_the_native_text() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = rt.block_on(start_weft_serve());
+    let native = run_native(None, PROMPT);
+    let remote = std::thread::scope(|sc| {
+        sc.spawn(|| run_remote(&s.url, None, PROMPT))
+            .join()
+            .unwrap()
+    });
+    assert_eq!(remote.text, native.text);
+    assert_eq!(remote.finish_reason, native.finish_reason);
+}
+
+#[test]
+fn a_forced_threadweaver_fork_gives_the_native_tree_on_both_servers() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let native = run_native(Some("threadweaver"), TW_PROMPT);
+    assert_eq!(native.threads.len(), 5, "{:#?}", native.threads);
+    for s in [
+        rt.block_on(start_weft_serve()),
+        rt.block_on(start_llama_server()),
+    ] {
+        let remote = std::thread::scope(|sc| {
+            sc.spawn(|| run_remote(&s.url, Some("threadweaver"), TW_PROMPT))
+                .join()
+                .unwrap()
+        });
+        assert_eq!(structure(&remote), structure(&native), "{}", s.url);
+        assert_eq!(remote.stats.forks, 1);
+        assert!(
+            !remote.stats.approximate_join,
+            "ThreadWeaver joins re-prefill natively too"
+        );
+        // Every child's result is in the joined text, in outline order.
+        let mut at = 0;
+        for i in 1..=4 {
+            let label = format!("<Thread>\n{i}:");
+            at = remote.text[at..]
+                .find(&label)
+                .map(|p| p + at)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}: thread {i} missing from the join: {:?}",
+                        s.url, remote.text
+                    )
+                });
+        }
+    }
+}
+
+const MV_PROMPT: &str = "Question: what is 17 * 23?\n<Parallel>\n<Goal>\n<Outline>1: Compute 17 * 20.</Outline>\n<Outline>2: Compute 17 * 3.</Outline>\n<Outline>3: Add the two parts.</Outline>\n</Goal>";
+
+#[test]
+fn a_kv_merge_protocol_on_a_remote_server_says_its_joins_are_approximate() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = rt.block_on(start_weft_serve());
+    let native = run_native(Some("multiverse"), MV_PROMPT);
+    assert!(native.stats.kv_merge_joins >= 1 && !native.stats.approximate_join);
+    let remote = std::thread::scope(|sc| {
+        sc.spawn(|| run_remote(&s.url, Some("multiverse"), MV_PROMPT))
+            .join()
+            .unwrap()
+    });
+    assert_eq!(structure(&remote), structure(&native));
+    assert_eq!(remote.stats.kv_merge_joins, 0);
+    assert!(remote.stats.approximate_join);
+}
+
+#[test]
+fn weft_run_with_a_backend_prints_the_native_text_and_explains_a_dead_one() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = rt.block_on(start_weft_serve());
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["run", "--model"])
+            .arg(model())
+            .args(["-n", "12", "--prompt", "The capital of France is"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let native = run(&[]);
+    let remote = run(&["--backend", &s.url]);
+    assert!(
+        remote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&remote.stderr)
+    );
+    assert!(!native.stdout.is_empty());
+    assert_eq!(remote.stdout, native.stdout);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let out = run(&["--backend", &dead]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: no backend can take the request") && err.contains(&dead),
+        "{err}"
+    );
+}

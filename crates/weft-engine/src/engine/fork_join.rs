@@ -378,7 +378,11 @@ impl Engine<'_> {
             }
             None => {
                 // Re-prefill: the joined text after the common token prefix
-                // is computed again.
+                // is computed again. For a protocol whose authors merge KV,
+                // that is an approximation of their layout.
+                if matches!(join.layout, Layout::Merged { .. }) {
+                    self.requests[r].stats.approximate_join = true;
+                }
                 let tokens = self.join_tokens(id, kids, &fork, &join.text)?;
                 self.release_children(kids)?;
                 let reused = self.retext_tokens(id, join.text, tokens)?;

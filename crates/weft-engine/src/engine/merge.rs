@@ -156,7 +156,7 @@ impl Engine<'_> {
             loop {
                 let kid = &mut self.threads[tail.thread];
                 match kid.table.grow(&mut self.pool, tail.rest.len()) {
-                    Ok(Some(op)) => self.kv.copy_block(op.src, op.dst, op.n_slots),
+                    Ok(Some(op)) => self.copy_block(op),
                     Ok(None) => {}
                     Err(KvError::OutOfBlocks { .. }) => {
                         if self.preempt_newer_than(id)? {
@@ -194,7 +194,12 @@ impl Engine<'_> {
                     }
                 })
                 .collect();
-            self.model.forward(&mut self.kv, &steps, &mut self.ws)?;
+            let super::Compute::Native { model, kv, ws } = &mut self.compute else {
+                return Err(EngineError::Invalid(
+                    "a KV-merge join on a remote backend".into(),
+                ));
+            };
+            model.forward(kv, &steps, ws)?;
         }
 
         // The parent's new layout: its segments, its own prefix, then each

@@ -60,7 +60,7 @@ impl Engine<'_> {
                 match t.table.grow(&mut self.pool, chunk) {
                     Ok(copy) => {
                         if let Some(op) = copy {
-                            self.kv.copy_block(op.src, op.dst, op.n_slots);
+                            self.copy_block(op);
                         }
                         batch.push((id, chunk));
                         budget -= chunk;
@@ -156,7 +156,12 @@ impl Engine<'_> {
                 }
             })
             .collect();
-        let logits = self.model.forward(&mut self.kv, &steps, &mut self.ws)?;
+        let super::Compute::Native { model, kv, ws } = &mut self.compute else {
+            return Err(EngineError::Invalid(
+                "a forward pass on a remote backend".into(),
+            ));
+        };
+        let logits = model.forward(kv, &steps, ws)?;
         let mut per_request: std::collections::HashMap<usize, usize> = Default::default();
         for &(id, _) in batch {
             *per_request.entry(self.threads[id].request).or_default() += 1;

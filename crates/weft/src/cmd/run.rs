@@ -98,6 +98,16 @@ pub struct RunArgs {
     /// merged position layout.
     #[arg(long)]
     pub reprefill_joins: bool,
+    /// Run the thread tree on remote OpenAI-compatible servers (vLLM,
+    /// SGLang, llama-server, `weft serve`) instead of a local model:
+    /// `URL[,URL...]`, e.g. `http://127.0.0.1:8000`. Each thread streams
+    /// from `/v1/completions` with its whole text, so joins re-prefill
+    /// (cheap with the server's prefix cache); all threads of the request
+    /// stay on one server. --model still names the model (a `.gguf` or a
+    /// Hugging Face folder): only its tokenizer and config are read, never
+    /// its weights.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub backend: Vec<String>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -114,7 +124,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => anyhow::bail!("give a prompt with --prompt TEXT or --prompt-file FILE"),
     };
-    let (model, tokenizer) = args.model.load()?;
+    // Remote: the tokenizer and the context length only.
+    let (model, tokenizer, remote) = if args.backend.is_empty() {
+        let (m, t) = args.model.load()?;
+        (Some(m), t, None)
+    } else {
+        let path = args.model.path();
+        let tokenizer = weft_model::Tokenizer::load(&path)?;
+        let config = weft_model::ModelConfig::load(&path)?;
+        (
+            None,
+            tokenizer,
+            Some((super::remote_pool(&args.backend)?, config.max_context)),
+        )
+    };
     let mut spec = RequestSpec::new(if args.chat {
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
@@ -158,7 +181,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         kv_merge: !args.reprefill_joins,
         ..Default::default()
     };
-    let mut engine = Engine::new(&model, &tokenizer, cfg)?;
+    let mut engine = match (&model, remote) {
+        (Some(m), _) => Engine::new(m, &tokenizer, cfg)?,
+        (None, Some((pool, max_context))) => Engine::remote(&tokenizer, cfg, pool, max_context)?,
+        (None, None) => unreachable!("a model or a backend"),
+    };
     let id = engine.add(spec)?;
     let tree = args.protocol.is_some();
     let mut printer = TreePrinter::default();

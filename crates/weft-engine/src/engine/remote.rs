@@ -1,0 +1,293 @@
+//! Threads that stream from remote OpenAI-compatible servers
+//! (`weft_remote`): each runnable thread holds one streamed completion of
+//! its whole context; the text that comes back goes through the same
+//! `accept_text` and protocol scan as sampled tokens, so forks, joins,
+//! limits, stats and events are the engine's own. A fork, finish or abort
+//! drops the thread's stream (the server cancels it); a join's parent
+//! streams anew with the joined text (re-prefill, cheap with the server's
+//! prefix cache). A request's threads prefer the backend its first stream
+//! ran on.
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+use weft_protocol::ChildEnd;
+use weft_remote::{BackendId, CompletionRequest, Pool, RemoteError, Usage};
+
+use super::thread::Status;
+use super::{Compute, Engine};
+use crate::request::{FinishReason, RequestId};
+use crate::EngineError;
+
+/// What a thread's stream reports.
+pub(crate) enum RemoteEvent {
+    Started(BackendId),
+    Piece(String),
+    End {
+        finish: Option<String>,
+        usage: Option<Usage>,
+    },
+    Failed(RemoteError),
+}
+
+struct Segment {
+    id: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Tagged = (usize, u64, RemoteEvent);
+
+pub(crate) struct RemoteCompute {
+    rt: tokio::runtime::Runtime,
+    pool: Pool,
+    tx: mpsc::UnboundedSender<Tagged>,
+    rx: mpsc::UnboundedReceiver<Tagged>,
+    /// The live stream of each engine thread.
+    segments: HashMap<usize, Segment>,
+    next_segment: u64,
+    /// The backend each request's first stream ran on.
+    prefer: HashMap<RequestId, BackendId>,
+}
+
+impl RemoteCompute {
+    pub(crate) fn new(pool: Pool) -> Result<Self, EngineError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| EngineError::Invalid(format!("cannot start the HTTP runtime: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(RemoteCompute {
+            rt,
+            pool,
+            tx,
+            rx,
+            segments: HashMap::new(),
+            next_segment: 0,
+            prefer: HashMap::new(),
+        })
+    }
+
+    fn streaming(&self, thread: usize) -> bool {
+        self.segments.contains_key(&thread)
+    }
+
+    fn start(&mut self, thread: usize, req: CompletionRequest, prefer: Option<BackendId>) {
+        self.cancel(thread);
+        let seg = self.next_segment;
+        self.next_segment += 1;
+        let (tx, pool) = (self.tx.clone(), self.pool.clone());
+        let task = self.rt.spawn(async move {
+            let send = |e| {
+                let _ = tx.send((thread, seg, e));
+            };
+            let mut s = match pool.stream(&req, prefer).await {
+                Ok(s) => s,
+                Err(e) => return send(RemoteEvent::Failed(e)),
+            };
+            send(RemoteEvent::Started(s.backend()));
+            let (mut finish, mut usage) = (None, None);
+            while let Some(c) = s.next().await {
+                match c {
+                    Ok(c) => {
+                        if !c.text.is_empty() {
+                            send(RemoteEvent::Piece(c.text));
+                        }
+                        finish = c.finish_reason.or(finish);
+                        usage = c.usage.or(usage);
+                    }
+                    Err(e) => return send(RemoteEvent::Failed(e)),
+                }
+            }
+            send(RemoteEvent::End { finish, usage });
+        });
+        self.segments.insert(thread, Segment { id: seg, task });
+    }
+
+    /// Drops `thread`'s stream (its connection closes: the server cancels).
+    fn cancel(&mut self, thread: usize) {
+        if let Some(s) = self.segments.remove(&thread) {
+            s.task.abort();
+        }
+    }
+
+    /// Waits for the next events of live streams (at least one, when any is
+    /// live), dropping those of streams cancelled since.
+    fn wait(&mut self) -> Vec<(usize, RemoteEvent)> {
+        if self.segments.is_empty() {
+            return Vec::new();
+        }
+        let rx = &mut self.rx;
+        let mut got = Vec::new();
+        if let Some(first) = self.rt.block_on(rx.recv()) {
+            got.push(first);
+        }
+        while let Ok(more) = self.rx.try_recv() {
+            got.push(more);
+        }
+        let mut out = Vec::new();
+        for (thread, seg, ev) in got {
+            if self.segments.get(&thread).is_none_or(|s| s.id != seg) {
+                continue;
+            }
+            if matches!(ev, RemoteEvent::End { .. } | RemoteEvent::Failed(_)) {
+                self.segments.remove(&thread);
+            }
+            out.push((thread, ev));
+        }
+        out
+    }
+}
+
+impl Engine<'_> {
+    fn remote_mut(&mut self) -> &mut RemoteCompute {
+        match &mut self.compute {
+            Compute::Remote(r) => r,
+            Compute::Native { .. } => unreachable!("remote step on a native engine"),
+        }
+    }
+
+    /// One step of a remote engine: every runnable thread without a stream
+    /// starts one; then whatever text has arrived is taken, as sampled
+    /// tokens are.
+    pub(super) fn step_remote(&mut self) -> Result<(), EngineError> {
+        self.admit();
+        self.enforce_context()?;
+        let mut runnable: Vec<(u64, usize)> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.status == Status::Runnable)
+            .map(|(id, t)| (t.seq, id))
+            .collect();
+        runnable.sort_unstable();
+        for (_, id) in runnable {
+            // The prompt is prefilled by the server, not here.
+            let t = &mut self.threads[id];
+            t.n_cached = t.tokens.len();
+            if self.remote_mut().streaming(id) {
+                continue;
+            }
+            let t = &self.threads[id];
+            let p = t.sampler.params();
+            let req = CompletionRequest {
+                model: String::new(),
+                prompt: t.context.clone(),
+                max_tokens: t.max_generated.saturating_sub(t.generated).max(1) as u32,
+                temperature: Some(p.temperature),
+                top_p: (p.top_p < 1.0).then_some(p.top_p),
+                seed: (p.temperature > 0.0).then_some(t.seed),
+                stop: Vec::new(),
+            };
+            let rid = self.requests[t.request].id;
+            let remote = self.remote_mut();
+            let prefer = remote.prefer.get(&rid).copied();
+            remote.start(id, req, prefer);
+        }
+        let events = self.remote_mut().wait();
+        if events.is_empty() {
+            // Nothing streams and nothing can: no request may hang.
+            let stuck = !self
+                .threads
+                .iter()
+                .any(|(_, t)| matches!(t.status, Status::Runnable | Status::Queued));
+            if stuck {
+                let all: Vec<usize> = self.requests.iter().map(|(r, _)| r).collect();
+                for r in all {
+                    self.complete(r, FinishReason::Error);
+                }
+            }
+        }
+        for (id, ev) in events {
+            let live = self
+                .threads
+                .get(id)
+                .is_some_and(|t| t.status == Status::Runnable);
+            if !live {
+                self.remote_mut().cancel(id);
+                continue;
+            }
+            let r = self.threads[id].request;
+            match ev {
+                RemoteEvent::Started(b) => {
+                    let rid = self.requests[r].id;
+                    self.remote_mut().prefer.entry(rid).or_insert(b);
+                }
+                RemoteEvent::Piece(text) => {
+                    let is_root = self.threads[id].parent.is_none();
+                    if is_root && self.requests[r].stats.ttft_ms == 0.0 {
+                        self.requests[r].stats.ttft_ms = self.requests[r].now_ms();
+                    }
+                    let ids = self.tok.encode(&text, false)?;
+                    let t = &mut self.threads[id];
+                    t.tokens.extend(&ids);
+                    t.n_cached = t.tokens.len();
+                    self.accept_text(id, text, ids, None)?;
+                    if self
+                        .threads
+                        .get(id)
+                        .is_some_and(|t| t.status == Status::Runnable)
+                    {
+                        self.scan(id)?;
+                    }
+                    if !self
+                        .threads
+                        .get(id)
+                        .is_some_and(|t| t.status == Status::Runnable)
+                    {
+                        self.remote_mut().cancel(id);
+                    }
+                }
+                RemoteEvent::End { finish, usage } => {
+                    if let Some(u) = usage {
+                        let s = &mut self.requests[r].stats;
+                        s.prefill_tokens +=
+                            u.prompt_tokens.saturating_sub(u.cached_tokens.unwrap_or(0)) as usize;
+                        s.prefill_tokens_saved += u.cached_tokens.unwrap_or(0) as usize;
+                    }
+                    if finish.as_deref() == Some("length") {
+                        self.finish(id, ChildEnd::Length)?;
+                        continue;
+                    }
+                    // End of sequence. A protocol may write text in its
+                    // place and go on (Parallel-R1 closes an open
+                    // `<Summary>`): the next step streams the new context.
+                    let is_root = self.threads[id].parent.is_none();
+                    let replace = self.requests[r]
+                        .protocol
+                        .as_ref()
+                        .filter(|_| is_root && !self.requests[r].ignore_eos)
+                        .and_then(|p| p.on_end_of_sequence(&self.threads[id].context));
+                    match replace {
+                        Some(text) => self.write_instead_of_eos(id, text)?,
+                        None => self.finish(id, ChildEnd::Eos)?,
+                    }
+                }
+                RemoteEvent::Failed(e) => {
+                    self.note(id, e.to_string());
+                    self.complete(r, FinishReason::Error);
+                }
+            }
+        }
+        // Streams of threads that ended (a request finished, a fork).
+        let gone: Vec<usize> = self
+            .remote_mut()
+            .segments
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect();
+        for id in gone {
+            let live = self
+                .threads
+                .get(id)
+                .is_some_and(|t| t.status == Status::Runnable);
+            if !live {
+                self.remote_mut().cancel(id);
+            }
+        }
+        let live: std::collections::HashSet<RequestId> =
+            self.requests.iter().map(|(_, q)| q.id).collect();
+        self.remote_mut().prefer.retain(|rid, _| live.contains(rid));
+        Ok(())
+    }
+}
