@@ -48,8 +48,13 @@
 //! # let _ = id; Ok(()) }
 //! ```
 //!
+//! - [`Engine::remote`]: the same engine with every thread streamed from
+//!   remote OpenAI-compatible servers (`weft_remote::Pool`) instead of a
+//!   local model; joins re-prefill.
+//!
 //! Architecture invariant: the engine knows no protocol syntax (only the
-//! `Protocol` trait) and no HTTP.
+//! `Protocol` trait) and no HTTP of its own (remote compute goes through
+//! `weft_remote`).
 
 mod config;
 mod engine;
