@@ -62,21 +62,44 @@ impl EngineHandle {
         cfg: EngineConfig,
         max_in_flight: usize,
     ) -> Result<EngineHandle, weft_engine::EngineError> {
+        Self::start_on(Compute::Native(model), tok, cfg, max_in_flight)
+    }
+
+    /// As [`EngineHandle::start`], with every thread streamed from remote
+    /// servers ([`Engine::remote`]): `weft serve --backend`, a front
+    /// server with weft's API, protocols, metrics and tree page over
+    /// engines weft does not own. `max_context` is the served context.
+    pub fn start_remote(
+        pool: weft_remote::Pool,
+        max_context: usize,
+        tok: Arc<Tokenizer>,
+        cfg: EngineConfig,
+        max_in_flight: usize,
+    ) -> Result<EngineHandle, weft_engine::EngineError> {
+        Self::start_on(Compute::Remote(pool, max_context), tok, cfg, max_in_flight)
+    }
+
+    fn start_on(
+        compute: Compute,
+        tok: Arc<Tokenizer>,
+        cfg: EngineConfig,
+        max_in_flight: usize,
+    ) -> Result<EngineHandle, weft_engine::EngineError> {
         crate::metrics::handle();
         // Build once here so a bad configuration fails at start-up, not on
         // the first request.
-        let probe = Engine::new(&model, &tok, cfg.clone())?;
+        let probe = compute.engine(&tok, cfg.clone())?;
         let kv_tokens = probe.kv_blocks_total() * probe.config().block_size;
         drop(probe);
         // What one request can use: the context, or less when the KV cache
         // is smaller (vLLM refuses to start then; weft says so and serves
         // shorter requests).
-        let max_model_len = model.config.max_context.min(kv_tokens);
-        if kv_tokens < model.config.max_context {
+        let context = compute.max_context();
+        let max_model_len = context.min(kv_tokens);
+        if kv_tokens < context {
             tracing::warn!(
-                "the KV cache holds {kv_tokens} tokens, less than the model's context of {}: \
-                 requests are limited to {kv_tokens} tokens",
-                model.config.max_context
+                "the KV cache holds {kv_tokens} tokens, less than the model's context of {context}: \
+                 requests are limited to {kv_tokens} tokens"
             );
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -86,7 +109,11 @@ impl EngineHandle {
         let feed = monitor.clone();
         std::thread::Builder::new()
             .name("weft-engine".into())
-            .spawn(move || engine_loop(&model, &tok, cfg, rx, &counter, &feed))
+            .spawn(move || {
+                if let Ok(engine) = compute.engine(&tok, cfg) {
+                    engine_loop(engine, rx, &counter, &feed);
+                }
+            })
             .map_err(|e| weft_engine::EngineError::Invalid(format!("engine thread: {e}")))?;
         Ok(EngineHandle {
             tx,
@@ -130,17 +157,38 @@ impl EngineHandle {
     }
 }
 
+/// Where the engine thread's tokens come from.
+enum Compute {
+    Native(Arc<Model>),
+    Remote(weft_remote::Pool, usize),
+}
+
+impl Compute {
+    fn engine<'a>(
+        &'a self,
+        tok: &'a Tokenizer,
+        cfg: EngineConfig,
+    ) -> Result<Engine<'a>, weft_engine::EngineError> {
+        match self {
+            Compute::Native(model) => Engine::new(model, tok, cfg),
+            Compute::Remote(pool, context) => Engine::remote(tok, cfg, pool.clone(), *context),
+        }
+    }
+
+    fn max_context(&self) -> usize {
+        match self {
+            Compute::Native(model) => model.config.max_context,
+            Compute::Remote(_, context) => *context,
+        }
+    }
+}
+
 fn engine_loop(
-    model: &Model,
-    tok: &Tokenizer,
-    cfg: EngineConfig,
+    mut engine: Engine<'_>,
     mut rx: mpsc::UnboundedReceiver<Command>,
     in_flight: &AtomicUsize,
     monitor: &Monitor,
 ) {
-    let Ok(mut engine) = Engine::new(model, tok, cfg) else {
-        return;
-    };
     let mut sinks: HashMap<RequestId, mpsc::UnboundedSender<Event>> = HashMap::new();
     let mut last_token: HashMap<RequestId, std::time::Instant> = HashMap::new();
     crate::metrics::engine_gauges(&engine);

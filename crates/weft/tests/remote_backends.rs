@@ -89,10 +89,15 @@ async fn start_llama_server() -> Server {
 }
 
 async fn start_weft_serve() -> Server {
+    start_weft_serve_with(&["--kv-mib", "64"]).await
+}
+
+async fn start_weft_serve_with(extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(["serve", "--model"])
         .arg(model())
-        .args(["--host", "127.0.0.1", "--port", "0", "--kv-mib", "64"])
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -362,4 +367,122 @@ fn weft_run_with_a_backend_prints_the_native_text_and_explains_a_dead_one() {
         err.contains("error: no backend can take the request") && err.contains(&dead),
         "{err}"
     );
+}
+
+#[test]
+fn weft_serve_as_a_front_over_a_backend_serves_the_native_text_and_trees() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let back = rt.block_on(start_weft_serve());
+    let front = rt.block_on(start_weft_serve_with(&["--backend", &back.url]));
+    let native = run_native(None, PROMPT);
+    // A streamed plain completion through the front.
+    let pool = pool(&[&front.url]);
+    let served = rt.block_on(pool.check()).unwrap();
+    let text = rt.block_on(async {
+        let mut s = pool
+            .stream(&CompletionRequest::greedy(PROMPT, 16), None)
+            .await
+            .unwrap();
+        let mut text = String::new();
+        while let Some(c) = s.next().await {
+            text.push_str(&c.unwrap().text);
+        }
+        text
+    });
+    assert_eq!(text, native.text);
+    // A thread tree through the front, on the backend.
+    let tree = run_native(Some("threadweaver"), TW_PROMPT);
+    let body = serde_json::json!({"model": served, "prompt": TW_PROMPT, "max_tokens": 16,
+        "temperature": 0, "parallel": {"protocol": "threadweaver"}});
+    let v: serde_json::Value = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/v1/completions", front.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    let threads = v["choices"][0]["weft"]["threads"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(threads.len(), tree.threads.len(), "{v}");
+    assert_eq!(v["choices"][0]["weft"]["stats"]["forks"], 1);
+}
+
+/// Countdown through `weft serve --model models/countdown-apr` as a remote
+/// backend: the same accuracy on 50 held-out problems as in this process
+/// (greedy; the same trees, so the same problems solved).
+#[test]
+fn countdown_through_weft_serve_as_a_backend_keeps_its_accuracy() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let apr = root.join("models/countdown-apr");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["serve", "--model"])
+        .arg(&apr)
+        .args(["--host", "127.0.0.1", "--port", &free_port().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().expect("weft serve exited").unwrap();
+        if let Some(at) = line.find("http://127.0.0.1:") {
+            break line[at..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    rt.block_on(wait_ready(&url, &mut child));
+    let server = Server { child, url };
+    let dir = std::env::temp_dir().join(format!("weft-remote-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let eval = |report: &str, extra: &[&str]| {
+        let path = dir.join(report);
+        let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["eval", "countdown", "--model"])
+            .arg(&apr)
+            .arg("--problems")
+            .arg(root.join("models/heldout.jsonl"))
+            .args(["--limit", "50", "--budgets", "512", "--json"])
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let b = &v["budgets"][0];
+        let solved: Vec<bool> = b["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["correct"].as_bool().unwrap())
+            .collect();
+        (
+            b["accuracy"].as_f64().unwrap(),
+            solved,
+            b["children"]["mean"].as_f64(),
+        )
+    };
+    let native = eval("native.json", &[]);
+    let remote = eval("remote.json", &["--backend", &server.url]);
+    assert_eq!(native.1.len(), 50);
+    assert!(
+        native.0 > 0.3,
+        "the shipped model solves too little: {}",
+        native.0
+    );
+    assert_eq!(remote.0, native.0, "accuracy through the backend");
+    assert_eq!(remote.1, native.1, "problems solved");
+    assert_eq!(remote.2, native.2, "children per problem");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -37,6 +37,9 @@ struct Segment {
 
 type Tagged = (usize, u64, RemoteEvent);
 
+/// Longest wait for stream events in one engine step.
+const WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub(crate) struct RemoteCompute {
     rt: tokio::runtime::Runtime,
     pool: Pool,
@@ -118,7 +121,13 @@ impl RemoteCompute {
         }
         let rx = &mut self.rx;
         let mut got = Vec::new();
-        if let Some(first) = self.rt.block_on(rx.recv()) {
+        // At most WAIT, so that a caller with other work (a server taking
+        // new requests) is not held up by slow streams.
+        // (The timer is made inside the runtime: it needs its clock.)
+        let first = self
+            .rt
+            .block_on(async { tokio::time::timeout(WAIT, rx.recv()).await });
+        if let Ok(Some(first)) = first {
             got.push(first);
         }
         while let Ok(more) = self.rx.try_recv() {

@@ -23,7 +23,10 @@ pub enum Mode {
 
 /// A loaded model with what it needs to solve problems.
 pub struct Solver {
-    pub model: Model,
+    /// The local model; `None` when problems run on `remote`.
+    pub model: Option<Model>,
+    /// Remote servers serving the model, and its context length.
+    pub remote: Option<(weft_remote::Pool, usize)>,
     pub tok: Tokenizer,
     pub rules: Rules,
     /// The model folder's `task.json`, when it has one.
@@ -96,11 +99,40 @@ impl Solver {
             Tokenizer::load(dir).with_context(|| format!("loading tokenizer {}", dir.display()))?;
         let task = CountdownTask::of_dir(dir).map_err(anyhow::Error::msg)?;
         Ok(Solver {
-            model,
+            model: Some(model),
+            remote: None,
             tok,
             rules: task.as_ref().map(|t| t.rules()).unwrap_or_default(),
             task,
         })
+    }
+
+    /// A solver whose problems run on remote servers serving the model in
+    /// `dir` (whose tokenizer, config and `task.json` are read here, not
+    /// its weights).
+    pub fn load_remote(dir: &Path, backends: &[String]) -> anyhow::Result<Solver> {
+        let tok =
+            Tokenizer::load(dir).with_context(|| format!("loading tokenizer {}", dir.display()))?;
+        let context = weft_model::ModelConfig::load(dir)
+            .with_context(|| format!("reading the config of {}", dir.display()))?
+            .max_context;
+        let task = CountdownTask::of_dir(dir).map_err(anyhow::Error::msg)?;
+        Ok(Solver {
+            model: None,
+            remote: Some((super::remote_pool(backends)?, context)),
+            tok,
+            rules: task.as_ref().map(|t| t.rules()).unwrap_or_default(),
+            task,
+        })
+    }
+
+    /// The model's context length (tokens).
+    pub fn max_context(&self) -> usize {
+        match (&self.model, &self.remote) {
+            (Some(m), _) => m.config.max_context,
+            (None, Some((_, context))) => *context,
+            (None, None) => 0,
+        }
     }
 
     /// Engine settings for a per-thread token budget.
@@ -125,7 +157,14 @@ impl Solver {
         observe: &mut dyn FnMut(&Event),
         progress: &mut dyn FnMut(usize),
     ) -> anyhow::Result<Vec<Outcome>> {
-        let mut engine = Engine::new(&self.model, &self.tok, self.engine_config(budget))?;
+        let cfg = self.engine_config(budget);
+        let mut engine = match (&self.model, &self.remote) {
+            (Some(m), _) => Engine::new(m, &self.tok, cfg)?,
+            (None, Some((pool, context))) => {
+                Engine::remote(&self.tok, cfg, pool.clone(), *context)?
+            }
+            (None, None) => anyhow::bail!("no model and no backend"),
+        };
         let protocol: Arc<dyn weft_protocol::Protocol> = match mode {
             Mode::Apr => Arc::new(Apr::default()),
             // The sequential model never writes a fork; should it, the fork

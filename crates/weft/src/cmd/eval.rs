@@ -87,6 +87,13 @@ struct CountdownEval {
     /// distribution).
     #[arg(long)]
     no_cap: bool,
+    /// Run the problems on remote OpenAI-compatible servers serving this
+    /// model (`URL[,URL...]`, e.g. `weft serve --model models/countdown-apr`
+    /// or vLLM) instead of in this process: the same protocol, trees and
+    /// verifier; joins re-prefill. --model still names the model folder
+    /// (tokenizer, config, task.json).
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    backend: Vec<String>,
 }
 
 /// Mean and percentiles of one quantity.
@@ -230,7 +237,11 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         problems.truncate(n as usize);
     }
     anyhow::ensure!(!a.budgets.is_empty(), "--budgets needs at least one value");
-    let mut solver = Solver::load_with(&a.model, a.threads)?;
+    let mut solver = if a.backend.is_empty() {
+        Solver::load_with(&a.model, a.threads)?
+    } else {
+        Solver::load_remote(&a.model, &a.backend)?
+    };
     let record = weft_train::TrainRecord::load(&a.model)?;
     if let Some(r) = record.as_ref().filter(|r| !r.finished) {
         eprintln!(
@@ -341,7 +352,7 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         "arith",
         "states"
     );
-    let max_context = solver.model.config.max_context;
+    let max_context = solver.max_context();
     if let Some(b) = a.budgets.iter().find(|&&b| b as usize >= max_context) {
         eprintln!(
             "warning: budget {b} is not below the model's context ({max_context} tokens): \

@@ -60,6 +60,15 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1/* (default: no key).
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Serve as a front over remote OpenAI-compatible servers (vLLM,
+    /// SGLang, llama-server, another `weft serve`): `URL[,URL...]`. The
+    /// same API, protocols, metrics and thread-tree page; every thread
+    /// streams from a backend (all threads of a request from one; requests
+    /// to the least loaded; a failing backend is taken out and retried
+    /// later). --model supplies only the tokenizer and the context length;
+    /// --kv-mib does not apply.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub backend: Vec<String>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -87,31 +96,52 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         name.map_or_else(|| "weft".into(), |s| s.to_string_lossy().into_owned())
     });
-    let (model, tok) = args.model.load_with(weft_model::LoadOptions {
-        batch_invariant: !args.shared_prefix_attention,
-        ..Default::default()
-    })?;
-    let cfg = EngineConfig {
-        max_live_threads: args.max_num_seqs,
-        kv_budget_mib: args.kv_mib,
-        // A request without max_tokens may use the rest of the context, as
-        // vLLM allows.
-        max_tokens_per_thread: model.config.max_context,
-        // The whole --kv-mib budget is resident from the start, as vLLM
-        // and llama-server reserve theirs.
-        reserve_kv: true,
-        ..Default::default()
-    };
     anyhow::ensure!(
         args.max_concurrent_requests >= 1,
         "--max-concurrent-requests must be at least 1"
     );
-    let engine = EngineHandle::start(
-        Arc::new(model),
-        Arc::new(tok),
-        cfg,
-        args.max_concurrent_requests,
-    )?;
+    let engine = if args.backend.is_empty() {
+        let (model, tok) = args.model.load_with(weft_model::LoadOptions {
+            batch_invariant: !args.shared_prefix_attention,
+            ..Default::default()
+        })?;
+        let cfg = EngineConfig {
+            max_live_threads: args.max_num_seqs,
+            kv_budget_mib: args.kv_mib,
+            // A request without max_tokens may use the rest of the context,
+            // as vLLM allows.
+            max_tokens_per_thread: model.config.max_context,
+            // The whole --kv-mib budget is resident from the start, as vLLM
+            // and llama-server reserve theirs.
+            reserve_kv: true,
+            ..Default::default()
+        };
+        EngineHandle::start(
+            Arc::new(model),
+            Arc::new(tok),
+            cfg,
+            args.max_concurrent_requests,
+        )?
+    } else {
+        // A front server: the tokenizer and context length from --model,
+        // every thread streamed from the backends.
+        let path = args.model.path();
+        let tok = weft_model::Tokenizer::load(&path)?;
+        let context = weft_model::ModelConfig::load(&path)?.max_context;
+        let pool = super::remote_pool(&args.backend)?;
+        let cfg = EngineConfig {
+            max_live_threads: args.max_num_seqs,
+            max_tokens_per_thread: context,
+            ..Default::default()
+        };
+        EngineHandle::start_remote(
+            pool,
+            context,
+            Arc::new(tok),
+            cfg,
+            args.max_concurrent_requests,
+        )?
+    };
     let server = ServerConfig {
         served_model_name: name.clone(),
         protocol: args.protocol.clone(),
