@@ -53,6 +53,12 @@ pub struct RequestStats {
     /// `kv_merge` off, or a layout the merge could not keep): the
     /// continuation is an approximation of the authors' engine.
     pub approximate_join: bool,
+    /// Remote compute only: prompt tokens of every streamed segment (each
+    /// thread's whole text, every time it streams anew), counted with the
+    /// local tokenizer: what servers without a prefix cache would compute.
+    pub remote_prompt_tokens: usize,
+    /// Remote compute only: streamed segments (requests sent).
+    pub remote_segments: usize,
     pub forks: usize,
     /// Joins done by merging the children's KV in place.
     pub kv_merge_joins: usize,

@@ -186,7 +186,11 @@ impl Engine<'_> {
                 seed: (p.temperature > 0.0).then_some(t.seed),
                 stop: Vec::new(),
             };
-            let rid = self.requests[t.request].id;
+            let (r, n_prompt) = (t.request, t.tokens.len());
+            let stats = &mut self.requests[r].stats;
+            stats.remote_prompt_tokens += n_prompt;
+            stats.remote_segments += 1;
+            let rid = self.requests[r].id;
             let remote = self.remote_mut();
             let prefer = remote.prefer.get(&rid).copied();
             remote.start(id, req, prefer);

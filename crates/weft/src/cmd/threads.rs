@@ -161,6 +161,9 @@ pub fn report(protocol_name: &str, resp: &Response, trace: Option<&Path>) -> any
                 "join_tokens_computed": s.join_tokens_computed,
                 "preemptions": s.preemptions,
                 "refused_forks": s.refused_forks,
+                "approximate_join": s.approximate_join,
+                "remote_prompt_tokens": s.remote_prompt_tokens,
+                "remote_segments": s.remote_segments,
             },
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
