@@ -303,6 +303,8 @@ impl<'m> Engine<'m> {
         };
         self.complete(r, FinishReason::Abort);
         self.reap();
+        // Remote threads: their connections close now (the servers stop).
+        self.drop_dead_streams();
         true
     }
 

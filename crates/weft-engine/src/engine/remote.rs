@@ -113,6 +113,13 @@ impl RemoteCompute {
         }
     }
 
+    /// Lets the runtime run once, so that aborted tasks are dropped (and
+    /// their connections closed) now, not at the next step: tasks of this
+    /// single-threaded runtime only run inside `block_on`.
+    fn flush(&mut self) {
+        self.rt.block_on(tokio::task::yield_now());
+    }
+
     /// Waits for the next events of live streams (at least one, when any is
     /// live), dropping those of streams cancelled since.
     fn wait(&mut self) -> Vec<(usize, RemoteEvent)> {
@@ -215,6 +222,18 @@ impl Engine<'_> {
                 .get(id)
                 .is_some_and(|t| t.status == Status::Runnable);
             if !live {
+                // The usage of a stream that ended as its thread did.
+                if let (RemoteEvent::End { usage: Some(u), .. }, Some(t)) =
+                    (&ev, self.threads.get(id))
+                {
+                    let r = t.request;
+                    if self.requests.get(r).is_some() {
+                        let s = &mut self.requests[r].stats;
+                        let cached = u.cached_tokens.unwrap_or(0);
+                        s.prefill_tokens += u.prompt_tokens.saturating_sub(cached) as usize;
+                        s.prefill_tokens_saved += cached as usize;
+                    }
+                }
                 self.remote_mut().cancel(id);
                 continue;
             }
@@ -280,27 +299,35 @@ impl Engine<'_> {
                 }
             }
         }
-        // Streams of threads that ended (a request finished, a fork).
-        let gone: Vec<usize> = self
-            .remote_mut()
+        self.drop_dead_streams();
+        Ok(())
+    }
+
+    /// Drops the streams of threads that are no longer running (a request
+    /// finished or aborted, a fork), closing their connections now.
+    pub(super) fn drop_dead_streams(&mut self) {
+        let Compute::Remote(remote) = &mut self.compute else {
+            return;
+        };
+        let dead: Vec<usize> = remote
             .segments
             .keys()
             .copied()
-            .collect::<Vec<_>>()
-            .into_iter()
+            .filter(|&id| {
+                !self
+                    .threads
+                    .get(id)
+                    .is_some_and(|t| t.status == Status::Runnable)
+            })
             .collect();
-        for id in gone {
-            let live = self
-                .threads
-                .get(id)
-                .is_some_and(|t| t.status == Status::Runnable);
-            if !live {
-                self.remote_mut().cancel(id);
-            }
+        for &id in &dead {
+            remote.cancel(id);
+        }
+        if !dead.is_empty() {
+            remote.flush();
         }
         let live: std::collections::HashSet<RequestId> =
             self.requests.iter().map(|(_, q)| q.id).collect();
-        self.remote_mut().prefer.retain(|rid, _| live.contains(rid));
-        Ok(())
+        remote.prefer.retain(|rid, _| live.contains(rid));
     }
 }
