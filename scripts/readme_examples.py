@@ -102,7 +102,9 @@ try:
                 port = s.getsockname()[1]
             cmd = body + f" --port {port}"
             print(f"$ {cmd} &", flush=True)
-            server = subprocess.Popen(cmd, shell=True, cwd=ROOT, env=ENV,
+            # `exec`: the shell becomes the server, so terminating it stops
+            # the server (a plain `shell=True` child outlived every run).
+            server = subprocess.Popen("exec " + cmd, shell=True, cwd=ROOT, env=ENV,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             for _ in range(600):
                 try:
