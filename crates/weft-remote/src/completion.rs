@@ -30,6 +30,10 @@ pub struct CompletionRequest {
     /// protocol's triggers are detected on the streamed text instead).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// Decode past end of sequence (vLLM's, llama-server's and `weft
+    /// serve`'s `ignore_eos` extension); sent only when set.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_eos: bool,
 }
 
 impl CompletionRequest {
@@ -43,6 +47,7 @@ impl CompletionRequest {
             top_p: None,
             seed: None,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 
@@ -211,5 +216,12 @@ mod tests {
         assert_eq!(b["stream_options"]["include_usage"], true);
         assert_eq!(b["temperature"], 0.0);
         assert!(b.get("seed").is_none() && b.get("stop").is_none() && b.get("top_p").is_none());
+        assert!(b.get("ignore_eos").is_none());
+        let b = CompletionRequest {
+            ignore_eos: true,
+            ..CompletionRequest::greedy("Hi", 4)
+        }
+        .body();
+        assert_eq!(b["ignore_eos"], true);
     }
 }

@@ -600,3 +600,62 @@ fn a_backend_killed_mid_tree_ends_the_request_with_an_error() {
         response.stats.refused_forks
     );
 }
+
+/// Aborting a tree drops its streams at once: the backend stops the request
+/// (its `weft:num_requests_running` falls to 0) long before the request
+/// could end by itself (1500 tokens, end of sequence ignored).
+#[test]
+fn aborting_a_remote_tree_stops_it_on_the_server() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_, tok) = local();
+    let s = rt.block_on(start_weft_serve());
+    let running = || -> f64 {
+        let text = rt.block_on(async {
+            reqwest::get(format!("{}/metrics", s.url))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+        text.lines()
+            .find(|l| l.starts_with("weft:num_requests_running"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let cfg = EngineConfig {
+        max_tokens_per_thread: 1500,
+        ..Default::default()
+    };
+    let mut engine = Engine::remote(&tok, cfg, pool(&[&s.url]), 8192).unwrap();
+    let mut spec = RequestSpec::text(PROMPT.to_string());
+    spec.max_tokens = Some(1500);
+    spec.ignore_eos = true;
+    let id = engine.add(spec).unwrap();
+    let (mut texts, t) = (0, Instant::now());
+    while texts < 5 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no text from the backend"
+        );
+        texts += engine
+            .step()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, weft_engine::Event::Text { .. }))
+            .count();
+    }
+    // Without an abort the server goes on (ignore_eos is forwarded).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(running(), 1.0, "the request ended by itself");
+    assert!(engine.abort(id));
+    let t = Instant::now();
+    while running() != 0.0 {
+        assert!(
+            t.elapsed() < Duration::from_millis(700),
+            "the server still runs the aborted request"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

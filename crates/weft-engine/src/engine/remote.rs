@@ -192,6 +192,7 @@ impl Engine<'_> {
                 top_p: (p.top_p < 1.0).then_some(p.top_p),
                 seed: (p.temperature > 0.0).then_some(t.seed),
                 stop: Vec::new(),
+                ignore_eos: self.requests[t.request].ignore_eos,
             };
             let (r, n_prompt) = (t.request, t.tokens.len());
             let stats = &mut self.requests[r].stats;
