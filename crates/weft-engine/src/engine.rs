@@ -258,6 +258,7 @@ impl<'m> Engine<'m> {
             kv_merge: v.kv_merge,
             fork_penalty,
             penalty_on: false,
+            prompt_reported: false,
         });
         self.by_id.insert(id, r);
         // At least the last prompt token is computed: its logits pick the
@@ -616,15 +617,15 @@ impl<'m> Engine<'m> {
         let r = self.threads[id].request;
         let is_root = self.threads[id].parent.is_none();
         let next = {
-            // A repetition penalty counts the thread's own output only.
+            // A protocol's penalty counts the thread's own output only (as
+            // NPR's engine does); the request's, vLLM's way, the prompt too.
             let req = &self.requests[r];
-            let penalty = match req.fork_penalty {
-                Some(p) if req.penalty_on => p,
-                _ => 1.0,
-            };
             let t = &mut self.threads[id];
-            let own = &t.tokens[t.history_start.min(t.tokens.len())..];
-            t.sampler.sample_penalized(logits, own, penalty)
+            let (penalty, history) = match req.fork_penalty {
+                Some(p) if req.penalty_on => (p, &t.tokens[t.history_start.min(t.tokens.len())..]),
+                _ => (t.sampler.params().repetition_penalty, &t.tokens[..]),
+            };
+            t.sampler.sample_penalized(logits, history, penalty)
         };
         let logprobs = match self.requests[r].logprobs {
             Some(k) if is_root => Some(self.token_logprobs(logits, next, k)),
@@ -673,7 +674,7 @@ impl<'m> Engine<'m> {
         let t = &mut self.threads[id];
         t.tokens.push(next);
         let piece = t.decoder.push(self.tok, next)?.unwrap_or_default();
-        self.accept_text(id, piece, vec![next], logprobs)
+        self.accept_text(id, piece, vec![next], 1, logprobs)
     }
 
     /// Appends `piece`, the text of `token_ids` (at least one token), to
@@ -685,12 +686,14 @@ impl<'m> Engine<'m> {
         id: usize,
         piece: String,
         token_ids: Vec<u32>,
+        n_tokens: usize,
         logprobs: Option<TokenLogprobs>,
     ) -> Result<(), EngineError> {
         let r = self.threads[id].request;
+        self.report_prompt(r);
         let is_root = self.threads[id].parent.is_none();
         let req_id = self.requests[r].id;
-        let n = token_ids.len().max(1);
+        let n = n_tokens.max(1);
         let t = &mut self.threads[id];
         t.generated += n;
         self.requests[r].generated += n;
@@ -918,6 +921,12 @@ impl<'m> Engine<'m> {
             if t.status != Status::Finished {
                 t.status = Status::Finished;
                 t.ended = now;
+                // What it computed stays in the prefix cache, as vLLM keeps
+                // an aborted request's blocks: a client that retries, or a
+                // front (`weft serve --backend`) that cancels a thread at
+                // its fork and sends the children the same prefix, reuses
+                // it.
+                let _ = self.register(k);
             }
             // Only this request's tables: the pool cannot disagree with
             // them, and a request being dropped must not fail the engine.
@@ -943,6 +952,23 @@ impl<'m> Engine<'m> {
             request: self.requests[r].id,
             reason,
             response: Box::new(response),
+        });
+    }
+
+    /// Sends the request's [`Event::Prompt`] once, before anything it
+    /// computed shows (its first token or fork), when the root's cached
+    /// prompt is known. Not for remote compute: the servers count there.
+    pub(super) fn report_prompt(&mut self, r: usize) {
+        let req = &mut self.requests[r];
+        if req.prompt_reported || matches!(self.compute, Compute::Remote(_)) {
+            return;
+        }
+        req.prompt_reported = true;
+        let root = &self.threads[req.root];
+        self.events.push(Event::Prompt {
+            request: req.id,
+            prompt_tokens: root.prompt_tokens,
+            cached_tokens: req.stats.prompt_cached_tokens,
         });
     }
 

@@ -61,6 +61,12 @@ pub struct Sampling {
     /// thread's place in the tree (`crate::thread_seed`), so the same spec
     /// and seed give the same tree.
     pub seed: u64,
+    /// vLLM's `repetition_penalty` (1.0 is off): each distinct token of the
+    /// thread's prompt and output so far has its logit divided by it when
+    /// positive, multiplied when negative (CTRL, Keskar et al. 2019; as
+    /// vLLM and `transformers` apply it). A protocol's own penalty while a
+    /// fork is open (NPR) takes its place.
+    pub repetition_penalty: f32,
 }
 
 impl Default for Sampling {
@@ -71,6 +77,7 @@ impl Default for Sampling {
             top_k: 0,
             min_p: 0.0,
             seed: 0,
+            repetition_penalty: 1.0,
         }
     }
 }

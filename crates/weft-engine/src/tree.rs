@@ -54,11 +54,19 @@ pub struct RequestStats {
     /// continuation is an approximation of the authors' engine.
     pub approximate_join: bool,
     /// Remote compute only: prompt tokens of every streamed segment (each
-    /// thread's whole text, every time it streams anew), counted with the
-    /// local tokenizer: what servers without a prefix cache would compute.
+    /// thread's whole text, every time it streams anew): what servers
+    /// without a prefix cache would compute. The server's count where it
+    /// gave one (`usage.prompt_tokens`, llama-server's `timings`), else the
+    /// local tokenizer's (a segment cancelled before its first chunk).
     pub remote_prompt_tokens: usize,
     /// Remote compute only: streamed segments (requests sent).
     pub remote_segments: usize,
+    /// Remote compute only: segments whose server said how much of the
+    /// prompt it took from its prefix cache; `prefill_tokens` and
+    /// `prefill_tokens_saved` count these segments only. llama-server says
+    /// so on every chunk (`timings_per_token`), vLLM only in the usage of
+    /// a stream that ran to its end (not one cancelled at a trigger).
+    pub remote_cache_segments: usize,
     pub forks: usize,
     /// Joins done by merging the children's KV in place.
     pub kv_merge_joins: usize,
@@ -165,6 +173,16 @@ pub enum Event {
         depth: u32,
         text: String,
     },
+    /// The root's prompt is computed: its length and the tokens of it taken
+    /// from the prefix cache (what `usage.prompt_tokens` and
+    /// `prompt_tokens_details.cached_tokens` report, known before the first
+    /// token). Once per request, before its first `Text` or `Forked` event;
+    /// not sent by remote compute (the servers count there).
+    Prompt {
+        request: RequestId,
+        prompt_tokens: usize,
+        cached_tokens: usize,
+    },
     /// The request ended; every block it held is back in the pool.
     Finished {
         request: RequestId,
@@ -183,6 +201,7 @@ impl Event {
             | Event::Joined { request, .. }
             | Event::ThreadFinished { request, .. }
             | Event::Note { request, .. }
+            | Event::Prompt { request, .. }
             | Event::Finished { request, .. } => *request,
         }
     }

@@ -66,6 +66,8 @@ pub enum ValidationError {
     TopK(i64),
     #[error("min_p must be in [0, 1], got {0}")]
     MinP(f32),
+    #[error("repetition_penalty must be a number > 0 (1 turns it off), got {0}")]
+    RepetitionPenalty(f32),
     #[error("unknown protocol `{0}` (apr, multiverse, threadweaver, npr, parallel-r1)")]
     UnknownProtocol(String),
     #[error("logprobs must be at most {MAX_LOGPROBS}, got {0}")]
@@ -97,6 +99,7 @@ impl ValidationError {
             TopP(_) => "top_p",
             TopK(_) => "top_k",
             MinP(_) => "min_p",
+            RepetitionPenalty(_) => "repetition_penalty",
             UnknownProtocol(_) => "protocol",
             Logprobs(_) => "logprobs",
         }
@@ -154,6 +157,9 @@ pub fn validate(
     }
     if !(0.0..=1.0).contains(&s.min_p) {
         return Err(ValidationError::MinP(s.min_p));
+    }
+    if !(s.repetition_penalty > 0.0 && s.repetition_penalty.is_finite()) {
+        return Err(ValidationError::RepetitionPenalty(s.repetition_penalty));
     }
     if let Some(index) = spec.stop.iter().position(String::is_empty) {
         return Err(ValidationError::EmptyStop { index });
@@ -269,7 +275,7 @@ pub fn validate(
             top_p: s.top_p,
             min_p: s.min_p,
             seed: s.seed,
-            repetition_penalty: 1.0,
+            repetition_penalty: s.repetition_penalty,
         },
         max_tokens,
         max_thread_tokens: spec.max_thread_tokens.unwrap_or(cfg.max_tokens_per_thread),

@@ -596,3 +596,51 @@ fn a_request_larger_than_the_kv_cache_is_refused_and_the_default_fits() {
     );
     assert_eq!(r.stats.preemptions, 0);
 }
+
+#[test]
+fn an_aborted_request_leaves_its_prompt_in_the_prefix_cache() {
+    let (model, tok) = smollm2();
+    let mut engine = Engine::new(&model, &tok, EngineConfig::default()).unwrap();
+    let prompt = TW_PROMPT.repeat(2);
+    let first = engine.add(plain(&prompt, 30)).unwrap();
+    // Abort as soon as the prompt is computed (its first token).
+    let mut prompt_event = None;
+    'run: loop {
+        for e in engine.step().unwrap() {
+            match e {
+                Event::Prompt {
+                    request,
+                    prompt_tokens,
+                    cached_tokens,
+                } if request == first => prompt_event = Some((prompt_tokens, cached_tokens)),
+                Event::Text { request, .. } if request == first => break 'run,
+                _ => {}
+            }
+        }
+    }
+    let (n, cached) = prompt_event.expect("a Prompt event before the first Text");
+    assert!(n > 150 && cached == 0, "{n} {cached}");
+    assert!(engine.abort(first));
+    let again = engine.add(plain(&prompt, 4)).unwrap();
+    let mut seen = None;
+    let mut done = None;
+    while engine.has_work() {
+        for e in engine.step().unwrap() {
+            match e {
+                Event::Prompt {
+                    request,
+                    cached_tokens,
+                    ..
+                } if request == again => seen = Some(cached_tokens),
+                Event::Finished {
+                    request, response, ..
+                } if request == again => done = Some(response),
+                _ => {}
+            }
+        }
+    }
+    let r = done.unwrap();
+    // Every full block of the prompt, from the aborted request.
+    assert!(r.stats.prompt_cached_tokens >= n - 16, "{:?}", r.stats);
+    assert_eq!(seen, Some(r.stats.prompt_cached_tokens));
+}

@@ -12,7 +12,11 @@
 //! Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/completions`,
 //! `POST /v1/chat/completions` (both whole and streamed, `n` choices,
 //! `stream_options.include_usage`), with vLLM's extension fields `top_k`,
-//! `min_p`, `ignore_eos` and `parallel` (`{protocol, max_children,
+//! `min_p`, `repetition_penalty`, `ignore_eos`, `return_token_ids` (the
+//! token ids of each streamed chunk; the whole response does not carry
+//! them), `stream_options.continuous_usage_stats` (`usage` on every chunk,
+//! with the root's running `completion_tokens` and the prompt's
+//! `cached_tokens`) and `parallel` (`{protocol, max_children,
 //! max_depth, max_thread_tokens, max_total_tokens, kv_merge}`, or `null`
 //! for plain text). `max_tokens` bounds the root and, unless
 //! `parallel.max_thread_tokens` says otherwise, each child thread;
@@ -388,10 +392,14 @@ fn stream_response(
         started: vec![false; n],
         finished: vec![None; n],
         offset: vec![0; n],
+        prompt: vec![None; n],
+        generated: vec![0; n],
     }));
     let (id2, model2, st2) = (id.clone(), model.clone(), state.clone());
     let (id, model) = (id.clone(), model.clone());
     let threads = valid.include_threads && valid.protocol.is_some();
+    let return_token_ids = valid.return_token_ids;
+    let continuous_usage = valid.continuous_usage;
     let tree_event = move |i: usize, e: &Event| if threads { tree_event(i, e) } else { None };
     let body = merged.flat_map(move |(i, e)| {
         let mut out: Vec<Result<SseEvent, std::convert::Infallible>> = Vec::new();
@@ -401,10 +409,23 @@ fn stream_response(
         let mut chunk = |st: &mut StreamState,
                          text: Option<&str>,
                          finish,
-                         lp: Option<&weft_engine::TokenLogprobs>| {
+                         lp: Option<&weft_engine::TokenLogprobs>,
+                         ids: Option<&[u32]>| {
             let first = !st.started[i];
             st.started[i] = true;
             let mut v = openai::chunk(endpoint, &id, created, &model, i, text, first, finish);
+            if let Some(ids) = ids {
+                v["choices"][0]["token_ids"] = json!(ids);
+            }
+            if let (true, Some((prompt, cached))) = (continuous_usage, st.prompt[i]) {
+                let done = st.generated[i];
+                v["usage"] = json!({
+                    "prompt_tokens": prompt,
+                    "completion_tokens": done,
+                    "total_tokens": prompt + done,
+                    "prompt_tokens_details": {"cached_tokens": cached},
+                });
+            }
             if let Some(lp) = lp {
                 v["choices"][0]["logprobs"] =
                     openai::logprobs(endpoint, std::slice::from_ref(lp), st.offset[i]);
@@ -413,15 +434,35 @@ fn stream_response(
             out.push(Ok(SseEvent::default().data(v.to_string())));
         };
         match &e {
+            Event::Prompt {
+                prompt_tokens,
+                cached_tokens,
+                ..
+            } => st.prompt[i] = Some((*prompt_tokens, *cached_tokens)),
+            Event::Text {
+                thread: 0,
+                token_ids,
+                ..
+            } => st.generated[i] += token_ids.len(),
+            _ => {}
+        }
+        match &e {
             // The root's visible text: what it decodes, and what its joins
             // append (after the join's own thread event).
+            // (Tokens whose text is held back, as the start of a possible
+            // stop string, still go out when their ids were asked for.)
             Event::Text {
                 thread: 0,
                 text,
                 logprobs,
+                token_ids,
                 ..
-            } if !text.is_empty() || logprobs.is_some() => {
-                chunk(&mut st, Some(text), None, logprobs.as_ref())
+            } if !text.is_empty()
+                || logprobs.is_some()
+                || (return_token_ids && !token_ids.is_empty()) =>
+            {
+                let ids = return_token_ids.then_some(token_ids.as_slice());
+                chunk(&mut st, Some(text), None, logprobs.as_ref(), ids)
             }
             Event::Joined {
                 thread: 0,
@@ -455,7 +496,7 @@ fn stream_response(
                 reason, response, ..
             } => {
                 st.finished[i] = Some((**response).clone());
-                chunk(&mut st, None, Some(*reason), None);
+                chunk(&mut st, None, Some(*reason), None, None);
             }
             other => {
                 if let Some(ev) = tree_event(i, other) {
@@ -533,6 +574,11 @@ struct StreamState {
     finished: Vec<Option<Response>>,
     /// Each choice's text offset so far (for `text_offset`).
     offset: Vec<usize>,
+    /// Each choice's prompt and cached prompt tokens, once scheduled.
+    prompt: Vec<Option<(usize, usize)>>,
+    /// Each choice's root tokens so far (the running
+    /// `usage.completion_tokens` of `continuous_usage_stats`).
+    generated: Vec<usize>,
 }
 
 #[cfg(test)]

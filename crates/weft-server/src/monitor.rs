@@ -225,7 +225,7 @@ pub fn tree_json(e: &Event) -> Option<Value> {
         Event::Finished {
             reason, response, ..
         } => json!({"type": "finished", "reason": reason.as_str(), "stats": response.stats}),
-        Event::Text { .. } => return None,
+        Event::Text { .. } | Event::Prompt { .. } => return None,
     })
 }
 

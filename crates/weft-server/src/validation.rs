@@ -61,10 +61,14 @@ pub struct ValidRequest {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// `stream_options.continuous_usage_stats`.
+    pub continuous_usage: bool,
     /// Stream `weft.thread` events (protocol requests).
     pub include_threads: bool,
     /// Alternatives per token when log-probabilities were asked for.
     pub logprobs: Option<usize>,
+    /// vLLM's `return_token_ids`: streamed chunks carry their token ids.
+    pub return_token_ids: bool,
     /// Whether the requests run a protocol (responses carry `weft`).
     pub protocol: Option<String>,
 }
@@ -83,6 +87,10 @@ struct Raw {
     #[serde(default, deserialize_with = "integer")]
     top_k: Option<i64>,
     min_p: Option<f64>,
+    /// vLLM's extension (1 is off).
+    repetition_penalty: Option<f64>,
+    /// vLLM's extension: each streamed chunk carries its `token_ids`.
+    return_token_ids: Option<bool>,
     #[serde(default, deserialize_with = "integer")]
     seed: Option<i64>,
     stop: Option<Value>,
@@ -142,6 +150,9 @@ struct RawMessage {
 #[derive(Deserialize)]
 struct StreamOptions {
     include_usage: Option<bool>,
+    /// vLLM's extension: every chunk carries `usage` with the running
+    /// `completion_tokens` (here also `prompt_tokens_details`).
+    continuous_usage_stats: Option<bool>,
     /// weft's extension: also stream the thread tree as `weft.thread`
     /// events. Off by default: the official `openai` Python client (3.57)
     /// does not skip named events, it yields them as chunks without
@@ -189,7 +200,6 @@ struct ParallelChoice {
 const UNSUPPORTED: &[(&str, &[&str])] = &[
     ("presence_penalty", &["0"]),
     ("frequency_penalty", &["0"]),
-    ("repetition_penalty", &["1"]),
     ("logit_bias", &["{}"]),
     ("best_of", &["1"]),
     ("echo", &["false"]),
@@ -406,6 +416,7 @@ pub fn validate(
                 top_p: raw.top_p.unwrap_or(1.0) as f32,
                 top_k: raw.top_k.unwrap_or(0),
                 min_p: raw.min_p.unwrap_or(0.0) as f32,
+                repetition_penalty: raw.repetition_penalty.unwrap_or(1.0) as f32,
                 // Distinct and reproducible choices.
                 seed: seed.wrapping_add(i),
             };
@@ -435,6 +446,12 @@ pub fn validate(
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         logprobs,
+        return_token_ids: raw.return_token_ids.unwrap_or(false),
+        continuous_usage: raw
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.continuous_usage_stats)
+            .unwrap_or(false),
         include_threads: raw
             .stream_options
             .as_ref()

@@ -803,3 +803,70 @@ fn parallel_options_set_the_protocols_reference_settings() {
         );
     }
 }
+
+#[test]
+fn token_ids_and_repetition_penalty_as_vllm_takes_them() {
+    let (plain, _, _) = *servers();
+    let body = json!({"prompt": "The cat sat on the mat. The cat sat on the", "max_tokens": 12,
+                      "temperature": 0, "stream": true, "return_token_ids": true,
+                      "stop": ["zzz"],
+                      "stream_options": {"include_usage": true, "continuous_usage_stats": true}});
+    let events = post_stream(plain, "/v1/completions", body);
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    for c in &chunks {
+        if let Some(choice) = c["choices"].get(0) {
+            text += choice["text"].as_str().unwrap();
+            if let Some(t) = choice.get("token_ids") {
+                ids.extend(
+                    t.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| i.as_u64().unwrap() as u32),
+                );
+            }
+            // vLLM's continuous usage: the running count on every chunk.
+            assert_eq!(c["usage"]["completion_tokens"], json!(ids.len()), "{c}");
+            assert!(c["usage"]["prompt_tokens"].as_u64().unwrap() > 5, "{c}");
+            assert!(
+                c["usage"]["prompt_tokens_details"]["cached_tokens"].is_u64(),
+                "{c}"
+            );
+        }
+    }
+    // Every generated token once (also those held back while they might
+    // start the stop string), decoding to the text streamed.
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(
+        ids.len() as u64,
+        usage["completion_tokens"].as_u64().unwrap()
+    );
+    let tok = Tokenizer::load(&model_path()).unwrap();
+    assert_eq!(tok.decode(&ids).unwrap(), text);
+
+    // A penalty changes the greedy text of a repetitive prompt; a bad one is
+    // refused, naming the field.
+    let greedy = |penalty: f64| {
+        let (got, v) = post(
+            plain,
+            "/v1/completions",
+            json!({"prompt": "1 1 1 1 1 1 1 1 1 1 1 1", "max_tokens": 8, "temperature": 0,
+                   "repetition_penalty": penalty}),
+        );
+        assert_eq!(got, 200, "{v}");
+        v["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    assert_ne!(greedy(1.0), greedy(3.0));
+    for bad in [json!(0), json!(-1.0), json!("x")] {
+        let (got, v) = post(
+            plain,
+            "/v1/completions",
+            json!({"prompt": "Hi", "max_tokens": 1, "repetition_penalty": bad}),
+        );
+        assert_eq!(got, 400, "{bad}: {v}");
+        assert!(v.to_string().contains("repetition_penalty"), "{v}");
+    }
+}

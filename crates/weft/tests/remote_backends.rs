@@ -280,6 +280,10 @@ fn a_plain_request_on_weft_serve_gives_the_native_text() {
     });
     assert_eq!(remote.text, native.text);
     assert_eq!(remote.finish_reason, native.finish_reason);
+    // The server's token counts (its ids), which are the native ones.
+    assert_eq!(remote.stats.total_tokens, native.stats.total_tokens);
+    assert_eq!(remote.stats.remote_prompt_tokens, native.prompt_tokens);
+    assert_eq!(remote.stats.remote_cache_segments, 1);
 }
 
 #[test]
@@ -298,6 +302,28 @@ fn a_forced_threadweaver_fork_gives_the_native_tree_on_both_servers() {
         });
         assert_eq!(structure(&remote), structure(&native), "{}", s.url);
         assert_eq!(remote.stats.forks, 1);
+        // Every segment's server said how much of its prompt came from
+        // its cache, on every chunk (llama-server's `timings_per_token`,
+        // `weft serve`'s `continuous_usage_stats`): also the segments cut
+        // at a trigger. The children and the joined root reuse the prefix
+        // the first segment computed (on `weft serve`, though that segment
+        // was aborted at the fork).
+        let st = &remote.stats;
+        assert!(st.remote_segments >= 6, "{} {st:?}", s.url);
+        assert_eq!(
+            st.remote_cache_segments, st.remote_segments,
+            "{} {st:?}",
+            s.url
+        );
+        assert!(
+            st.prefill_tokens_saved * 2 > st.remote_prompt_tokens,
+            "{} {st:?}",
+            s.url
+        );
+        assert_eq!(
+            st.prefill_tokens + st.prefill_tokens_saved,
+            st.remote_prompt_tokens
+        );
         assert!(
             !remote.stats.approximate_join,
             "ThreadWeaver joins re-prefill natively too"

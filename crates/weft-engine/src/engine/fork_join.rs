@@ -155,6 +155,7 @@ impl Engine<'_> {
         let Some(protocol) = self.requests[r].protocol.clone() else {
             return Ok(());
         };
+        self.report_prompt(r);
         let rules = protocol.rules();
         let stop = protocol.child_stop();
         self.register(id)?;

@@ -12,20 +12,48 @@ use std::collections::HashMap;
 
 use tokio::sync::mpsc;
 use weft_protocol::ChildEnd;
-use weft_remote::{BackendId, CompletionRequest, Pool, RemoteError, Usage};
+use weft_remote::{BackendId, CompletionRequest, Pool, RemoteError};
 
 use super::thread::Status;
 use super::{Compute, Engine};
 use crate::request::{FinishReason, RequestId};
 use crate::EngineError;
 
-/// What a thread's stream reports.
+/// What a thread's stream task sends.
+enum Raw {
+    Started(BackendId),
+    Chunk(weft_remote::Chunk),
+    Done,
+    Failed(RemoteError),
+}
+
+/// What a thread's stream reports to the engine, with the server's counts
+/// already turned into per-segment figures.
 pub(crate) enum RemoteEvent {
     Started(BackendId),
-    Piece(String),
+    /// The server's count of this segment's prompt, the first time it
+    /// gives one, and the local count it replaces.
+    Prompt {
+        server: u64,
+        local: usize,
+    },
+    /// The prompt tokens the server computed and took from its prefix
+    /// cache, the first time it says.
+    Cache {
+        computed: u64,
+        cached: u64,
+    },
+    /// New text. `ids`: the server's token ids for it (vLLM's and `weft
+    /// serve`'s `return_token_ids`); `n_tokens`: how many tokens the server
+    /// says it is (from the ids, or the rise of its running count); `None`
+    /// where the server says neither (the local tokenizer counts).
+    Piece {
+        text: String,
+        ids: Option<Vec<u32>>,
+        n_tokens: Option<usize>,
+    },
     End {
         finish: Option<String>,
-        usage: Option<Usage>,
     },
     Failed(RemoteError),
 }
@@ -33,9 +61,21 @@ pub(crate) enum RemoteEvent {
 struct Segment {
     id: u64,
     task: tokio::task::JoinHandle<()>,
+    /// The prompt's length by the local tokenizer, counted at the start.
+    local_prompt: usize,
+    prompt_reported: bool,
+    cache_reported: bool,
+    /// The server's running count of generated tokens.
+    generated: u64,
+    /// Tokens the server counted for chunks with no text yet (a held-back
+    /// partial character): they go with the next text.
+    pending_ids: Vec<u32>,
+    pending_n: usize,
+    /// The server's `finish_reason`, once it gives one.
+    finish: Option<String>,
 }
 
-type Tagged = (usize, u64, RemoteEvent);
+type Tagged = (usize, u64, Raw);
 
 /// Longest wait for stream events in one engine step.
 const WAIT: std::time::Duration = std::time::Duration::from_millis(50);
@@ -74,7 +114,15 @@ impl RemoteCompute {
         self.segments.contains_key(&thread)
     }
 
-    fn start(&mut self, thread: usize, req: CompletionRequest, prefer: Option<BackendId>) {
+    /// Streams `req` for `thread`, whose prompt is `local_prompt` tokens by
+    /// the local tokenizer.
+    fn start(
+        &mut self,
+        thread: usize,
+        req: CompletionRequest,
+        local_prompt: usize,
+        prefer: Option<BackendId>,
+    ) {
         self.cancel(thread);
         let seg = self.next_segment;
         self.next_segment += 1;
@@ -85,25 +133,31 @@ impl RemoteCompute {
             };
             let mut s = match pool.stream(&req, prefer).await {
                 Ok(s) => s,
-                Err(e) => return send(RemoteEvent::Failed(e)),
+                Err(e) => return send(Raw::Failed(e)),
             };
-            send(RemoteEvent::Started(s.backend()));
-            let (mut finish, mut usage) = (None, None);
+            send(Raw::Started(s.backend()));
             while let Some(c) = s.next().await {
                 match c {
-                    Ok(c) => {
-                        if !c.text.is_empty() {
-                            send(RemoteEvent::Piece(c.text));
-                        }
-                        finish = c.finish_reason.or(finish);
-                        usage = c.usage.or(usage);
-                    }
-                    Err(e) => return send(RemoteEvent::Failed(e)),
+                    Ok(c) => send(Raw::Chunk(c)),
+                    Err(e) => return send(Raw::Failed(e)),
                 }
             }
-            send(RemoteEvent::End { finish, usage });
+            send(Raw::Done);
         });
-        self.segments.insert(thread, Segment { id: seg, task });
+        self.segments.insert(
+            thread,
+            Segment {
+                id: seg,
+                task,
+                local_prompt,
+                prompt_reported: false,
+                cache_reported: false,
+                generated: 0,
+                pending_ids: Vec::new(),
+                pending_n: 0,
+                finish: None,
+            },
+        );
     }
 
     /// Drops `thread`'s stream (its connection closes: the server cancels).
@@ -142,13 +196,76 @@ impl RemoteCompute {
         }
         let mut out = Vec::new();
         for (thread, seg, ev) in got {
-            if self.segments.get(&thread).is_none_or(|s| s.id != seg) {
+            let Some(s) = self.segments.get_mut(&thread).filter(|s| s.id == seg) else {
                 continue;
+            };
+            match ev {
+                Raw::Started(b) => out.push((thread, RemoteEvent::Started(b))),
+                Raw::Chunk(c) => {
+                    for e in s.take(c) {
+                        out.push((thread, e));
+                    }
+                }
+                Raw::Done => {
+                    let finish = s.finish.take();
+                    self.segments.remove(&thread);
+                    out.push((thread, RemoteEvent::End { finish }));
+                }
+                Raw::Failed(e) => {
+                    self.segments.remove(&thread);
+                    out.push((thread, RemoteEvent::Failed(e)));
+                }
             }
-            if matches!(ev, RemoteEvent::End { .. } | RemoteEvent::Failed(_)) {
-                self.segments.remove(&thread);
+        }
+        out
+    }
+}
+
+impl Segment {
+    /// The engine's events for one chunk of this segment's stream.
+    fn take(&mut self, c: weft_remote::Chunk) -> Vec<RemoteEvent> {
+        let mut out = Vec::new();
+        if let Some(u) = c.usage {
+            if !self.prompt_reported {
+                self.prompt_reported = true;
+                out.push(RemoteEvent::Prompt {
+                    server: u.prompt_tokens,
+                    local: self.local_prompt,
+                });
             }
-            out.push((thread, ev));
+            if let (false, Some(cached)) = (self.cache_reported, u.cached_tokens) {
+                self.cache_reported = true;
+                out.push(RemoteEvent::Cache {
+                    computed: u.prompt_tokens.saturating_sub(cached),
+                    cached,
+                });
+            }
+        }
+        let counted = match (&c.token_ids, c.usage) {
+            (Some(ids), _) => Some(ids.len()),
+            (None, Some(u)) => Some(u.completion_tokens.saturating_sub(self.generated) as usize),
+            (None, None) => None,
+        };
+        if let Some(u) = c.usage {
+            self.generated = self.generated.max(u.completion_tokens);
+        } else if let Some(ids) = &c.token_ids {
+            self.generated += ids.len() as u64;
+        }
+        if let Some(ids) = c.token_ids {
+            self.pending_ids.extend(ids);
+        }
+        self.pending_n += counted.unwrap_or(0);
+        if !c.text.is_empty() {
+            let ids = (!self.pending_ids.is_empty()).then(|| std::mem::take(&mut self.pending_ids));
+            let n = std::mem::take(&mut self.pending_n);
+            out.push(RemoteEvent::Piece {
+                text: c.text,
+                ids,
+                n_tokens: counted.map(|_| n),
+            });
+        }
+        if c.finish_reason.is_some() {
+            self.finish = c.finish_reason;
         }
         out
     }
@@ -184,6 +301,15 @@ impl Engine<'_> {
             }
             let t = &self.threads[id];
             let p = t.sampler.params();
+            let r = t.request;
+            // The protocol's penalty while a fork is open (NPR), else the
+            // request's. Remote servers count the whole prompt (vLLM,
+            // SGLang) or its last 64 tokens (llama-server), not a child's
+            // own output as NPR's engine does: approximate, as the joins.
+            let penalty = match self.requests[r].fork_penalty {
+                Some(p) if self.requests[r].penalty_on => Some(p),
+                _ => Some(p.repetition_penalty).filter(|&p| p != 1.0),
+            };
             let req = CompletionRequest {
                 model: String::new(),
                 prompt: t.context.clone(),
@@ -192,16 +318,17 @@ impl Engine<'_> {
                 top_p: (p.top_p < 1.0).then_some(p.top_p),
                 seed: (p.temperature > 0.0).then_some(t.seed),
                 stop: Vec::new(),
-                ignore_eos: self.requests[t.request].ignore_eos,
+                ignore_eos: self.requests[r].ignore_eos,
+                repetition_penalty: penalty,
             };
-            let (r, n_prompt) = (t.request, t.tokens.len());
+            let n_prompt = t.tokens.len();
             let stats = &mut self.requests[r].stats;
             stats.remote_prompt_tokens += n_prompt;
             stats.remote_segments += 1;
             let rid = self.requests[r].id;
             let remote = self.remote_mut();
             let prefer = remote.prefer.get(&rid).copied();
-            remote.start(id, req, prefer);
+            remote.start(id, req, n_prompt, prefer);
         }
         let events = self.remote_mut().wait();
         if events.is_empty() {
@@ -218,42 +345,65 @@ impl Engine<'_> {
             }
         }
         for (id, ev) in events {
+            // The server's counts go to the request's stats even when the
+            // thread ended with this batch's earlier events.
+            let request = self
+                .threads
+                .get(id)
+                .map(|t| t.request)
+                .filter(|&r| self.requests.get(r).is_some());
+            match (&ev, request) {
+                (&RemoteEvent::Prompt { server, local }, Some(r)) => {
+                    let s = &mut self.requests[r].stats;
+                    s.remote_prompt_tokens =
+                        (s.remote_prompt_tokens + server as usize).saturating_sub(local);
+                    continue;
+                }
+                (&RemoteEvent::Cache { computed, cached }, Some(r)) => {
+                    let s = &mut self.requests[r].stats;
+                    s.prefill_tokens += computed as usize;
+                    s.prefill_tokens_saved += cached as usize;
+                    s.remote_cache_segments += 1;
+                    continue;
+                }
+                (RemoteEvent::Prompt { .. } | RemoteEvent::Cache { .. }, None) => continue,
+                _ => {}
+            }
             let live = self
                 .threads
                 .get(id)
                 .is_some_and(|t| t.status == Status::Runnable);
             if !live {
-                // The usage of a stream that ended as its thread did.
-                if let (RemoteEvent::End { usage: Some(u), .. }, Some(t)) =
-                    (&ev, self.threads.get(id))
-                {
-                    let r = t.request;
-                    if self.requests.get(r).is_some() {
-                        let s = &mut self.requests[r].stats;
-                        let cached = u.cached_tokens.unwrap_or(0);
-                        s.prefill_tokens += u.prompt_tokens.saturating_sub(cached) as usize;
-                        s.prefill_tokens_saved += cached as usize;
-                    }
-                }
                 self.remote_mut().cancel(id);
                 continue;
             }
             let r = self.threads[id].request;
             match ev {
+                RemoteEvent::Prompt { .. } | RemoteEvent::Cache { .. } => {}
                 RemoteEvent::Started(b) => {
                     let rid = self.requests[r].id;
                     self.remote_mut().prefer.entry(rid).or_insert(b);
                 }
-                RemoteEvent::Piece(text) => {
+                RemoteEvent::Piece {
+                    text,
+                    ids,
+                    n_tokens,
+                } => {
                     let is_root = self.threads[id].parent.is_none();
                     if is_root && self.requests[r].stats.ttft_ms == 0.0 {
                         self.requests[r].stats.ttft_ms = self.requests[r].now_ms();
                     }
-                    let ids = self.tok.encode(&text, false)?;
+                    // The server's ids where it sends them; else the local
+                    // tokenizer's (the count still the server's, if given).
+                    let ids = match ids {
+                        Some(ids) => ids,
+                        None => self.tok.encode(&text, false)?,
+                    };
+                    let n = n_tokens.unwrap_or(ids.len());
                     let t = &mut self.threads[id];
                     t.tokens.extend(&ids);
                     t.n_cached = t.tokens.len();
-                    self.accept_text(id, text, ids, None)?;
+                    self.accept_text(id, text, ids, n, None)?;
                     if self
                         .threads
                         .get(id)
@@ -269,13 +419,7 @@ impl Engine<'_> {
                         self.remote_mut().cancel(id);
                     }
                 }
-                RemoteEvent::End { finish, usage } => {
-                    if let Some(u) = usage {
-                        let s = &mut self.requests[r].stats;
-                        s.prefill_tokens +=
-                            u.prompt_tokens.saturating_sub(u.cached_tokens.unwrap_or(0)) as usize;
-                        s.prefill_tokens_saved += u.cached_tokens.unwrap_or(0) as usize;
-                    }
+                RemoteEvent::End { finish } => {
                     if finish.as_deref() == Some("length") {
                         self.finish(id, ChildEnd::Length)?;
                         continue;

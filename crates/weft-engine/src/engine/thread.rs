@@ -199,6 +199,8 @@ pub(super) struct RequestState {
     /// parameters at a fork and resets it at a merge, for every thread of
     /// the tree: on between the two.
     pub penalty_on: bool,
+    /// `Event::Prompt` went out.
+    pub prompt_reported: bool,
 }
 
 impl RequestState {

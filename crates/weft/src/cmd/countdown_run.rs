@@ -110,7 +110,7 @@ impl Solver {
     /// A solver whose problems run on remote servers serving the model in
     /// `dir` (whose tokenizer, config and `task.json` are read here, not
     /// its weights).
-    pub fn load_remote(dir: &Path, backends: &[String]) -> anyhow::Result<Solver> {
+    pub fn load_remote(dir: &Path, remote: &super::RemoteArgs) -> anyhow::Result<Solver> {
         let tok =
             Tokenizer::load(dir).with_context(|| format!("loading tokenizer {}", dir.display()))?;
         let context = weft_model::ModelConfig::load(dir)
@@ -119,7 +119,7 @@ impl Solver {
         let task = CountdownTask::of_dir(dir).map_err(anyhow::Error::msg)?;
         Ok(Solver {
             model: None,
-            remote: Some((super::remote_pool(backends)?, context)),
+            remote: Some((super::remote_pool(remote)?, context)),
             tok,
             rules: task.as_ref().map(|t| t.rules()).unwrap_or_default(),
             task,

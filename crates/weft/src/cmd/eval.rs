@@ -19,7 +19,7 @@ pub struct EvalArgs {
 enum EvalCommand {
     /// Solve held-out Countdown problems with a trained model and report
     /// accuracy (by the verifier), tokens, latency and children per problem.
-    Countdown(CountdownEval),
+    Countdown(Box<CountdownEval>),
     /// Plot accuracy against latency and against the context budget from
     /// one or more `eval countdown` reports (SVG).
     Plot {
@@ -88,12 +88,12 @@ struct CountdownEval {
     #[arg(long)]
     no_cap: bool,
     /// Run the problems on remote OpenAI-compatible servers serving this
-    /// model (`URL[,URL...]`, e.g. `weft serve --model models/countdown-apr`
-    /// or vLLM) instead of in this process: the same protocol, trees and
-    /// verifier; joins re-prefill. --model still names the model folder
-    /// (tokenizer, config, task.json).
-    #[arg(long, value_delimiter = ',', value_name = "URL")]
-    backend: Vec<String>,
+    /// model (with --backend, e.g. `weft serve --model
+    /// models/countdown-apr` or vLLM) instead of in this process: the same
+    /// protocol, trees and verifier; joins re-prefill. --model still names
+    /// the model folder (tokenizer, config, task.json).
+    #[command(flatten)]
+    remote: super::RemoteArgs,
 }
 
 /// Mean and percentiles of one quantity.
@@ -174,7 +174,7 @@ pub struct Report {
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        EvalCommand::Countdown(a) => countdown(a),
+        EvalCommand::Countdown(a) => countdown(*a),
         EvalCommand::Plot { reports, out } => {
             let reports = reports
                 .iter()
@@ -237,10 +237,10 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         problems.truncate(n as usize);
     }
     anyhow::ensure!(!a.budgets.is_empty(), "--budgets needs at least one value");
-    let mut solver = if a.backend.is_empty() {
+    let mut solver = if !a.remote.is_remote() {
         Solver::load_with(&a.model, a.threads)?
     } else {
-        Solver::load_remote(&a.model, &a.backend)?
+        Solver::load_remote(&a.model, &a.remote)?
     };
     let record = weft_train::TrainRecord::load(&a.model)?;
     if let Some(r) = record.as_ref().filter(|r| !r.finished) {

@@ -44,6 +44,11 @@ pub struct RunArgs {
     /// Drop tokens less likely than min_p times the top token (0: off).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub min_p: f32,
+    /// Divide the logit of every token already in the prompt or the output
+    /// by this (multiply a negative one), as vLLM's `repetition_penalty`
+    /// (1.0: off).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub repetition_penalty: f32,
     /// Random seed for sampling (the same seed gives the same text; -1: a
     /// new one each run, as llama.cpp's -1).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -98,16 +103,8 @@ pub struct RunArgs {
     /// merged position layout.
     #[arg(long)]
     pub reprefill_joins: bool,
-    /// Run the thread tree on remote OpenAI-compatible servers (vLLM,
-    /// SGLang, llama-server, `weft serve`) instead of a local model:
-    /// `URL[,URL...]`, e.g. `http://127.0.0.1:8000`. Each thread streams
-    /// from `/v1/completions` with its whole text, so joins re-prefill
-    /// (cheap with the server's prefix cache); all threads of the request
-    /// stay on one server. --model still names the model (a `.gguf` or a
-    /// Hugging Face folder): only its tokenizer and config are read, never
-    /// its weights.
-    #[arg(long, value_delimiter = ',', value_name = "URL")]
-    pub backend: Vec<String>,
+    #[command(flatten)]
+    pub remote: super::RemoteArgs,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -125,7 +122,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, None) => anyhow::bail!("give a prompt with --prompt TEXT or --prompt-file FILE"),
     };
     // Remote: the tokenizer and the context length only.
-    let (model, tokenizer, remote) = if args.backend.is_empty() {
+    let (model, tokenizer, remote) = if !args.remote.is_remote() {
         let (m, t) = args.model.load()?;
         (Some(m), t, None)
     } else {
@@ -135,7 +132,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (
             None,
             tokenizer,
-            Some((super::remote_pool(&args.backend)?, config.max_context)),
+            Some((super::remote_pool(&args.remote)?, config.max_context)),
         )
     };
     let mut spec = RequestSpec::new(if args.chat {
@@ -159,6 +156,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         top_k: args.top_k,
         top_p: args.top_p,
         min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
         seed: match u64::try_from(args.seed) {
             Ok(seed) => seed,
             Err(_) if args.seed == -1 => std::time::SystemTime::now()

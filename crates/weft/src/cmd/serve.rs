@@ -60,15 +60,12 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1/* (default: no key).
     #[arg(long)]
     pub api_key: Option<String>,
-    /// Serve as a front over remote OpenAI-compatible servers (vLLM,
-    /// SGLang, llama-server, another `weft serve`): `URL[,URL...]`. The
-    /// same API, protocols, metrics and thread-tree page; every thread
-    /// streams from a backend (all threads of a request from one; requests
-    /// to the least loaded; a failing backend is taken out and retried
-    /// later). --model supplies only the tokenizer and the context length;
-    /// --kv-mib does not apply.
-    #[arg(long, value_delimiter = ',', value_name = "URL")]
-    pub backend: Vec<String>,
+    /// Serve as a front over remote OpenAI-compatible servers (with
+    /// --backend): the same API, protocols, metrics and thread-tree page;
+    /// every thread streams from a backend. --model supplies only the
+    /// tokenizer and the context length; --kv-mib does not apply.
+    #[command(flatten)]
+    pub remote: super::RemoteArgs,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -100,7 +97,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.max_concurrent_requests >= 1,
         "--max-concurrent-requests must be at least 1"
     );
-    let engine = if args.backend.is_empty() {
+    let engine = if !args.remote.is_remote() {
         let (model, tok) = args.model.load_with(weft_model::LoadOptions {
             batch_invariant: !args.shared_prefix_attention,
             ..Default::default()
@@ -128,7 +125,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let path = args.model.path();
         let tok = weft_model::Tokenizer::load(&path)?;
         let context = weft_model::ModelConfig::load(&path)?.max_context;
-        let pool = super::remote_pool(&args.backend)?;
+        let pool = super::remote_pool(&args.remote)?;
         let cfg = EngineConfig {
             max_live_threads: args.max_num_seqs,
             max_tokens_per_thread: context,

@@ -86,7 +86,7 @@ impl TreePrinter {
                     Self::line(*depth, *thread, line);
                 }
             }
-            Event::Forked { .. } => {}
+            Event::Forked { .. } | Event::Prompt { .. } => {}
             Event::Note {
                 request,
                 thread,
@@ -164,6 +164,7 @@ pub fn report(protocol_name: &str, resp: &Response, trace: Option<&Path>) -> any
                 "approximate_join": s.approximate_join,
                 "remote_prompt_tokens": s.remote_prompt_tokens,
                 "remote_segments": s.remote_segments,
+                "remote_cache_segments": s.remote_cache_segments,
             },
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
