@@ -83,4 +83,11 @@ computed = after - before
 print(f"requests        {len(stats)} trees, {segs} streamed segments")
 print(f"prompt tokens   without a cache {sent:.0f}   computed by llama-server {computed:.0f}   "
       f"({computed / sent:.1%} of it; cached {ca - cb:.0f})")
+# The same split as weft's stats add it up from the servers' per-chunk
+# `timings` (prefill_tokens / prefill_tokens_saved), against /metrics.
+covered = sum(s.get("remote_cache_segments", 0) for s in stats)
+mine = sum(s["prefill_tokens"] for s in stats)
+saved = sum(s["prefill_tokens_saved"] for s in stats)
+print(f"weft's stats    computed {mine}   cached {saved}   from {covered} of {segs} segments   "
+      f"(computed: stats / metrics {mine / computed:.3f})")
 PY
