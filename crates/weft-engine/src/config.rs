@@ -37,6 +37,10 @@ pub struct EngineConfig {
     /// hold fails at start rather than under load. `false`: pages become
     /// resident as slots are first written (the cache is allocated zeroed).
     pub reserve_kv: bool,
+    /// Keep every sampled token with the context it was sampled in
+    /// (`ThreadRecord::sampled`), for RL. Off by default: it holds a copy
+    /// of a thread's tokens per rewritten context.
+    pub record_samples: bool,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +58,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 512,
             kv_merge: true,
             reserve_kv: false,
+            record_samples: false,
         }
     }
 }

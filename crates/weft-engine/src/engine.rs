@@ -496,6 +496,9 @@ impl<'m> Engine<'m> {
             merge_at: None,
             started: 0.0,
             ended: 0.0,
+            samples: Vec::new(),
+            past_samples: Vec::new(),
+            samples_exact: true,
         });
         self.requests[n.request].threads.push(id);
         id
@@ -662,19 +665,31 @@ impl<'m> Engine<'m> {
             if let Some(text) = replace {
                 return self.write_instead_of_eos(id, text);
             }
+            self.record_sample(id, next);
             return self.finish(id, ChildEnd::Eos);
         }
         if !keeping && is_root && req.stop_token_ids.contains(&next) {
+            self.record_sample(id, next);
             return self.finish(id, ChildEnd::Eos);
         }
         if req.stats.ttft_ms == 0.0 && is_root {
             let now = req.now_ms();
             self.requests[r].stats.ttft_ms = now;
         }
+        self.record_sample(id, next);
         let t = &mut self.threads[id];
         t.tokens.push(next);
         let piece = t.decoder.push(self.tok, next)?.unwrap_or_default();
         self.accept_text(id, piece, vec![next], 1, logprobs)
+    }
+
+    /// Records `next` as sampled by thread `id` at the end of its tokens
+    /// (`EngineConfig::record_samples`).
+    fn record_sample(&mut self, id: usize, next: u32) {
+        let t = &mut self.threads[id];
+        if self.cfg.record_samples && t.samples_exact {
+            t.samples.push((t.tokens.len(), next));
+        }
     }
 
     /// Appends `piece`, the text of `token_ids` (at least one token), to
@@ -754,6 +769,9 @@ impl<'m> Engine<'m> {
                 if t.context.is_char_boundary(keep) {
                     t.context.truncate(keep);
                     t.tokens.pop();
+                    if t.samples.last().is_some_and(|s| s.0 == t.tokens.len()) {
+                        t.samples.pop();
+                    }
                     t.generated -= 1;
                     t.emitted = t.emitted.min(t.context.len());
                 }
@@ -1006,6 +1024,7 @@ impl<'m> Engine<'m> {
                     start_ms: t.started,
                     end_ms: t.ended,
                     tokens: t.tokens.clone(),
+                    sampled: t.sampled_segments(),
                 }
             })
             .collect();

@@ -68,7 +68,7 @@ pub use engine::{thread_seed, Engine};
 pub use request::{
     FinishReason, Prompt, ProtocolChoice, RequestId, RequestLimits, RequestSpec, Sampling,
 };
-pub use tree::{Event, RequestStats, Response, ThreadRecord, TokenLogprobs};
+pub use tree::{Event, RequestStats, Response, SampledSegment, ThreadRecord, TokenLogprobs};
 pub use validate::{validate, ValidRequest, ValidationError, MAX_LOGPROBS};
 
 /// What the engine can fail with. A request's own problems are

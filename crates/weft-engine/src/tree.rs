@@ -24,6 +24,27 @@ pub struct ThreadRecord {
     /// join includes its closing tokens. Not in the trace JSON.
     #[serde(skip)]
     pub tokens: Vec<u32>,
+    /// With `EngineConfig::record_samples`: what the thread sampled, in the
+    /// contexts it sampled it in (one segment per context: a join that
+    /// rewrote the thread's text starts a new one). Empty otherwise. Not in
+    /// the trace JSON.
+    #[serde(skip)]
+    pub sampled: Vec<SampledSegment>,
+}
+
+/// Tokens a thread sampled and the exact context they were sampled in: the
+/// token at `sampled[k].0` of `tokens` was drawn by the sampler from the
+/// model's distribution given `tokens[..sampled[k].0]` (positions 0, 1, ...
+/// in slot order). A position equal to `tokens.len()` is a sampled end of
+/// sequence (`sampled[k].1` the EOS id), which ended the thread. Tokens not
+/// listed were written by the engine (prompts, join text) or, after a
+/// KV-merge join, not sampled over a plain sequence (those are left out).
+/// What RL trains on: the policy's own choices, with the engine's text
+/// masked out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SampledSegment {
+    pub tokens: Vec<u32>,
+    pub sampled: Vec<(usize, u32)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -337,6 +337,31 @@ fn parse_state_line(line: &str) -> Result<NodeState, ProtocolError> {
     })
 }
 
+/// The state a child starts from, read from its prompt
+/// ([`ChildSpec::prompt`]: `... Current State: {target}:[{nums}], Operations:
+/// ...`), its numbers sorted (the same numbers in another order are the same
+/// state). `None` when the prompt holds no state line.
+pub fn prompt_state(prompt: &str) -> Option<(u64, Vec<u64>)> {
+    let at = prompt.rfind("Current State: ")? + "Current State: ".len();
+    let state = prompt[at..].split(", Operations:").next()?;
+    let (target, mut nums) = parse_target_nums(state.trim())?;
+    nums.sort_unstable();
+    Some((target, nums))
+}
+
+/// How many children start from the same state as an earlier sibling (a
+/// child of the same parent), given each child's parent and prompt: the
+/// repeated sub-searches of a fork. A prompt with no readable state never
+/// counts as a repeat.
+pub fn duplicate_children<'a>(children: impl IntoIterator<Item = (usize, &'a str)>) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    children
+        .into_iter()
+        .filter_map(|(parent, prompt)| prompt_state(prompt).map(|s| (parent, s)))
+        .filter(|key| !seen.insert(key.clone()))
+        .count()
+}
+
 /// `63:[62, 7, 8]` -> (63, [62, 7, 8]).
 pub fn parse_target_nums(s: &str) -> Option<(u64, Vec<u64>)> {
     let (target, nums) = s.split_once(':')?;

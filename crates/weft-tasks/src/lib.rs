@@ -41,4 +41,6 @@ pub use search::sosp::{SospParams, SospTrace};
 pub use search::Heuristic;
 pub use solver::Solver;
 pub use task::CountdownTask;
-pub use verifier::{arithmetic_stats, state_stats, verify, verify_with, ArithmeticStats, Verdict};
+pub use verifier::{
+    arithmetic_stats, state_stats, verify, verify_with, ArithmeticStats, Failure, Verdict,
+};

@@ -10,7 +10,9 @@
 //!   document (work grows with the sum of squared document lengths, not with
 //!   the squared row length), with GQA;
 //! - [`RmsNorm`], [`SwiGlu`]: norm and gated MLP activation;
-//! - [`CrossEntropy`]: weighted mean next-token loss straight from logits.
+//! - [`CrossEntropy`]: weighted mean next-token loss straight from logits;
+//! - [`PolicyLoss`]: the clipped policy-gradient loss of PPO/GRPO, with an
+//!   optional KL penalty to a reference policy, straight from logits.
 //!
 //! Matmuls stay with candle (gemm). Each op is checked against the same
 //! computation written with candle's own differentiable ops (`tests` below).
@@ -755,6 +757,141 @@ impl CustomOp1 for CrossEntropy {
     }
 }
 
+/// The clipped surrogate loss of PPO (Schulman et al. 2017) as GRPO uses it
+/// (Shao et al. 2024, DeepSeekMath), over `logits [n, vocab]`, a scalar:
+///
+/// `L = -(1/normalizer) * sum_i [min(r_i A_i, clip(r_i, 1-eps, 1+eps) A_i)
+///      - kl_coef * KL_i]`
+///
+/// over the rows with `advantage[i]` set (`Some`), where `lp_i = log
+/// softmax(logits_i)[target_i]`, `r_i = exp(lp_i - old_logp_i)` (1 where
+/// `old_logp` is `None`: the rollouts came from these very weights, one
+/// update per batch), and `KL_i` is the k3 estimator of KL(pi || ref)
+/// (Schulman 2020): `exp(ref_i - lp_i) - (ref_i - lp_i) - 1` (0 where
+/// `ref_logp` is `None`). Its gradient is the policy gradient
+/// `-A_i r_i grad lp_i` where the ratio is inside the clip range (or
+/// outside it on the side that lowers the objective), 0 where clipped.
+#[derive(Debug, Clone)]
+pub struct PolicyLoss {
+    pub target: Arc<Vec<u32>>,
+    /// Per row: the advantage of a sampled token; `None` for rows that do
+    /// not count (prompts, engine-written text, padding).
+    pub advantage: Arc<Vec<Option<f32>>>,
+    pub old_logp: Option<Arc<Vec<f32>>>,
+    pub ref_logp: Option<Arc<Vec<f32>>>,
+    pub clip_eps: f32,
+    pub kl_coef: f32,
+    /// What the sum is divided by (the batch's sampled tokens: every token
+    /// weighs the same, DAPO's token-level mean).
+    pub normalizer: f32,
+}
+
+impl PolicyLoss {
+    /// Per counted row: (objective term, d objective / d lp).
+    fn term(&self, i: usize, lp: f32) -> Option<(f32, f32)> {
+        let a = self.advantage[i]?;
+        let r = match &self.old_logp {
+            Some(old) => (lp - old[i]).exp(),
+            None => 1.0,
+        };
+        let lo = 1.0 - self.clip_eps;
+        let hi = 1.0 + self.clip_eps;
+        let clipped = r.clamp(lo, hi);
+        let (surrogate, d_surrogate) = if r * a <= clipped * a {
+            (r * a, r * a)
+        } else {
+            (clipped * a, 0.0)
+        };
+        let (kl, d_kl) = match (&self.ref_logp, self.kl_coef) {
+            (Some(reference), c) if c != 0.0 => {
+                let d = reference[i] - lp;
+                // d/dlp [exp(ref - lp) - (ref - lp) - 1] = -exp(ref - lp) + 1
+                (d.exp() - d - 1.0, 1.0 - d.exp())
+            }
+            _ => (0.0, 0.0),
+        };
+        Some((
+            surrogate - self.kl_coef * kl,
+            d_surrogate - self.kl_coef * d_kl,
+        ))
+    }
+}
+
+impl CustomOp1 for PolicyLoss {
+    fn name(&self) -> &'static str {
+        "weft-policy-loss"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "logits")?;
+        let n = self.target.len();
+        if n == 0 || x.len() % n != 0 || self.advantage.len() != n {
+            candle_core::bail!("policy loss: {} logits for {n} targets", x.len());
+        }
+        let v = x.len() / n;
+        let sum: f64 = x
+            .par_chunks(v)
+            .enumerate()
+            .map(|(i, row)| {
+                if self.advantage[i].is_none() {
+                    return 0.0;
+                }
+                let lp = row[(self.target[i] as usize).min(v - 1)] - log_sum_exp(row);
+                self.term(i, lp).map_or(0.0, |(obj, _)| obj as f64)
+            })
+            .sum();
+        let loss = (-sum / self.normalizer.max(f32::MIN_POSITIVE) as f64) as f32;
+        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+    }
+
+    fn bwd(&self, logits: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let x = to_vec(logits)?;
+        let g = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let n = self.target.len();
+        let v = x.len() / n;
+        let scale = -g / self.normalizer.max(f32::MIN_POSITIVE);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(v)
+            .zip(x.par_chunks(v))
+            .enumerate()
+            .for_each(|(i, (d, row))| {
+                if self.advantage[i].is_none() {
+                    return;
+                }
+                let t = (self.target[i] as usize).min(v - 1);
+                let lse = log_sum_exp(row);
+                let Some((_, d_lp)) = self.term(i, row[t] - lse) else {
+                    return;
+                };
+                if d_lp == 0.0 {
+                    return;
+                }
+                // d lp / d logits_j = [j == t] - softmax_j
+                let c = scale * d_lp;
+                for j in 0..v {
+                    d[j] = -(row[j] - lse).exp() * c;
+                }
+                d[t] += c;
+            });
+        Ok(Some(Tensor::from_vec(dx, logits.shape(), logits.device())?))
+    }
+}
+
+/// `log softmax(logits_i)[target_i]` of every row of `logits [n, vocab]`
+/// (no gradient): the old policy's log-probabilities of a batch.
+pub fn token_logprobs(logits: &Tensor, target: &[u32]) -> Result<Vec<f32>> {
+    let x = to_vec(logits)?;
+    let n = target.len();
+    if n == 0 || x.len() % n != 0 {
+        candle_core::bail!("token log-probs: {} logits for {n} targets", x.len());
+    }
+    let v = x.len() / n;
+    Ok(x.par_chunks(v)
+        .zip(target.par_iter())
+        .map(|(row, &t)| row[(t as usize).min(v - 1)] - log_sum_exp(row))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -935,6 +1072,111 @@ mod tests {
         for (a, b) in row.iter().zip(&e) {
             assert!((a - b / z).abs() < 1e-6);
         }
+    }
+
+    /// The policy loss and its gradient against the same formula written
+    /// with candle's differentiable ops, with ratios inside and outside the
+    /// clip range, both signs of advantage, and a KL term.
+    #[test]
+    fn policy_loss_matches_reference() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let dev = Device::Cpu;
+        let (n, v) = (60, 12);
+        let x = rand_var(&mut rng, &[n, v]);
+        let target: Vec<u32> = (0..n).map(|i| (i * 5 % v) as u32).collect();
+        let advantage: Vec<Option<f32>> = (0..n)
+            .map(|i| (i % 7 != 0).then(|| rng.gen_range(-1.0..1.0)))
+            .collect();
+        let lp_now = token_logprobs(x.as_tensor(), &target).unwrap();
+        // Old log-probs off by up to ±0.5: many ratios leave [0.8, 1.2].
+        let old: Vec<f32> = lp_now
+            .iter()
+            .map(|l| l + rng.gen_range(-0.5..0.5))
+            .collect();
+        let reference_lp: Vec<f32> = lp_now
+            .iter()
+            .map(|l| l + rng.gen_range(-0.3..0.3))
+            .collect();
+        let (eps, beta, norm) = (0.2f32, 0.05f32, 40.0f32);
+        let fused = x
+            .as_tensor()
+            .apply_op1(PolicyLoss {
+                target: Arc::new(target.clone()),
+                advantage: Arc::new(advantage.clone()),
+                old_logp: Some(Arc::new(old.clone())),
+                ref_logp: Some(Arc::new(reference_lp.clone())),
+                clip_eps: eps,
+                kl_coef: beta,
+                normalizer: norm,
+            })
+            .unwrap();
+        let reference = {
+            let lp = candle_nn::ops::log_softmax(x.as_tensor(), D::Minus1).unwrap();
+            let t = Tensor::from_vec(target, (n, 1), &dev).unwrap();
+            let lp = lp.gather(&t, 1).unwrap().flatten_all().unwrap();
+            let col = |v: Vec<f32>| Tensor::from_vec(v, n, &dev).unwrap();
+            let a = col(advantage.iter().map(|a| a.unwrap_or(0.0)).collect());
+            let mask = col(advantage.iter().map(|a| a.map_or(0.0, |_| 1.0)).collect());
+            let r = (&lp - col(old)).unwrap().exp().unwrap();
+            let unclipped = (&r * &a).unwrap();
+            let clipped = (r.clamp(1.0 - eps, 1.0 + eps).unwrap() * &a).unwrap();
+            let surrogate = unclipped.minimum(&clipped).unwrap();
+            let d = (col(reference_lp) - &lp).unwrap();
+            let kl = ((d.exp().unwrap() - &d).unwrap() - 1.0).unwrap();
+            let obj = (surrogate - (kl * beta as f64).unwrap()).unwrap();
+            ((obj * mask).unwrap().sum_all().unwrap() * (-1.0 / norm as f64)).unwrap()
+        };
+        assert!(max_diff(&fused, &reference) < 1e-5);
+        let g1 = fused.backward().unwrap();
+        let g2 = reference.backward().unwrap();
+        let d = max_diff(
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-5, "grad diff {d}");
+
+        // On-policy (no old log-probs): the gradient of -sum(A lp) / n, the
+        // policy gradient.
+        let pg = x
+            .as_tensor()
+            .apply_op1(PolicyLoss {
+                target: Arc::new((0..n).map(|i| (i * 5 % v) as u32).collect()),
+                advantage: Arc::new(advantage.clone()),
+                old_logp: None,
+                ref_logp: None,
+                clip_eps: eps,
+                kl_coef: 0.0,
+                normalizer: norm,
+            })
+            .unwrap();
+        let lp = candle_nn::ops::log_softmax(x.as_tensor(), D::Minus1).unwrap();
+        let t = Tensor::from_vec(
+            (0..n).map(|i| (i * 5 % v) as u32).collect::<Vec<_>>(),
+            (n, 1),
+            &dev,
+        )
+        .unwrap();
+        let a = Tensor::from_vec(
+            advantage
+                .iter()
+                .map(|a| a.unwrap_or(0.0))
+                .collect::<Vec<_>>(),
+            (n, 1),
+            &dev,
+        )
+        .unwrap();
+        let want = ((lp.gather(&t, 1).unwrap() * a).unwrap().sum_all().unwrap()
+            * (-1.0 / norm as f64))
+            .unwrap();
+        // Its value is -sum(A) / normalizer (every ratio is 1); its gradient
+        // is that of the policy-gradient loss.
+        let sum_a: f32 = advantage.iter().flatten().sum();
+        assert!((pg.to_scalar::<f32>().unwrap() + sum_a / norm).abs() < 1e-5);
+        let d = max_diff(
+            pg.backward().unwrap().get(x.as_tensor()).unwrap(),
+            want.backward().unwrap().get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-5, "grad diff {d}");
     }
 
     #[test]

@@ -79,9 +79,27 @@ fn data_train_resume_eval_plot_solve() {
         "drills.jsonl",
         "tokenizer.json",
         "val_problems.jsonl",
+        "train_problems.jsonl",
     ] {
         assert!(data.join(f).exists(), "{f} missing");
     }
+    // The training problems, one line each, none of them a validation one.
+    let problems = |f: &str| -> Vec<String> {
+        std::fs::read_to_string(data.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["problem"].to_string())
+            .collect()
+    };
+    let (train_split, val_split) = (
+        problems("train_problems.jsonl"),
+        problems("val_problems.jsonl"),
+    );
+    assert!(!train_split.is_empty() && !val_split.is_empty());
+    assert!(
+        train_split.iter().all(|p| !val_split.contains(p)),
+        "a problem in both splits"
+    );
     let cfg = dir.join("model.json");
     std::fs::write(
         &cfg,

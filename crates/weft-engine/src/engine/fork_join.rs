@@ -108,6 +108,7 @@ impl Engine<'_> {
     ) -> Result<usize, EngineError> {
         self.register(id)?;
         let t = &mut self.threads[id];
+        t.close_samples();
         t.in_layout = false;
         if !t.segments.is_empty() {
             merge::free_segments(&mut self.pool, &mut t.segments)?;

@@ -241,6 +241,10 @@ impl Engine<'_> {
         let computed: usize =
             tails.iter().map(|t| t.rest.len()).sum::<usize>() + append_tokens.len();
         let parent = &mut self.threads[id];
+        // Over merged segments at shifted positions the context is no
+        // plain sequence: later samples cannot be replayed as one.
+        parent.close_samples();
+        parent.samples_exact = false;
         let reused = segments.iter().map(KvSegment::len).sum();
         parent.segments = segments;
         parent.pos_base = fork_pos + longest;

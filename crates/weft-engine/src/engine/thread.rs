@@ -99,9 +99,39 @@ pub(super) struct Thread {
     pub merge_at: Option<usize>,
     pub started: f64,
     pub ended: f64,
+    /// With `EngineConfig::record_samples`: positions in `tokens` and ids
+    /// of the tokens sampled in the current context, the earlier contexts'
+    /// in `past_samples`; `samples_exact` turns false once the thread's
+    /// context is no plain sequence (a KV-merge join).
+    pub samples: Vec<(usize, u32)>,
+    pub past_samples: Vec<crate::tree::SampledSegment>,
+    pub samples_exact: bool,
 }
 
 impl Thread {
+    /// Closes the current sampled segment (its context is about to be
+    /// rewritten).
+    pub fn close_samples(&mut self) {
+        if !self.samples.is_empty() {
+            self.past_samples.push(crate::tree::SampledSegment {
+                tokens: self.tokens.clone(),
+                sampled: std::mem::take(&mut self.samples),
+            });
+        }
+    }
+
+    /// Every sampled segment, the current one last.
+    pub fn sampled_segments(&self) -> Vec<crate::tree::SampledSegment> {
+        let mut out = self.past_samples.clone();
+        if !self.samples.is_empty() {
+            out.push(crate::tree::SampledSegment {
+                tokens: self.tokens.clone(),
+                sampled: self.samples.clone(),
+            });
+        }
+        out
+    }
+
     /// What the thread generated (after joins: everything after the part of
     /// its prompt that is unchanged).
     pub fn generated_text(&self) -> &str {

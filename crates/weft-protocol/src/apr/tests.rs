@@ -184,3 +184,36 @@ fn list_parsers_round_trip() {
     assert_eq!(parse_str_list("['a' 'b']"), None);
     assert_eq!(parse_str_list("['a"), None);
 }
+
+#[test]
+fn duplicate_children_are_siblings_from_one_state() {
+    let child = |nums: &[u64], ops: &[&str]| {
+        ChildSpec {
+            index: 0,
+            level: 1,
+            node_id: "0,1".into(),
+            target: 24,
+            nums: nums.to_vec(),
+            operations: ops.iter().map(|s| s.to_string()).collect(),
+        }
+        .prompt(None)
+    };
+    let a = child(&[9, 20], &["24-15=9"]);
+    let b = child(&[20, 9], &["15-24=9"]); // the same numbers, another order
+    let c = child(&[39, 20], &["24+15=39"]);
+    assert_eq!(prompt_state(&a), Some((24, vec![9, 20])));
+    assert_eq!(prompt_state(&a), prompt_state(&b));
+    // Siblings repeat; the same state under another parent does not.
+    let kids = [
+        (0, a.as_str()),
+        (0, b.as_str()),
+        (0, c.as_str()),
+        (1, a.as_str()),
+        (0, a.as_str()),
+    ];
+    assert_eq!(duplicate_children(kids), 2);
+    assert_eq!(
+        duplicate_children([(0, "no state here"), (0, "no state here")]),
+        0
+    );
+}

@@ -24,7 +24,8 @@ enum DataCommand {
     /// Generate Countdown problems and their search traces as JSONL.
     ///
     /// Writes DIR/train.jsonl and DIR/val.jsonl (one training sequence per
-    /// line), DIR/val_problems.jsonl, DIR/tokenizer.json and DIR/summary.json.
+    /// line), DIR/train_problems.jsonl and DIR/val_problems.jsonl (the
+    /// problems alone), DIR/tokenizer.json and DIR/summary.json.
     Countdown(Box<CountdownDataArgs>),
     /// Write the trace tokenizer as a Hugging Face tokenizer.json.
     Tokenizer {
@@ -252,7 +253,15 @@ fn countdown(args: CountdownDataArgs) -> anyhow::Result<ExitCode> {
     let problems_done = started.elapsed();
     write_problems(
         &args.out.join("val_problems.jsonl"),
+        "val",
         &splits.validation,
+        &generator,
+    )?;
+    // The training problems alone, for `weft train rl --problems`.
+    write_problems(
+        &args.out.join("train_problems.jsonl"),
+        "train",
+        &splits.train,
         &generator,
     )?;
 
@@ -391,8 +400,10 @@ fn write_drills(
 }
 
 /// Validation problems with one reference solution each, for evaluation.
+/// Writes `problems` as JSONL, ids `{split}-000000` on.
 fn write_problems(
     path: &Path,
+    split: &str,
     problems: &[Problem],
     generator: &GeneratorConfig,
 ) -> anyhow::Result<()> {
@@ -407,7 +418,7 @@ fn write_problems(
             .map(|s| s.to_string())
             .collect();
         let line = serde_json::json!({
-            "id": format!("val-{i:06}"),
+            "id": format!("{split}-{i:06}"),
             "problem": p.to_string(),
             "nums": p.nums,
             "target": p.target,

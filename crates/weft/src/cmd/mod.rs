@@ -14,6 +14,7 @@ pub mod serve;
 pub mod solve;
 pub mod threads;
 pub mod train;
+pub mod train_rl;
 
 /// How to reach remote OpenAI-compatible servers (`weft run`, `weft
 /// serve`, `weft eval countdown`).

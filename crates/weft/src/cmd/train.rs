@@ -12,8 +12,14 @@ use std::time::Duration;
 use weft_train::{train, DataPaths, ModelShape, ProgressMode, RunOptions, Status, TrainConfig};
 
 #[derive(Args)]
-#[command(after_long_help = AFTER_HELP)]
+#[command(
+    after_long_help = AFTER_HELP,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct TrainArgs {
+    #[command(subcommand)]
+    sub: Option<TrainSub>,
     /// Model shape: a Hugging Face Llama config.json (a trained model's
     /// own, or one transformers wrote) or a short file with just the shape
     /// keys (hidden_size, intermediate_size, num_hidden_layers,
@@ -23,20 +29,20 @@ pub struct TrainArgs {
     /// about the shape are ignored; shape keys weft cannot train (another
     /// model_type, rope_scaling, biases, ...) are refused by name. Example:
     /// examples/countdown-model.json.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required = true)]
+    config: Option<PathBuf>,
     /// Data folder: train.jsonl, optional drills.jsonl (mixed into training)
     /// and val.jsonl, tokenizer.json (as `weft data countdown` writes). Lines need `text`; `prompt_chars`
     /// leading characters are left out of the loss. Its task.json, if any,
     /// is copied into the model folder.
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required = true)]
+    data: Option<PathBuf>,
     /// Model folder: only the Hugging Face model (config.json,
     /// generation_config.json, model.safetensors, tokenizer files) and
     /// weft_train.json (the run: "finished", "status", steps, trace_kind).
     /// Exported at every checkpoint; "finished" is false until the run ends.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
     /// Training folder: checkpoint/, tokens.cache and train_log.jsonl
     /// (default: OUT.train, beside OUT). If it holds a checkpoint, training
     /// resumes from it.
@@ -141,7 +147,20 @@ keeping the last checkpoint. Rerun the same command to resume.";
 /// SIGINT.
 const INTERRUPTED: u8 = 130;
 
+#[derive(clap::Subcommand)]
+enum TrainSub {
+    /// Reinforcement learning (GRPO) of a trained Countdown model on its
+    /// own forked rollouts: rewards for correct and parallel reasoning.
+    Rl(super::train_rl::RlArgs),
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    if let Some(TrainSub::Rl(a)) = args.sub {
+        return super::train_rl::run(a);
+    }
+    let (Some(config), Some(data_dir), Some(out)) = (&args.config, &args.data, &args.out) else {
+        anyhow::bail!("--config, --data and --out are required (see `weft train --help`)");
+    };
     if args.warmup >= args.steps {
         eprintln!(
             "warning: --warmup {} is not below --steps {}: the learning rate never reaches --lr \
@@ -152,7 +171,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = args.threads {
         use_threads(t)?;
     }
-    let shape = ModelShape::load(&args.config)?;
+    let shape = ModelShape::load(config)?;
     let cfg = TrainConfig {
         steps: args.steps,
         batch_rows: args.batch_rows,
@@ -168,14 +187,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         checkpoint_every: args.checkpoint_every,
         ..TrainConfig::default()
     };
-    if let (Ok(out), Ok(data)) = (args.out.canonicalize(), args.data.canonicalize()) {
+    if let (Ok(o), Ok(d)) = (out.canonicalize(), data_dir.canonicalize()) {
         anyhow::ensure!(
-            out != data,
+            o != d,
             "--out {} is the data folder: the model would be mixed into the data; give another --out",
-            args.out.display()
+            out.display()
         );
     }
-    let data = DataPaths::from_dir(&args.data);
+    let data = DataPaths::from_dir(data_dir);
     for p in [&data.train, &data.tokenizer] {
         anyhow::ensure!(p.exists(), "{} does not exist", p.display());
     }
@@ -198,8 +217,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         train_dir: args.train_dir.clone(),
         stop: Some(stop),
     };
-    let outcome = train(&args.out, &data, &shape, &cfg, &opts)
-        .with_context(|| format!("training into {}", args.out.display()))?;
+    let outcome = train(out, &data, &shape, &cfg, &opts)
+        .with_context(|| format!("training into {}", out.display()))?;
     let s = &outcome.state;
     if let Some(from) = &s.init_from {
         eprintln!(
@@ -226,7 +245,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         s.cpu_seconds / 60.0,
         s.wall_seconds / 60.0,
     );
-    println!("model: {}", args.out.display());
+    println!("model: {}", out.display());
     if !outcome.interrupted {
         return Ok(ExitCode::SUCCESS);
     }
@@ -236,7 +255,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             s.step,
             cfg.steps,
             outcome.layout.checkpoint().display(),
-            args.out.display()
+            out.display()
         );
     } else {
         eprintln!("error: interrupted before the first step; nothing was written");
@@ -252,7 +271,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs training on `threads` worker threads: rayon's pool, and the task
 /// count candle gives its matrix products (it reads RAYON_NUM_THREADS).
-fn use_threads(threads: usize) -> anyhow::Result<()> {
+pub(super) fn use_threads(threads: usize) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     anyhow::ensure!(
         (1..=4 * cores).contains(&threads),
@@ -270,7 +289,7 @@ fn use_threads(threads: usize) -> anyhow::Result<()> {
 /// A flag that SIGINT (Ctrl-C) and SIGTERM set, so training stops at the
 /// next step boundary with a checkpoint, and the signal's number. A second
 /// signal quits at once (the last checkpoint stays).
-fn stop_on_signals() -> anyhow::Result<(Arc<AtomicBool>, Arc<AtomicI32>)> {
+pub(super) fn stop_on_signals() -> anyhow::Result<(Arc<AtomicBool>, Arc<AtomicI32>)> {
     use tokio::signal::unix::{signal, SignalKind};
     let stop = Arc::new(AtomicBool::new(false));
     let which = Arc::new(AtomicI32::new(0));

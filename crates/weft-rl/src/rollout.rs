@@ -1,0 +1,174 @@
+//! Rollouts on the engine: each problem G times, sampled, with real forks
+//! (APR) or one thread (SoS+), every token the policy sampled kept with the
+//! context it was sampled in (`EngineConfig::record_samples`).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use weft_engine::{Engine, EngineConfig, EngineError, RequestSpec, SampledSegment, Sampling};
+use weft_model::{Model, Tokenizer};
+use weft_protocol::apr::{duplicate_children, root_prompt, sosp_prompt, Apr};
+use weft_tasks::{verify_with, Problem, Rules};
+
+use crate::reward::RolloutScore;
+
+/// How the model reasons: `apr` forks sub-searches that the engine runs as
+/// child threads; `sequential` is the SoS+ baseline in one thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Apr,
+    Sequential,
+}
+
+/// The rollouts of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RolloutConfig {
+    pub mode: Mode,
+    /// Most tokens one thread may generate.
+    pub budget: usize,
+    /// Sampling temperature (> 0; no top-k or top-p: the policy gradient is
+    /// of the distribution sampled from).
+    pub temperature: f32,
+    /// Rollouts per problem (GRPO's G).
+    pub group: usize,
+}
+
+/// One rollout, scored.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    /// Index of its problem in the step's problems.
+    pub problem: usize,
+    pub score: RolloutScore,
+    pub children: usize,
+    /// Children that start from the same state as an earlier sibling.
+    pub duplicate_children: usize,
+    pub latency_ms: f64,
+    /// What every thread sampled, in its contexts.
+    pub segments: Vec<SampledSegment>,
+}
+
+/// The root prompt of `p`, as the training data starts it.
+pub fn prompt(p: &Problem, mode: Mode) -> String {
+    match mode {
+        Mode::Apr => root_prompt(p.target, &p.nums, None),
+        Mode::Sequential => sosp_prompt(p.target, &p.nums, None),
+    }
+}
+
+/// The engine settings of rollouts (and of evaluation at `budget`): a
+/// thread's budget, room for wide forks, samples recorded.
+pub fn engine_config(budget: usize) -> EngineConfig {
+    EngineConfig {
+        max_tokens_per_thread: budget,
+        max_tokens_per_request: budget * 64,
+        max_children_per_fork: 64,
+        kv_budget_mib: 512,
+        record_samples: true,
+        ..EngineConfig::default()
+    }
+}
+
+/// APR's protocol; for the sequential model one that never forks (a fork
+/// it writes is refused and decodes on as text).
+pub fn protocol(mode: Mode) -> Arc<dyn weft_protocol::Protocol> {
+    match mode {
+        Mode::Apr => Arc::new(Apr::default()),
+        Mode::Sequential => Arc::new(Apr {
+            max_depth: 0,
+            max_fork_rounds: None,
+        }),
+    }
+}
+
+/// A sampler seed for rollout `k` of problem `i` in the step seeded `seed`
+/// (SplitMix64 of the three).
+pub fn rollout_seed(seed: u64, i: usize, k: usize) -> u64 {
+    let mut z = seed
+        .wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add((k as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Runs `cfg.group` sampled rollouts of every problem, all in one engine
+/// (continuous batching across problems and their threads), and scores
+/// them with the verifier under `rules`. Rollouts come grouped by problem,
+/// in order.
+pub fn roll_out(
+    model: &Model,
+    tok: &Tokenizer,
+    rules: &Rules,
+    problems: &[Problem],
+    cfg: &RolloutConfig,
+    seed: u64,
+) -> Result<Vec<Rollout>, EngineError> {
+    let mut engine = Engine::new(model, tok, engine_config(cfg.budget))?;
+    let protocol = protocol(cfg.mode);
+    let mut specs = Vec::with_capacity(problems.len() * cfg.group);
+    let prompts: Vec<String> = problems.iter().map(|p| prompt(p, cfg.mode)).collect();
+    for (i, prompt) in prompts.iter().enumerate() {
+        for k in 0..cfg.group {
+            let mut spec = RequestSpec::text(prompt.clone()).with_protocol(protocol.clone());
+            spec.sampling = Sampling {
+                temperature: cfg.temperature,
+                seed: rollout_seed(seed, i, k),
+                ..Sampling::default()
+            };
+            specs.push(spec);
+        }
+    }
+    let responses = engine.run(specs, &mut |_| {})?;
+    let mut out = Vec::with_capacity(responses.len());
+    for (n, r) in responses.into_iter().enumerate() {
+        let i = n / cfg.group.max(1);
+        let verdict = verify_with(&problems[i], &format!("{}{}", prompts[i], r.text), rules);
+        let well_formed = verdict.form.is_some()
+            && !matches!(
+                verdict.failure,
+                Some(weft_tasks::Failure::Unparsable { .. } | weft_tasks::Failure::NoAnswer)
+            );
+        let child_prompts: Vec<(usize, String)> = r
+            .threads
+            .iter()
+            .filter_map(|t| {
+                let parent = t.parent?;
+                let head = &t.tokens[..t.prompt_tokens.min(t.tokens.len())];
+                Some((parent, tok.decode(head).unwrap_or_default()))
+            })
+            .collect();
+        let duplicates = duplicate_children(child_prompts.iter().map(|(p, s)| (*p, s.as_str())));
+        out.push(Rollout {
+            problem: i,
+            score: RolloutScore {
+                correct: verdict.correct,
+                well_formed,
+                total_tokens: r.stats.total_tokens,
+                critical_path_tokens: r.stats.critical_path_tokens,
+            },
+            children: r.threads.len().saturating_sub(1),
+            duplicate_children: duplicates,
+            latency_ms: r.stats.wall_ms,
+            segments: r.threads.into_iter().flat_map(|t| t.sampled).collect(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_differ_by_problem_and_sample() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..50 {
+            for k in 0..8 {
+                assert!(seen.insert(rollout_seed(7, i, k)));
+            }
+        }
+        assert_eq!(rollout_seed(7, 3, 2), rollout_seed(7, 3, 2));
+        assert_ne!(rollout_seed(7, 3, 2), rollout_seed(8, 3, 2));
+    }
+}

@@ -1,0 +1,105 @@
+//! The engine's recorded samples replay under the trainer: for greedy
+//! rollouts of the shipped APR model (real forks and joins), every token a
+//! thread sampled must be the trainer's argmax at the position the record
+//! gives, in the context it gives. This ties the engine's bookkeeping
+//! (positions, rewritten contexts, ends of sequence) to what the policy
+//! update trains on.
+
+use std::path::PathBuf;
+
+use weft_engine::{Engine, RequestSpec};
+use weft_model::{LoadOptions, Model, Tokenizer};
+use weft_rl::rollout::{engine_config, prompt, protocol};
+use weft_rl::{Mode, Sequence};
+use weft_train::model::Batch;
+
+fn apr_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/countdown-apr")
+}
+
+#[test]
+fn recorded_samples_are_the_trainers_greedy_choices() {
+    let dir = apr_model();
+    let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+    let tok = Tokenizer::load(&dir).unwrap();
+    let params = weft_train::export::load_model(&dir, &candle_core::Device::Cpu).unwrap();
+    let problems: Vec<weft_tasks::Problem> = std::fs::read_to_string(dir.join("../heldout.jsonl"))
+        .unwrap()
+        .lines()
+        .take(6)
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            weft_tasks::Problem {
+                nums: serde_json::from_value(v["nums"].clone()).unwrap(),
+                target: v["target"].as_u64().unwrap(),
+            }
+        })
+        .collect();
+    let mut engine = Engine::new(&model, &tok, engine_config(512)).unwrap();
+    let specs = problems
+        .iter()
+        .map(|p| RequestSpec::text(prompt(p, Mode::Apr)).with_protocol(protocol(Mode::Apr)))
+        .collect();
+    let responses = engine.run(specs, &mut |_| {}).unwrap();
+    let (mut agree, mut total, mut eos, mut rewritten) = (0, 0, 0, 0);
+    for r in &responses {
+        let mut sampled = 0;
+        for t in &r.threads {
+            rewritten += t.sampled.len().saturating_sub(1);
+            for seg in &t.sampled {
+                sampled += seg.sampled.len();
+                eos += seg
+                    .sampled
+                    .iter()
+                    .filter(|s| s.0 == seg.tokens.len())
+                    .count();
+                let q = Sequence::of_segment(seg, 1.0).unwrap();
+                let n = q.tokens.len() - 1;
+                let batch = Batch {
+                    rows: 1,
+                    len: n,
+                    input: q.tokens[..n].to_vec(),
+                    target: q.tokens[1..].to_vec(),
+                    weight: vec![1.0; n],
+                    position: (0..n as u32).collect(),
+                    segment: vec![0; n],
+                    real_tokens: n,
+                };
+                let logits = params.forward(&batch).unwrap();
+                let rows = logits.to_vec2::<f32>().unwrap();
+                for (j, a) in q.advantage.iter().enumerate() {
+                    if a.is_some() {
+                        total += 1;
+                        let best = rows[j]
+                            .iter()
+                            .enumerate()
+                            .max_by(|x, y| x.1.total_cmp(y.1))
+                            .unwrap()
+                            .0;
+                        agree += usize::from(best as u32 == q.tokens[j + 1]);
+                    }
+                }
+            }
+        }
+        // Every generated token was sampled (ends of sequence are sampled
+        // but not generated text).
+        assert!(
+            sampled >= r.stats.total_tokens,
+            "{sampled} < {}",
+            r.stats.total_tokens
+        );
+    }
+    let forks: usize = responses.iter().map(|r| r.stats.forks).sum();
+    assert!(forks >= 3, "the rollouts should fork: {forks}");
+    assert!(
+        rewritten >= 3,
+        "joins start new sampled segments: {rewritten}"
+    );
+    assert!(eos >= 6, "ends of sequence are recorded: {eos}");
+    // The engine's kernels and the trainer's differ at rounding level: a
+    // near-tie may go the other way, nothing more.
+    assert!(
+        agree as f64 >= 0.995 * total as f64,
+        "{agree} of {total} sampled tokens are the trainer's argmax"
+    );
+}
