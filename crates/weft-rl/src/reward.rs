@@ -7,7 +7,10 @@
 //! - **format**: `format` when the output holds an answer the verifier can
 //!   read (a `Goal Reached` path or equations), right or wrong;
 //! - **length**: `-length_penalty * critical-path tokens / length_scale`,
-//!   what a user waits for.
+//!   what a user waits for;
+//! - **duplicates**: `-duplicate_penalty * (children that start from the
+//!   same state as a sibling) / children`: a repeated sub-search adds
+//!   tokens (and so raises `eta`) without adding search.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +25,8 @@ pub struct RewardConfig {
     /// Critical-path tokens that cost `length_penalty` (the token budget of
     /// one thread is a natural scale).
     pub length_scale: usize,
+    #[serde(default)]
+    pub duplicate_penalty: f32,
 }
 
 impl Default for RewardConfig {
@@ -34,6 +39,7 @@ impl Default for RewardConfig {
             format: 0.0,
             length_penalty: 0.0,
             length_scale: 512,
+            duplicate_penalty: 0.0,
         }
     }
 }
@@ -48,6 +54,9 @@ pub struct RolloutScore {
     pub total_tokens: usize,
     /// The longest chain of generated tokens (`RequestStats`).
     pub critical_path_tokens: usize,
+    pub children: usize,
+    /// Children that start from the same state as an earlier sibling.
+    pub duplicate_children: usize,
 }
 
 /// One rollout's reward, term by term; `total` is their sum.
@@ -58,6 +67,8 @@ pub struct Reward {
     pub parallel: f32,
     pub format: f32,
     pub length: f32,
+    #[serde(default)]
+    pub duplicates: f32,
 }
 
 /// `eta`: total tokens / critical-path tokens (1 for one thread; 1 when
@@ -80,12 +91,18 @@ pub fn reward(cfg: &RewardConfig, s: &RolloutScore) -> Reward {
     let format = if s.well_formed { cfg.format } else { 0.0 };
     let length =
         -cfg.length_penalty * s.critical_path_tokens as f32 / cfg.length_scale.max(1) as f32;
+    let duplicates = if s.children > 0 {
+        -cfg.duplicate_penalty * s.duplicate_children as f32 / s.children as f32
+    } else {
+        0.0
+    };
     Reward {
-        total: correct + parallel + format + length,
+        total: correct + parallel + format + length + duplicates,
         correct,
         parallel,
         format,
         length,
+        duplicates,
     }
 }
 
@@ -99,6 +116,8 @@ mod tests {
             well_formed: true,
             total_tokens: total,
             critical_path_tokens: critical,
+            children: 0,
+            duplicate_children: 0,
         }
     }
 
@@ -138,5 +157,25 @@ mod tests {
         assert!((r.total - 0.0).abs() < 1e-6);
         s.well_formed = false;
         assert!((reward(&cfg, &s).total + 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn duplicate_term() {
+        let cfg = RewardConfig {
+            duplicate_penalty: 0.5,
+            ..RewardConfig::default()
+        };
+        let mut s = score(true, 300, 300);
+        s.children = 6;
+        s.duplicate_children = 3;
+        let r = reward(&cfg, &s);
+        assert!(
+            (r.duplicates + 0.25).abs() < 1e-6 && (r.total - 0.75).abs() < 1e-6,
+            "{r:?}"
+        );
+        // Off by default; no children, no term.
+        assert_eq!(reward(&RewardConfig::default(), &s).duplicates, 0.0);
+        s.children = 0;
+        assert_eq!(reward(&cfg, &s).duplicates, 0.0);
     }
 }

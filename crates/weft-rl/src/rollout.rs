@@ -146,6 +146,8 @@ pub fn roll_out(
                 well_formed,
                 total_tokens: r.stats.total_tokens,
                 critical_path_tokens: r.stats.critical_path_tokens,
+                children: r.threads.len().saturating_sub(1),
+                duplicate_children: duplicates,
             },
             children: r.threads.len().saturating_sub(1),
             duplicate_children: duplicates,

@@ -65,6 +65,8 @@ pub struct Outcome {
     pub total_tokens: usize,
     pub critical_path_tokens: usize,
     pub children: usize,
+    /// Children that start from the same state as an earlier sibling.
+    pub duplicate_children: usize,
     pub latency_ms: f64,
     pub arithmetic_lines: usize,
     pub arithmetic_correct: usize,
@@ -197,6 +199,7 @@ impl Solver {
         let mut arith = weft_tasks::ArithmeticStats::default();
         let mut state = weft_tasks::ArithmeticStats::default();
         let mut trace = Vec::with_capacity(r.threads.len());
+        let mut child_prompts = Vec::new();
         for t in &r.threads {
             let s = arithmetic_stats(&t.text);
             arith.lines += s.lines;
@@ -206,6 +209,9 @@ impl Solver {
                 .tok
                 .decode(&t.tokens[..t.prompt_tokens.min(t.tokens.len())])
                 .unwrap_or_default();
+            if let Some(parent) = t.parent {
+                child_prompts.push((parent, head.clone()));
+            }
             let s = state_stats(&format!("{head}{}", t.text));
             state.lines += s.lines;
             state.correct += s.correct;
@@ -229,6 +235,9 @@ impl Solver {
             total_tokens: r.stats.total_tokens,
             critical_path_tokens: r.stats.critical_path_tokens,
             children: r.threads.len().saturating_sub(1),
+            duplicate_children: weft_protocol::apr::duplicate_children(
+                child_prompts.iter().map(|(p, s)| (*p, s.as_str())),
+            ),
             latency_ms: r.stats.wall_ms,
             arithmetic_lines: arith.lines,
             arithmetic_correct: arith.correct,

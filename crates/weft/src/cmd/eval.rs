@@ -133,6 +133,11 @@ pub struct BudgetReport {
     pub critical_path_tokens: Dist,
     pub latency_ms: Dist,
     pub children: Dist,
+    /// Share of children that start from the same state as an earlier
+    /// sibling (`weft_protocol::apr::duplicate_children`): repeated
+    /// sub-searches. `None` when no problem forked.
+    #[serde(default)]
+    pub duplicate_children: Option<f64>,
     pub arithmetic_lines: usize,
     pub arithmetic_correct: usize,
     pub arithmetic_share: Option<f64>,
@@ -208,6 +213,11 @@ pub fn summarize(budget: usize, outcomes: &[Outcome], wall_s: f64, samples: usiz
         critical_path_tokens: f(&|o| o.critical_path_tokens as f64),
         latency_ms: f(&|o| o.latency_ms),
         children: f(&|o| o.children as f64),
+        duplicate_children: {
+            let kids: usize = outcomes.iter().map(|o| o.children).sum();
+            let dups: usize = outcomes.iter().map(|o| o.duplicate_children).sum();
+            (kids > 0).then(|| dups as f64 / kids as f64)
+        },
         arithmetic_lines: lines,
         arithmetic_correct: correct,
         arithmetic_share: (lines > 0).then(|| correct as f64 / lines as f64),
@@ -340,7 +350,7 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
     // The label column fits the label.
     let w = label.chars().count().max(10);
     println!(
-        "{:<w$} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}",
+        "{:<w$} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6} {:>7} {:>7}",
         "model",
         "budget",
         "acc",
@@ -349,6 +359,7 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
         "lat p50",
         "lat p90",
         "children",
+        "dup",
         "arith",
         "states"
     );
@@ -388,7 +399,7 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
             a.samples,
         );
         println!(
-            "{:<w$} {:>6} {:>6.1}% {:>9.0} {:>9.0} {:>7.0}ms {:>7.0}ms {:>8.1} {:>6.1}% {:>6.1}%",
+            "{:<w$} {:>6} {:>6.1}% {:>9.0} {:>9.0} {:>7.0}ms {:>7.0}ms {:>8.1} {:>5.1}% {:>6.1}% {:>6.1}%",
             label,
             budget,
             100.0 * r.accuracy,
@@ -397,6 +408,7 @@ fn countdown(a: CountdownEval) -> anyhow::Result<ExitCode> {
             r.latency_ms.p50,
             r.latency_ms.p90,
             r.children.mean,
+            100.0 * r.duplicate_children.unwrap_or(0.0),
             100.0 * r.arithmetic_share.unwrap_or(0.0),
             100.0 * r.state_share.unwrap_or(0.0)
         );

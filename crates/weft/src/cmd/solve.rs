@@ -68,7 +68,7 @@ pub struct SolveOpts {
 /// one `{"nums": [..], "target": N}` per line.
 const HELDOUT: &str = include_str!("../../../../models/heldout.jsonl");
 
-fn heldout() -> anyhow::Result<Vec<Problem>> {
+pub(super) fn heldout() -> anyhow::Result<Vec<Problem>> {
     HELDOUT
         .lines()
         .map(|l| serde_json::from_str(l).with_context(|| format!("bad held-out line: {l}")))

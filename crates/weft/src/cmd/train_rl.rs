@@ -93,6 +93,10 @@ pub struct RlArgs {
     /// Penalty per --budget tokens of critical path.
     #[arg(long, default_value_t = 0.0)]
     length_penalty: f32,
+    /// Penalty times the share of a rollout's children that start from
+    /// the same state as a sibling (repeated sub-searches).
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_penalty: f32,
     /// Seed of the problem order and the rollouts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -134,6 +138,20 @@ pub fn run(a: RlArgs) -> anyhow::Result<ExitCode> {
         _ => Mode::Apr,
     };
     let problems = super::countdown_run::read_problems(&a.problems)?;
+    // Training on the evaluation set would make its figures meaningless.
+    let heldout: std::collections::HashSet<(Vec<u64>, u64)> =
+        super::solve::heldout()?.iter().map(|p| p.key()).collect();
+    let overlap = problems
+        .iter()
+        .filter(|p| heldout.contains(&p.key()))
+        .count();
+    anyhow::ensure!(
+        overlap == 0,
+        "{} holds {overlap} of the 500 held-out problems (models/heldout.jsonl), the set the \
+         models are evaluated on: train on training problems, e.g. DATA/train_problems.jsonl \
+         from `weft data countdown`",
+        a.problems.display()
+    );
     let cfg = RlConfig {
         rollout: RolloutConfig {
             mode,
@@ -148,6 +166,7 @@ pub fn run(a: RlArgs) -> anyhow::Result<ExitCode> {
             format: a.reward_format,
             length_penalty: a.length_penalty,
             length_scale: a.budget,
+            duplicate_penalty: a.duplicate_penalty,
         },
         update: UpdateConfig {
             lr: a.lr,

@@ -1,0 +1,177 @@
+//! `weft train rl` as a user meets it: a short run writes a model folder
+//! that evaluates and resumes; the held-out set and bad settings are
+//! refused with the reason.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn weft() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Training problems of the APR model's task, written here.
+fn problems(dir: &std::path::Path) -> PathBuf {
+    let data = dir.join("data");
+    let o = weft()
+        .args([
+            "data",
+            "countdown",
+            "--task",
+            "models/countdown-apr/task.json",
+        ])
+        .args([
+            "--n",
+            "40",
+            "--val",
+            "10",
+            "--drills",
+            "0",
+            "--state-drills",
+            "0",
+            "--out",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    data.join("train_problems.jsonl")
+}
+
+#[test]
+fn a_short_run_writes_a_model_that_evaluates_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ps = problems(dir.path());
+    let out = dir.path().join("apr-rl");
+    let run = |steps: &str| {
+        weft()
+            .args([
+                "train",
+                "rl",
+                "--init-from",
+                "models/countdown-apr",
+                "--problems",
+            ])
+            .arg(&ps)
+            .arg("--out")
+            .arg(&out)
+            .args([
+                "--steps",
+                steps,
+                "--problems-per-step",
+                "2",
+                "--group",
+                "2",
+                "--quiet",
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = run("1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("model: "));
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "task.json",
+        "weft_rl.json",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let log = std::fs::read_to_string(dir.path().join("apr-rl.rl/rl_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 1);
+    // Resuming with more steps goes on from step 1.
+    let o = run("2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resumed from step 1"), "{}", stderr(&o));
+    let log = std::fs::read_to_string(dir.path().join("apr-rl.rl/rl_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+    // The model folder is an ordinary one: it evaluates.
+    let o = weft()
+        .args(["eval", "countdown", "--model"])
+        .arg(&out)
+        .args([
+            "--problems",
+            "models/heldout.jsonl",
+            "--limit",
+            "3",
+            "--budgets",
+            "512",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Another setting on resume is refused, by name.
+    let o = weft()
+        .args([
+            "train",
+            "rl",
+            "--init-from",
+            "models/countdown-apr",
+            "--problems",
+        ])
+        .arg(&ps)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--steps",
+            "3",
+            "--problems-per-step",
+            "2",
+            "--group",
+            "2",
+            "--lr",
+            "0.001",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("update.lr"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_held_out_set_and_bad_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = weft()
+        .args(["train", "rl", "--init-from", "models/countdown-apr"])
+        .args(["--problems", "models/heldout.jsonl", "--out"])
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("held-out"), "{}", stderr(&o));
+    let ps = problems(dir.path());
+    for (flag, value, says) in [
+        ("--group", "1", "--group"),
+        ("--temperature", "0", "--temperature"),
+        ("--clip-eps", "1.5", "--clip-eps"),
+    ] {
+        let o = weft()
+            .args([
+                "train",
+                "rl",
+                "--init-from",
+                "models/countdown-apr",
+                "--problems",
+            ])
+            .arg(&ps)
+            .arg("--out")
+            .arg(dir.path().join("y"))
+            .args([flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{flag} {value}");
+        assert!(stderr(&o).contains(says), "{flag}: {}", stderr(&o));
+    }
+}

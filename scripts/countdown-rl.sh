@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# RL (GRPO, `weft train rl`) of the two shipped Countdown models on their
+# own rollouts, with the same compute for both; evaluation before and after
+# on the 500 held-out problems; installing the RL models into models/.
+#
+#   bash scripts/countdown-rl.sh data          # the models' training problems (seconds)
+#   bash scripts/countdown-rl.sh train apr     # resumable; at most 3 CPU-hours
+#   bash scripts/countdown-rl.sh train sosp    # resumable; the same budget
+#   bash scripts/countdown-rl.sh eval          # before / after, budgets 512, 1024, 2048
+#   bash scripts/countdown-rl.sh install       # copy the RL models into models/
+#
+# Everything lives under $WEFT_RL (default ~/.cache/weft/rl): each model
+# folder (KIND-rl) beside its training folder (KIND-rl.rl: checkpoint,
+# rl_log.jsonl). THREADS (default 1) sets each run's threads, so both runs
+# can train side by side on a 2-core machine. Rerun a `train` stage to
+# resume it: it continues exactly where its last checkpoint stood.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}"
+RL="${WEFT_RL:-$HOME/.cache/weft/rl}"
+DATA="$HOME/.cache/weft/data"
+WEFT="$CARGO_TARGET_DIR/release/weft"
+mkdir -p "$RL" "$DATA"
+
+# The same settings and budget for both models: 16 problems x 8 rollouts a
+# step, sampled at 0.8, every thread up to 2048 tokens (so that a child
+# that runs long is scored, and the model learns to end it), ThreadWeaver's
+# reward (correct + 0.5 min(eta - 1, 0.2)) and a penalty for repeated
+# children, lr 3e-5 (AdamW, constant), one policy-gradient step per batch of
+# rollouts. 180 CPU-minutes each, rollouts and updates together.
+RL_ARGS=(--steps 1000 --problems-per-step 16 --group 8 --temperature 0.8 --budget 2048
+  --lr 3e-5 --reward-parallel 0.5 --parallel-cap 0.2 --duplicate-penalty 0.5
+  --checkpoint-every 5 --max-cpu-minutes 180 --seed 0)
+BUDGETS=512,1024,2048
+
+build() { cargo build --release --locked -p weft; }
+
+case "${1:-}" in
+  data)
+    build
+    # The models' own training problems (the task files hold the seed):
+    # the held-out set never occurs here, by its construction.
+    for kind in apr sosp; do
+      "$WEFT" data countdown --task "models/countdown-$kind/task.json" --n 20000 --val 2000 \
+        --out "$DATA/rl-$kind" > /dev/null
+    done
+    ;;
+  train)
+    kind="${2:?train apr|sosp}"
+    build
+    # A copy of the binary per run, so rebuilding weft does not touch a
+    # running job.
+    cp "$WEFT" "$RL/weft-bin-$kind"
+    "$RL/weft-bin-$kind" train rl --init-from "models/countdown-$kind" \
+      --problems "$DATA/rl-$kind/train_problems.jsonl" --out "$RL/$kind-rl" \
+      --threads "${THREADS:-1}" "${RL_ARGS[@]}" ${QUIET:+--quiet}
+    ;;
+  eval)
+    build
+    # One problem at a time, one forward-pass thread, the four models two
+    # at a time side by side (one core each), as models/MODEL.md measures.
+    for kind in apr sosp; do
+      proto=apr; [ "$kind" = sosp ] && proto=sequential
+      "$WEFT" eval countdown --model "models/countdown-$kind" --protocol "$proto" \
+        --problems models/heldout.jsonl --budgets "$BUDGETS" --threads 1 \
+        --label "$kind" --json "$RL/eval-$kind.json" &
+      a=$!
+      "$WEFT" eval countdown --model "$RL/$kind-rl" --protocol "$proto" \
+        --problems models/heldout.jsonl --budgets "$BUDGETS" --threads 1 \
+        --label "$kind+RL" --json "$RL/eval-$kind-rl.json" &
+      b=$!
+      wait "$a"; wait "$b"
+    done
+    "$WEFT" eval plot --out "$RL/accuracy.svg" "$RL"/eval-{apr,apr-rl,sosp,sosp-rl}.json
+    ;;
+  install)
+    for kind in apr sosp; do
+      cp "$RL/$kind-rl"/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,task.json,weft_rl.json} \
+        "models/countdown-$kind/"
+    done
+    ;;
+  *)
+    sed -n '2,17p' "$0"
+    exit 2
+    ;;
+esac
