@@ -26,10 +26,12 @@ mkdir -p "$RL" "$DATA"
 # step, sampled at 0.8, every thread up to 2048 tokens (so that a child
 # that runs long is scored, and the model learns to end it), ThreadWeaver's
 # reward (correct + 0.5 min(eta - 1, 0.2)) and a penalty for repeated
-# children, lr 3e-5 (AdamW, constant), one policy-gradient step per batch of
+# children (1.0 x their share), lr 3e-5 (AdamW, constant; 1e-4 raised
+# repeated children and lowered accuracy in a 10-step pilot), one
+# policy-gradient step per batch of
 # rollouts. 180 CPU-minutes each, rollouts and updates together.
 RL_ARGS=(--steps 1000 --problems-per-step 16 --group 8 --temperature 0.8 --budget 2048
-  --lr 3e-5 --reward-parallel 0.5 --parallel-cap 0.2 --duplicate-penalty 0.5
+  --lr 3e-5 --reward-parallel 0.5 --parallel-cap 0.2 --duplicate-penalty 1.0
   --checkpoint-every 5 --max-cpu-minutes 180 --seed 0)
 BUDGETS=512,1024,2048
 
