@@ -259,6 +259,7 @@ impl<'m> Engine<'m> {
             fork_penalty,
             penalty_on: false,
             prompt_reported: false,
+            server_prompt_tokens: None,
         });
         self.by_id.insert(id, r);
         // At least the last prompt token is computed: its logits pick the
@@ -975,17 +976,17 @@ impl<'m> Engine<'m> {
 
     /// Sends the request's [`Event::Prompt`] once, before anything it
     /// computed shows (its first token or fork), when the root's cached
-    /// prompt is known. Not for remote compute: the servers count there.
+    /// prompt is known (remote compute: as far as its server has said).
     pub(super) fn report_prompt(&mut self, r: usize) {
         let req = &mut self.requests[r];
-        if req.prompt_reported || matches!(self.compute, Compute::Remote(_)) {
+        if req.prompt_reported {
             return;
         }
         req.prompt_reported = true;
         let root = &self.threads[req.root];
         self.events.push(Event::Prompt {
             request: req.id,
-            prompt_tokens: root.prompt_tokens,
+            prompt_tokens: req.server_prompt_tokens.unwrap_or(root.prompt_tokens),
             cached_tokens: req.stats.prompt_cached_tokens,
         });
     }
@@ -1037,7 +1038,9 @@ impl<'m> Engine<'m> {
             id: req.id,
             text: self.threads[req.root].generated_text().to_string(),
             finish_reason: reason,
-            prompt_tokens: self.threads[req.root].prompt_tokens,
+            prompt_tokens: req
+                .server_prompt_tokens
+                .unwrap_or(self.threads[req.root].prompt_tokens),
             threads,
             stats,
         }

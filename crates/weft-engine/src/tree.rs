@@ -93,7 +93,8 @@ pub struct RequestStats {
     pub kv_merge_joins: usize,
     /// Tokens computed because of joins: a re-prefill join's text after
     /// the common token prefix; a KV-merge join's closing tokens of the
-    /// children and the text it appends.
+    /// children and the text it appends. Native compute only (remote
+    /// servers' own figures are in `prefill_tokens`).
     pub join_tokens_computed: usize,
     /// Most threads of this request decoded in one forward step.
     pub max_batch_threads: usize,

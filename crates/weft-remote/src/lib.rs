@@ -42,6 +42,12 @@ pub enum RemoteError {
     NoBackend { errors: Vec<String> },
     #[error("{url}: cannot connect: {message}")]
     Connect { url: String, message: String },
+    #[error("{url}: HTTP {status}: the server refused the API key ({body}): give its key as the pool's `api_key` (`--backend-api-key`, or WEFT_BACKEND_API_KEY)")]
+    Unauthorized {
+        url: String,
+        status: u16,
+        body: String,
+    },
     #[error("{url}: HTTP {status}: {body}")]
     Http {
         url: String,
@@ -63,6 +69,24 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    /// An HTTP error answer: 401 and 403 as [`RemoteError::Unauthorized`]
+    /// (a configuration error, never retried), others as
+    /// [`RemoteError::Http`].
+    pub(crate) fn http(url: &str, status: u16, body: String) -> Self {
+        match status {
+            401 | 403 => RemoteError::Unauthorized {
+                url: url.to_string(),
+                status,
+                body,
+            },
+            _ => RemoteError::Http {
+                url: url.to_string(),
+                status,
+                body,
+            },
+        }
+    }
+
     pub(crate) fn connect(url: &str, e: reqwest::Error) -> Self {
         RemoteError::Connect {
             url: url.to_string(),
@@ -90,6 +114,7 @@ impl RemoteError {
             RemoteError::Http { status, .. } => *status >= 500 || *status == 429,
             RemoteError::BadUrl { .. }
             | RemoteError::NoBackend { .. }
+            | RemoteError::Unauthorized { .. }
             | RemoteError::Protocol { .. } => false,
         }
     }

@@ -142,15 +142,29 @@ impl Drop for Lease {
 /// name the same server.
 fn base_url(url: &str) -> Result<String, RemoteError> {
     let u = url.trim();
-    let parsed = reqwest::Url::parse(u).map_err(|e| RemoteError::BadUrl {
+    let bad = |message: &str| RemoteError::BadUrl {
         url: u.to_string(),
-        message: e.to_string(),
-    })?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(RemoteError::BadUrl {
-            url: u.to_string(),
-            message: "expected http://HOST:PORT or https://HOST:PORT".into(),
-        });
+        message: message.to_string(),
+    };
+    if u.is_empty() {
+        return Err(bad("an empty URL (a stray comma in the list?)"));
+    }
+    if !u.contains("://") {
+        return Err(bad(
+            "no scheme: expected http://HOST:PORT (e.g. http://127.0.0.1:8000)",
+        ));
+    }
+    let parsed = reqwest::Url::parse(u).map_err(|e| bad(&e.to_string()))?;
+    if parsed.scheme() == "https" {
+        // reqwest is built without TLS here (no OpenSSL or rustls in the
+        // build): say so now rather than fail every request.
+        return Err(bad(
+            "https is not supported by this build of weft (no TLS): reach the server over \
+             http, e.g. through an SSH tunnel or a local TLS-terminating proxy",
+        ));
+    }
+    if parsed.scheme() != "http" || parsed.host_str().is_none() {
+        return Err(bad("expected http://HOST:PORT"));
     }
     let mut s = u.trim_end_matches('/').to_string();
     if let Some(stripped) = s.strip_suffix("/v1") {
@@ -234,19 +248,27 @@ impl Pool {
     /// serve` refuse other names, and replicas may name one model
     /// differently). Backends that do not answer are marked down.
     ///
-    /// Errors: [`RemoteError::NoBackend`] when none answers, naming each
-    /// URL and why.
+    /// Errors: [`RemoteError::Unauthorized`] when a backend refuses the API
+    /// key (or wants one); [`RemoteError::NoBackend`] when none answers,
+    /// naming each URL and why.
     pub async fn check(&self) -> Result<String, RemoteError> {
         let futs = (0..self.inner.backends.len()).map(|id| async move {
             let r = self.models(id).await;
-            if let Err(e) = &r {
-                self.mark_down(id, e);
-            } else {
-                self.mark_up(id);
+            match &r {
+                // A wrong or missing key is no outage: said at once.
+                Err(RemoteError::Unauthorized { .. }) => {}
+                Err(e) => self.mark_down(id, e),
+                Ok(_) => self.mark_up(id),
             }
             r
         });
         let results = futures_util::future::join_all(futs).await;
+        if let Some(Err(e)) = results
+            .iter()
+            .find(|r| matches!(r, Err(RemoteError::Unauthorized { .. })))
+        {
+            return Err(e.clone());
+        }
         let mut errors = Vec::new();
         let mut model = None;
         for r in results {
@@ -286,11 +308,7 @@ impl Pool {
             })?
             .map_err(|e| RemoteError::connect(&url, e))?;
         if !status.is_success() {
-            return Err(RemoteError::Http {
-                url,
-                status: status.as_u16(),
-                body: clip(&text),
-            });
+            return Err(RemoteError::http(&url, status.as_u16(), clip(&text)));
         }
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| RemoteError::Protocol {
@@ -470,11 +488,7 @@ impl Pool {
             let status = resp.status();
             if !status.is_success() {
                 let body = resp.text().await.unwrap_or_default();
-                return Err(RemoteError::Http {
-                    url: url.clone(),
-                    status: status.as_u16(),
-                    body: clip(&body),
-                });
+                return Err(RemoteError::http(&url, status.as_u16(), clip(&body)));
             }
             let mut body = Box::pin(resp.bytes_stream());
             let mut parser = crate::sse::SseParser::default();
@@ -525,6 +539,19 @@ mod tests {
         for bad in ["127.0.0.1:8000", "ftp://h/", "http://", ""] {
             assert!(base_url(bad).is_err(), "{bad}");
         }
+        // Each says what is wrong, in words.
+        let says = |u: &str| base_url(u).unwrap_err().to_string();
+        assert!(
+            says("127.0.0.1:8000").contains("no scheme"),
+            "{}",
+            says("127.0.0.1:8000")
+        );
+        assert!(says("").contains("empty"), "{}", says(""));
+        assert!(
+            says("https://h:1").contains("https is not supported"),
+            "{}",
+            says("https://h:1")
+        );
         let e = Pool::new(
             &["http://a:1".into(), "http://a:1/v1".into()],
             PoolConfig::default(),

@@ -416,3 +416,32 @@ async fn a_backend_taken_out_is_probed_again_after_its_back_off() {
     assert_eq!(text, "Hello, world");
     assert!(pool.status()[0].healthy);
 }
+
+/// A server that wants another API key: a configuration error at start,
+/// named as such, and no outage (the backend is not taken out).
+#[tokio::test]
+async fn a_refused_api_key_is_said_at_start_and_is_no_outage() {
+    let app = Router::new().route(
+        "/v1/models",
+        get(|| async {
+            (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({"error": {"message": "Invalid API key", "type": "authentication_error"}})),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let pool = Pool::new(std::slice::from_ref(&url), cfg()).unwrap();
+    let e = pool.check().await.unwrap_err();
+    assert!(
+        matches!(e, RemoteError::Unauthorized { status: 401, .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("--backend-api-key"), "{e}");
+    assert!(!e.is_backend_fault());
+    assert!(pool.status()[0].healthy, "taken out for a wrong key");
+}

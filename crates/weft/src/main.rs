@@ -15,7 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate text from a prompt with a local model (streamed to stdout).
+    /// Generate text from a prompt with a local model, or remote servers
+    /// with --backend (streamed to stdout).
     Run(cmd::run::RunArgs),
     /// Serve a local model through the OpenAI API (completions, chat).
     Serve(cmd::serve::ServeArgs),

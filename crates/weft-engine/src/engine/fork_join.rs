@@ -388,8 +388,12 @@ impl Engine<'_> {
                 let tokens = self.join_tokens(id, kids, &fork, &join.text)?;
                 self.release_children(kids)?;
                 let reused = self.retext_tokens(id, join.text, tokens)?;
-                let t = &self.threads[id];
-                self.requests[r].stats.join_tokens_computed += t.tokens.len() - reused;
+                // (Remote compute: what the server computed is in its own
+                // figures, `prefill_tokens`.)
+                if !self.is_remote() {
+                    let t = &self.threads[id];
+                    self.requests[r].stats.join_tokens_computed += t.tokens.len() - reused;
+                }
                 reused
             }
         };

@@ -299,6 +299,17 @@ impl Engine<'_> {
             if self.remote_mut().streaming(id) {
                 continue;
             }
+            // As before sampling natively: a trigger the context already
+            // ends in (a prompt that asks for a fork, a joined parent's
+            // text) acts before anything more is generated.
+            if self.scan(id)?
+                || !self
+                    .threads
+                    .get(id)
+                    .is_some_and(|t| t.status == Status::Runnable)
+            {
+                continue;
+            }
             let t = &self.threads[id];
             let p = t.sampler.params();
             let r = t.request;
@@ -354,16 +365,29 @@ impl Engine<'_> {
                 .filter(|&r| self.requests.get(r).is_some());
             match (&ev, request) {
                 (&RemoteEvent::Prompt { server, local }, Some(r)) => {
-                    let s = &mut self.requests[r].stats;
+                    let first = self.threads[id].parent.is_none()
+                        && !self.requests[r].prompt_reported
+                        && self.requests[r].server_prompt_tokens.is_none();
+                    let req = &mut self.requests[r];
+                    if first {
+                        // The request's own prompt, as the server counted it.
+                        req.server_prompt_tokens = Some(server as usize);
+                    }
+                    let s = &mut req.stats;
                     s.remote_prompt_tokens =
                         (s.remote_prompt_tokens + server as usize).saturating_sub(local);
                     continue;
                 }
                 (&RemoteEvent::Cache { computed, cached }, Some(r)) => {
+                    let root_first =
+                        self.threads[id].parent.is_none() && !self.requests[r].prompt_reported;
                     let s = &mut self.requests[r].stats;
                     s.prefill_tokens += computed as usize;
                     s.prefill_tokens_saved += cached as usize;
                     s.remote_cache_segments += 1;
+                    if root_first {
+                        s.prompt_cached_tokens = cached as usize;
+                    }
                     continue;
                 }
                 (RemoteEvent::Prompt { .. } | RemoteEvent::Cache { .. }, None) => continue,

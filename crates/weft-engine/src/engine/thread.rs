@@ -231,6 +231,8 @@ pub(super) struct RequestState {
     pub penalty_on: bool,
     /// `Event::Prompt` went out.
     pub prompt_reported: bool,
+    /// Remote compute: the root's prompt as its server counted it.
+    pub server_prompt_tokens: Option<usize>,
 }
 
 impl RequestState {

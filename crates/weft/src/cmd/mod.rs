@@ -32,12 +32,13 @@ pub struct RemoteArgs {
     #[arg(long, value_delimiter = ',', value_name = "URL")]
     pub backend: Vec<String>,
     /// With --backend: sent as `Authorization: Bearer KEY` (the servers'
-    /// `--api-key`).
+    /// `--api-key`). The --backend-* settings are ignored without
+    /// --backend.
     #[arg(
         long,
         value_name = "KEY",
         env = "WEFT_BACKEND_API_KEY",
-        requires = "backend"
+        hide_env_values = true
     )]
     pub backend_api_key: Option<String>,
     /// With --backend: seconds to open a connection.
