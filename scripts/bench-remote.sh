@@ -5,7 +5,7 @@
 #  1. Countdown through `weft serve --model models/countdown-apr` as a
 #     remote backend against the native engine, on the first N held-out
 #     problems (N=200 by default): accuracy and latency, side by side.
-#  2. Forced ThreadWeaver forks on llama-server (built by
+#  2. Forced ThreadWeaver forks (five questions, greedy) on llama-server (built by
 #     scripts/llama-cpp-tools.sh) with `--metrics`: the prompt tokens the
 #     server computed against what a server without a prefix cache would
 #     compute (every segment's whole prompt), i.e. what re-prefill joins
@@ -57,7 +57,10 @@ PIDS+=($!)
 wait_up "http://127.0.0.1:$P2"
 metric() { curl -sf "http://127.0.0.1:$P2/metrics" | awk -v k="llamacpp:$1" '$1 == k {print $2}'; }
 before="$(metric prompt_tokens_total)"; cached_before="$(metric prompt_tokens_cached_total)"
-printf '%s' "Question: how far apart are (1, 2) and (7, -7)?
+# Five different questions (so no tree reuses another's text), greedy (so
+# the trees are the same on every run).
+for i in 1 2 3 4 5; do
+  printf '%s' "Question: how far apart are ($i, 2) and (7, -$((i + 6)))?
 <think>
 <Parallel>
 <Outlines>
@@ -65,10 +68,9 @@ printf '%s' "Question: how far apart are (1, 2) and (7, -7)?
 <Outline>2: Compute (dy)^2.</Outline>
 <Outline>3: Add them.</Outline>
 <Outline>4: Take the square root.</Outline>
-</Outlines>" > "$OUT/tw.txt"
-for i in 1 2 3 4 5; do
+</Outlines>" > "$OUT/tw$i.txt"
   "$BIN" run --model "$MODEL" --backend "http://127.0.0.1:$P2" --protocol threadweaver \
-    --prompt-file "$OUT/tw.txt" -n 48 --seed "$i" --temperature 0.7 --quiet \
+    --prompt-file "$OUT/tw$i.txt" -n 48 --temperature 0 --quiet \
     --trace "$OUT/tw$i.json" >/dev/null 2>&1
 done
 after="$(metric prompt_tokens_total)"; cached_after="$(metric prompt_tokens_cached_total)"
@@ -78,6 +80,7 @@ before, after, cb, ca = map(float, sys.argv[1:5])
 stats = [json.load(open(p))["stats"] for p in sys.argv[5:]]
 sent = sum(s["remote_prompt_tokens"] for s in stats)
 segs = sum(s["remote_segments"] for s in stats)
+print("segments per tree", [s["remote_segments"] for s in stats], "forks", [s["forks"] for s in stats])
 threads = sum(s.get("forks", 0) for s in stats)
 computed = after - before
 print(f"requests        {len(stats)} trees, {segs} streamed segments")
