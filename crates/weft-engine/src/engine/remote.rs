@@ -6,7 +6,11 @@
 //! drops the thread's stream (the server cancels it); a join's parent
 //! streams anew with the joined text (re-prefill, cheap with the server's
 //! prefix cache). A request's threads prefer the backend its first stream
-//! ran on.
+//! ran on. A thread that forks before its server has seen its context (a
+//! prompt that ends in a fork, a joined parent that forks again at once)
+//! first sends that context alone (`max_tokens: 1`, a warm-up), and its
+//! children stream once the server has computed it: children that arrive
+//! together would each compute the shared prefix.
 
 use std::collections::HashMap;
 
@@ -31,6 +35,8 @@ enum Raw {
 /// already turned into per-segment figures.
 pub(crate) enum RemoteEvent {
     Started(BackendId),
+    /// A warm-up segment reached its backend (its text is not the thread's).
+    Warmed(BackendId),
     /// The server's count of this segment's prompt, the first time it
     /// gives one, and the local count it replaces.
     Prompt {
@@ -73,6 +79,9 @@ struct Segment {
     pending_n: usize,
     /// The server's `finish_reason`, once it gives one.
     finish: Option<String>,
+    /// A warm-up: only its counts are taken; while it runs, the thread's
+    /// children wait.
+    warm: bool,
 }
 
 type Tagged = (usize, u64, Raw);
@@ -114,6 +123,11 @@ impl RemoteCompute {
         self.segments.contains_key(&thread)
     }
 
+    /// Whether `thread`'s warm-up is still running.
+    fn warming(&self, thread: usize) -> bool {
+        self.segments.get(&thread).is_some_and(|s| s.warm)
+    }
+
     /// Streams `req` for `thread`, whose prompt is `local_prompt` tokens by
     /// the local tokenizer.
     fn start(
@@ -122,6 +136,7 @@ impl RemoteCompute {
         req: CompletionRequest,
         local_prompt: usize,
         prefer: Option<BackendId>,
+        warm: bool,
     ) {
         self.cancel(thread);
         let seg = self.next_segment;
@@ -156,6 +171,7 @@ impl RemoteCompute {
                 pending_ids: Vec::new(),
                 pending_n: 0,
                 finish: None,
+                warm,
             },
         );
     }
@@ -199,12 +215,22 @@ impl RemoteCompute {
             let Some(s) = self.segments.get_mut(&thread).filter(|s| s.id == seg) else {
                 continue;
             };
+            let warm = s.warm;
             match ev {
+                Raw::Started(b) if warm => out.push((thread, RemoteEvent::Warmed(b))),
                 Raw::Started(b) => out.push((thread, RemoteEvent::Started(b))),
                 Raw::Chunk(c) => {
                     for e in s.take(c) {
-                        out.push((thread, e));
+                        // A warm-up's text is not the thread's.
+                        if !(warm && matches!(e, RemoteEvent::Piece { .. })) {
+                            out.push((thread, e));
+                        }
                     }
+                }
+                Raw::Done | Raw::Failed(_) if warm => {
+                    // Done either way: a failure shows on the children's
+                    // own streams.
+                    self.segments.remove(&thread);
                 }
                 Raw::Done => {
                     let finish = s.finish.take();
@@ -308,6 +334,11 @@ impl Engine<'_> {
                     .get(id)
                     .is_some_and(|t| t.status == Status::Runnable)
             {
+                self.warm_up(id);
+                continue;
+            }
+            let parent = self.threads[id].parent;
+            if parent.is_some_and(|p| self.remote_mut().warming(p)) {
                 continue;
             }
             let t = &self.threads[id];
@@ -339,7 +370,7 @@ impl Engine<'_> {
             let rid = self.requests[r].id;
             let remote = self.remote_mut();
             let prefer = remote.prefer.get(&rid).copied();
-            remote.start(id, req, n_prompt, prefer);
+            remote.start(id, req, n_prompt, prefer, false);
         }
         let events = self.remote_mut().wait();
         if events.is_empty() {
@@ -364,6 +395,11 @@ impl Engine<'_> {
                 .map(|t| t.request)
                 .filter(|&r| self.requests.get(r).is_some());
             match (&ev, request) {
+                (&RemoteEvent::Warmed(b), Some(r)) => {
+                    let rid = self.requests[r].id;
+                    self.remote_mut().prefer.entry(rid).or_insert(b);
+                    continue;
+                }
                 (&RemoteEvent::Prompt { server, local }, Some(r)) => {
                     let first = self.threads[id].parent.is_none()
                         && !self.requests[r].prompt_reported
@@ -390,7 +426,10 @@ impl Engine<'_> {
                     }
                     continue;
                 }
-                (RemoteEvent::Prompt { .. } | RemoteEvent::Cache { .. }, None) => continue,
+                (
+                    RemoteEvent::Prompt { .. } | RemoteEvent::Cache { .. } | RemoteEvent::Warmed(_),
+                    None,
+                ) => continue,
                 _ => {}
             }
             let live = self
@@ -403,7 +442,8 @@ impl Engine<'_> {
             }
             let r = self.threads[id].request;
             match ev {
-                RemoteEvent::Prompt { .. } | RemoteEvent::Cache { .. } => {}
+                RemoteEvent::Prompt { .. } | RemoteEvent::Cache { .. } | RemoteEvent::Warmed(_) => {
+                }
                 RemoteEvent::Started(b) => {
                     let rid = self.requests[r].id;
                     self.remote_mut().prefer.entry(rid).or_insert(b);
@@ -472,8 +512,41 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// After thread `id` forked before any server saw its context: when its
+    /// children continue that context, sends it alone first (`max_tokens:
+    /// 1`) so that the server computes the shared prefix once; the children
+    /// stream when it is done ([`RemoteCompute::warming`]).
+    fn warm_up(&mut self, id: usize) {
+        let Some(t) = self.threads.get(id) else {
+            return;
+        };
+        if t.status != Status::Waiting {
+            return;
+        }
+        let shares = t.forks.last().is_some_and(|kids| {
+            kids.iter().any(|&k| {
+                self.threads
+                    .get(k)
+                    .is_some_and(|c| c.context.starts_with(&t.context))
+            })
+        });
+        if !shares {
+            return;
+        }
+        let req = CompletionRequest::greedy(t.context.clone(), 1);
+        let (r, n_prompt) = (t.request, t.tokens.len());
+        let stats = &mut self.requests[r].stats;
+        stats.remote_prompt_tokens += n_prompt;
+        stats.remote_segments += 1;
+        let rid = self.requests[r].id;
+        let remote = self.remote_mut();
+        let prefer = remote.prefer.get(&rid).copied();
+        remote.start(id, req, n_prompt, prefer, true);
+    }
+
     /// Drops the streams of threads that are no longer running (a request
-    /// finished or aborted, a fork), closing their connections now.
+    /// finished or aborted, a fork), closing their connections now. A
+    /// warm-up runs on while its thread waits for its children.
     pub(super) fn drop_dead_streams(&mut self) {
         let Compute::Remote(remote) = &mut self.compute else {
             return;
@@ -483,10 +556,10 @@ impl Engine<'_> {
             .keys()
             .copied()
             .filter(|&id| {
-                !self
-                    .threads
-                    .get(id)
-                    .is_some_and(|t| t.status == Status::Runnable)
+                let warm = remote.segments.get(&id).is_some_and(|s| s.warm);
+                !self.threads.get(id).is_some_and(|t| {
+                    t.status == Status::Runnable || (warm && t.status == Status::Waiting)
+                })
             })
             .collect();
         for &id in &dead {
