@@ -23,15 +23,15 @@ WEFT="$CARGO_TARGET_DIR/release/weft"
 mkdir -p "$RL" "$DATA"
 
 # The same settings and budget for both models: 16 problems x 8 rollouts a
-# step, sampled at 0.8, every thread up to 2048 tokens (so that a child
-# that runs long is scored, and the model learns to end it), ThreadWeaver's
-# reward (correct + 0.5 min(eta - 1, 0.2)) and a penalty for repeated
-# children (1.0 x their share), lr 3e-5 (AdamW, constant; 1e-4 raised
-# repeated children and lowered accuracy in a 10-step pilot), one
-# policy-gradient step per batch of
-# rollouts. 180 CPU-minutes each, rollouts and updates together.
-RL_ARGS=(--steps 1000 --problems-per-step 16 --group 8 --temperature 0.8 --budget 2048
-  --lr 3e-5 --reward-parallel 0.5 --parallel-cap 0.2 --duplicate-penalty 1.0
+# step, sampled at temperature 1 (the loss's log-probabilities are of the
+# distribution sampled from), every thread up to 2048 tokens (so that a
+# child that runs long is scored, and the model learns to end it),
+# ThreadWeaver's reward (correct + 0.5 min(eta - 1, 0.2)) and a penalty for
+# repeated children (1.0 x their share), lr 5e-5 (AdamW, constant), one
+# policy-gradient step per batch of rollouts. 180 CPU-minutes each,
+# rollouts and updates together.
+RL_ARGS=(--steps 1000 --problems-per-step 16 --group 8 --temperature 1.0 --budget 2048
+  --lr 5e-5 --reward-parallel 0.5 --parallel-cap 0.2 --duplicate-penalty 1.0
   --checkpoint-every 5 --max-cpu-minutes 180 --seed 0)
 BUDGETS=512,1024,2048
 

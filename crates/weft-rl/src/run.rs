@@ -554,7 +554,11 @@ pub fn run(
             &mut opt,
             reference.as_ref(),
             &seqs,
-            &UpdateConfig { lr, ..cfg.update },
+            &UpdateConfig {
+                lr,
+                temperature: cfg.rollout.temperature,
+                ..cfg.update
+            },
             0,
         )?;
         let update_s = t1.elapsed().as_secs_f64();
@@ -668,6 +672,7 @@ mod tests {
                 grad_clip: 1.0,
                 seq_len: 256,
                 micro_rows: 4,
+                temperature: 1.0,
             },
             std_norm: false,
             problems_per_step: 2,

@@ -71,6 +71,15 @@ pub struct UpdateConfig {
     pub seq_len: usize,
     /// Rows per forward pass (gradients accumulate across them).
     pub micro_rows: usize,
+    /// The rollouts' sampling temperature: the loss's log-probabilities are
+    /// of the distribution the tokens were drawn from (set from the
+    /// rollout settings; not a setting of its own).
+    #[serde(skip, default = "one")]
+    pub temperature: f32,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 /// What an update did.
@@ -207,7 +216,11 @@ pub fn update(
     let steps = cfg.epochs.max(1) * cfg.minibatches.max(1);
     let logprobs = |p: &LlamaParams, m: &Micro| -> Result<Arc<Vec<f32>>, RlError> {
         let logits = p.forward(&m.batch)?;
-        Ok(Arc::new(token_logprobs(&logits, &m.batch.target)?))
+        Ok(Arc::new(token_logprobs(
+            &logits,
+            &m.batch.target,
+            cfg.temperature,
+        )?))
     };
     let old: Option<Vec<Arc<Vec<f32>>>> = if steps > 1 {
         Some(
@@ -252,6 +265,7 @@ pub fn update(
                     clip_eps: cfg.clip_eps,
                     kl_coef: cfg.kl_coef,
                     normalizer: tokens as f32,
+                    temperature: cfg.temperature,
                 })?;
                 let value = loss.to_scalar::<f32>()?;
                 if !value.is_finite() {

@@ -784,6 +784,10 @@ pub struct PolicyLoss {
     /// What the sum is divided by (the batch's sampled tokens: every token
     /// weighs the same, DAPO's token-level mean).
     pub normalizer: f32,
+    /// The sampling temperature of the rollouts: log-probabilities are of
+    /// `softmax(logits / temperature)`, the distribution the tokens were
+    /// drawn from (as TRL and verl compute them); 1.0 for none.
+    pub temperature: f32,
 }
 
 impl PolicyLoss {
@@ -836,7 +840,7 @@ impl CustomOp1 for PolicyLoss {
                 if self.advantage[i].is_none() {
                     return 0.0;
                 }
-                let lp = row[(self.target[i] as usize).min(v - 1)] - log_sum_exp(row);
+                let lp = tempered_logprob(row, self.target[i], self.temperature);
                 self.term(i, lp).map_or(0.0, |(obj, _)| obj as f64)
             })
             .sum();
@@ -859,17 +863,18 @@ impl CustomOp1 for PolicyLoss {
                     return;
                 }
                 let t = (self.target[i] as usize).min(v - 1);
-                let lse = log_sum_exp(row);
-                let Some((_, d_lp)) = self.term(i, row[t] - lse) else {
+                let inv = 1.0 / self.temperature;
+                let lse = log_sum_exp_scaled(row, inv);
+                let Some((_, d_lp)) = self.term(i, row[t] * inv - lse) else {
                     return;
                 };
                 if d_lp == 0.0 {
                     return;
                 }
-                // d lp / d logits_j = [j == t] - softmax_j
-                let c = scale * d_lp;
+                // d lp / d logits_j = ([j == t] - softmax(logits / T)_j) / T
+                let c = scale * d_lp * inv;
                 for j in 0..v {
-                    d[j] = -(row[j] - lse).exp() * c;
+                    d[j] = -(row[j] * inv - lse).exp() * c;
                 }
                 d[t] += c;
             });
@@ -877,9 +882,26 @@ impl CustomOp1 for PolicyLoss {
     }
 }
 
-/// `log softmax(logits_i)[target_i]` of every row of `logits [n, vocab]`
-/// (no gradient): the old policy's log-probabilities of a batch.
-pub fn token_logprobs(logits: &Tensor, target: &[u32]) -> Result<Vec<f32>> {
+fn log_sum_exp_scaled(row: &[f32], scale: f32) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) * scale;
+    max + row
+        .iter()
+        .map(|x| (x * scale - max).exp())
+        .sum::<f32>()
+        .ln()
+}
+
+/// `log softmax(row / temperature)[target]`.
+fn tempered_logprob(row: &[f32], target: u32, temperature: f32) -> f32 {
+    let inv = 1.0 / temperature;
+    let t = (target as usize).min(row.len() - 1);
+    row[t] * inv - log_sum_exp_scaled(row, inv)
+}
+
+/// `log softmax(logits_i / temperature)[target_i]` of every row of `logits
+/// [n, vocab]` (no gradient): the old policy's log-probabilities of a
+/// batch, of the distribution its tokens were sampled from.
+pub fn token_logprobs(logits: &Tensor, target: &[u32], temperature: f32) -> Result<Vec<f32>> {
     let x = to_vec(logits)?;
     let n = target.len();
     if n == 0 || x.len() % n != 0 {
@@ -888,7 +910,7 @@ pub fn token_logprobs(logits: &Tensor, target: &[u32]) -> Result<Vec<f32>> {
     let v = x.len() / n;
     Ok(x.par_chunks(v)
         .zip(target.par_iter())
-        .map(|(row, &t)| row[(t as usize).min(v - 1)] - log_sum_exp(row))
+        .map(|(row, &t)| tempered_logprob(row, t, temperature))
         .collect())
 }
 
@@ -1087,7 +1109,9 @@ mod tests {
         let advantage: Vec<Option<f32>> = (0..n)
             .map(|i| (i % 7 != 0).then(|| rng.gen_range(-1.0..1.0)))
             .collect();
-        let lp_now = token_logprobs(x.as_tensor(), &target).unwrap();
+        // Rollouts sampled at 0.7: every log-probability is of logits / 0.7.
+        let temp = 0.7f32;
+        let lp_now = token_logprobs(x.as_tensor(), &target, temp).unwrap();
         // Old log-probs off by up to ±0.5: many ratios leave [0.8, 1.2].
         let old: Vec<f32> = lp_now
             .iter()
@@ -1108,10 +1132,12 @@ mod tests {
                 clip_eps: eps,
                 kl_coef: beta,
                 normalizer: norm,
+                temperature: temp,
             })
             .unwrap();
         let reference = {
-            let lp = candle_nn::ops::log_softmax(x.as_tensor(), D::Minus1).unwrap();
+            let scaled = (x.as_tensor() / temp as f64).unwrap();
+            let lp = candle_nn::ops::log_softmax(&scaled, D::Minus1).unwrap();
             let t = Tensor::from_vec(target, (n, 1), &dev).unwrap();
             let lp = lp.gather(&t, 1).unwrap().flatten_all().unwrap();
             let col = |v: Vec<f32>| Tensor::from_vec(v, n, &dev).unwrap();
@@ -1147,6 +1173,7 @@ mod tests {
                 clip_eps: eps,
                 kl_coef: 0.0,
                 normalizer: norm,
+                temperature: 1.0,
             })
             .unwrap();
         let lp = candle_nn::ops::log_softmax(x.as_tensor(), D::Minus1).unwrap();

@@ -177,6 +177,7 @@ pub fn run(a: RlArgs) -> anyhow::Result<ExitCode> {
             grad_clip: a.grad_clip,
             seq_len: a.seq_len,
             micro_rows: a.micro_rows,
+            temperature: a.temperature,
         },
         std_norm: a.std_norm,
         problems_per_step: a.problems_per_step,
