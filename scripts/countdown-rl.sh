@@ -23,15 +23,18 @@ WEFT="$CARGO_TARGET_DIR/release/weft"
 mkdir -p "$RL" "$DATA"
 
 # The same settings and budget for both models: 16 problems x 8 rollouts a
-# step, sampled at temperature 1 (the loss's log-probabilities are of the
+# step, sampled at temperature 0.8 (the loss's log-probabilities are of the
 # distribution sampled from), every thread up to 2048 tokens (so that a
 # child that runs long is scored, and the model learns to end it),
 # ThreadWeaver's reward (correct + 0.5 min(eta - 1, 0.2)) and a penalty for
-# repeated children (1.0 x their share), lr 5e-5 (AdamW, constant), one
-# policy-gradient step per batch of rollouts. 180 CPU-minutes each,
-# rollouts and updates together.
-RL_ARGS=(--steps 1000 --problems-per-step 16 --group 8 --temperature 1.0 --budget 2048
-  --lr 5e-5 --reward-parallel 0.5 --parallel-cap 0.2 --duplicate-penalty 1.0
+# repeated children (1.0 x their share), a KL term to the initial model
+# (0.05), lr 2e-5 (AdamW, constant), one policy-gradient step per batch of
+# rollouts. 180 CPU-minutes each, rollouts and updates together.
+# (Earlier settings, kept under ~/.cache/weft/rl for the record: T 0.8 with
+# the loss at T 1, lr 3e-5; T 1.0, lr 5e-5, no KL, which lost arithmetic
+# accuracy by step 60.)
+RL_ARGS=(--steps 1000 --problems-per-step 16 --group 8 --temperature 0.8 --budget 2048
+  --lr 2e-5 --kl-coef 0.05 --reward-parallel 0.5 --parallel-cap 0.2 --duplicate-penalty 1.0
   --checkpoint-every 5 --max-cpu-minutes 180 --seed 0)
 BUDGETS=512,1024,2048
 
