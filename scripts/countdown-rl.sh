@@ -54,8 +54,10 @@ case "${1:-}" in
     kind="${2:?train apr|sosp}"
     build
     # A copy of the binary per run, so rebuilding weft does not touch a
-    # running job.
+    # running job; a copy of the starting model, which `eval` compares
+    # against (`install` replaces the one in models/).
     cp "$WEFT" "$RL/weft-bin-$kind"
+    [ -d "$RL/$kind-base" ] || cp -r "models/countdown-$kind" "$RL/$kind-base"
     "$RL/weft-bin-$kind" train rl --init-from "models/countdown-$kind" \
       --problems "$DATA/rl-$kind/train_problems.jsonl" --out "$RL/$kind-rl" \
       --threads "${THREADS:-1}" "${RL_ARGS[@]}" ${QUIET:+--quiet}
@@ -66,7 +68,7 @@ case "${1:-}" in
     # at a time side by side (one core each), as models/MODEL.md measures.
     for kind in apr sosp; do
       proto=apr; [ "$kind" = sosp ] && proto=sequential
-      "$WEFT" eval countdown --model "models/countdown-$kind" --protocol "$proto" \
+      "$WEFT" eval countdown --model "$RL/$kind-base" --protocol "$proto" \
         --problems models/heldout.jsonl --budgets "$BUDGETS" --threads 1 \
         --label "$kind" --json "$RL/eval-$kind.json" &
       a=$!

@@ -169,6 +169,62 @@ struct State {
     config: RlConfig,
     init_from: String,
     problems: usize,
+    /// FNV-1a of the problems, in order: a resume must train on the same.
+    #[serde(default)]
+    problems_hash: u64,
+}
+
+/// FNV-1a over the problems' numbers and targets, in order.
+fn problems_hash(problems: &[Problem]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |x: u64| {
+        for b in x.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for p in problems {
+        eat(p.nums.len() as u64);
+        for &n in &p.nums {
+            eat(n);
+        }
+        eat(p.target);
+    }
+    h
+}
+
+/// The CLI flag of a setting's path in [`RlConfig`] (`update.lr` ->
+/// `--lr`), for messages.
+fn flag_of(path: &str) -> String {
+    let name = match path {
+        "rollout.mode" => return "the --init-from model's kind (apr or sosp)".into(),
+        "update.grad_clip" => "grad-clip",
+        "update.epochs" => "epochs",
+        "reward.correct" => "reward-correct",
+        "reward.parallel" => "reward-parallel",
+        "reward.format" => "reward-format",
+        "reward.length_scale" => "budget",
+        "warmup_steps" => "warmup",
+        other => other.rsplit('.').next().unwrap_or(other),
+    };
+    format!("--{}", name.replace('_', "-"))
+}
+
+/// `weft_rl.json` in the model folder: which run wrote the model.
+/// `finished` is false while the run goes on (or was interrupted).
+#[derive(Serialize)]
+struct RlRecord<'a> {
+    finished: bool,
+    /// `training`, `finished`, `cpu_budget_spent`, `interrupted`, `stopped`.
+    status: &'a str,
+    step: usize,
+    steps: usize,
+    init_from: &'a str,
+    /// CPU and wall seconds of the RL run (not the initial model's).
+    cpu_seconds: f64,
+    wall_seconds: f64,
+    train_dir: String,
+    config: &'a RlConfig,
 }
 
 /// The training folder of model folder `out`: `OUT.rl` beside it.
@@ -210,6 +266,10 @@ fn save_tensors(map: &BTreeMap<String, Tensor>, path: &Path) -> Result<(), RlErr
         map.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let tmp = path.with_extension("tmp");
     candle_core::safetensors::save(&map, &tmp)?;
+    // Readable by all, as the model folder's other files.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| RlError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| RlError::io(path, e))
 }
 
@@ -279,7 +339,7 @@ fn changes(was: &RlConfig, now: &RlConfig) -> Vec<String> {
                     walk(&key, v, y.get(k).unwrap_or(&serde_json::Value::Null), out);
                 }
             }
-            _ if a != b => out.push(format!("{prefix}: {a} then, {b} now")),
+            _ if a != b => out.push(format!("{} {a} (checkpoint) vs {b} (now)", flag_of(prefix))),
             _ => {}
         }
     }
@@ -356,6 +416,19 @@ pub fn run(
     let started = Instant::now();
     let cpu_at_start = process_cpu_seconds();
     let dir = train_dir(out);
+    // What can be refused is refused before anything is written.
+    let shape = weft_train::export::load_shape(init_from)?;
+    let rules = CountdownTask::of_dir(init_from)
+        .map_err(RlError::BadConfig)?
+        .map(|t| t.rules())
+        .unwrap_or_default();
+    if !dir.join("checkpoint/state.json").exists() && out.join("model.safetensors").exists() {
+        return Err(RlError::BadConfig(format!(
+            "--out {} holds a model but {} has no checkpoint to resume: write to another --out",
+            out.display(),
+            dir.display()
+        )));
+    }
     std::fs::create_dir_all(&dir).map_err(|e| RlError::io(&dir, e))?;
     let lock_path = dir.join("lock");
     let lock = std::fs::OpenOptions::new()
@@ -374,11 +447,6 @@ pub fn run(
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(RlError::io(&lock_path, e)),
     }
-    let shape = weft_train::export::load_shape(init_from)?;
-    let rules = CountdownTask::of_dir(init_from)
-        .map_err(RlError::BadConfig)?
-        .map(|t| t.rules())
-        .unwrap_or_default();
     let policy_dir = dir.join("policy");
     copy_model_files(init_from, &policy_dir)?;
     let ckpt = dir.join("checkpoint");
@@ -397,8 +465,36 @@ pub fn run(
             return Err(RlError::Checkpoint {
                 path: ckpt.clone(),
                 reason: format!(
-                    "it was written with other settings (only --steps may change on resume): {}",
+                    "it was written with other settings: {} (only --steps, --max-cpu-minutes, \
+                     --checkpoint-every, --threads and --quiet may change on resume; to start \
+                     over, use another --out)",
                     diff.join("; ")
+                ),
+            });
+        }
+        if st.init_from != init_from.display().to_string() {
+            return Err(RlError::Checkpoint {
+                path: ckpt.clone(),
+                reason: format!(
+                    "it started from {}, not {}: give the same --init-from",
+                    st.init_from,
+                    init_from.display()
+                ),
+            });
+        }
+        let same = if st.problems_hash == 0 {
+            st.problems == problems.len()
+        } else {
+            st.problems_hash == problems_hash(problems)
+        };
+        if !same {
+            return Err(RlError::Checkpoint {
+                path: ckpt.clone(),
+                reason: format!(
+                    "it trained on other problems ({} then, {} now, or the same number in \
+                     another order): give the same --problems file",
+                    st.problems,
+                    problems.len()
                 ),
             });
         }
@@ -462,6 +558,7 @@ pub fn run(
             config: cfg.clone(),
             init_from: init_from.display().to_string(),
             problems: problems.len(),
+            problems_hash: problems_hash(problems),
         };
         (params, opt, st, None)
     };
@@ -492,12 +589,17 @@ pub fn run(
         save_tensors(&params.tensors(), &out.join("model.safetensors"))?;
         write_json(
             &out.join("weft_rl.json"),
-            &serde_json::json!({
-                "finished": finished, "status": status, "step": st.step, "steps": st.config.steps,
-                "init_from": st.init_from, "cpu_seconds": st.cpu_seconds,
-                "wall_seconds": st.wall_seconds, "train_dir": dir.display().to_string(),
-                "config": st.config,
-            }),
+            &RlRecord {
+                finished,
+                status,
+                step: st.step,
+                steps: st.config.steps,
+                init_from: &st.init_from,
+                cpu_seconds: st.cpu_seconds,
+                wall_seconds: st.wall_seconds,
+                train_dir: dir.display().to_string(),
+                config: &st.config,
+            },
         )
     };
     while st.step < cfg.steps {
@@ -644,6 +746,7 @@ mod tests {
             config: test_config(),
             init_from: String::new(),
             problems: 5,
+            problems_hash: 0,
         };
         let a = next_problems(&mut st, &problems, 3, 1);
         let b = next_problems(&mut st, &problems, 3, 1);
@@ -693,8 +796,12 @@ mod tests {
         b.rollout.group = 8;
         let c = changes(&a, &b);
         assert_eq!(c.len(), 2, "{c:?}");
-        assert!(c.iter().any(|s| s.starts_with("update.lr")), "{c:?}");
-        assert!(c.iter().any(|s| s.starts_with("rollout.group")), "{c:?}");
+        assert!(
+            c.iter()
+                .any(|s| s.starts_with("--lr 0.0001 (checkpoint) vs 0.0002")),
+            "{c:?}"
+        );
+        assert!(c.iter().any(|s| s.starts_with("--group")), "{c:?}");
         assert!(a.validate().is_ok());
         b.rollout.group = 1;
         assert!(b.validate().unwrap_err().to_string().contains("--group"));

@@ -120,7 +120,21 @@ fn a_resumed_run_ends_with_the_same_weights() {
     assert!(weights(&straight) == weights(&cut), "weights differ");
     let log = std::fs::read_to_string(train_dir(&cut).join("rl_log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 3);
-    // Another setting on resume is refused, by name.
+    // Other problems (the same number, in another order) are refused.
+    let mut reversed = ps.clone();
+    reversed.reverse();
+    let err = weft_rl::run(
+        &apr_model(),
+        &reversed,
+        &cut,
+        &cfg,
+        &RunOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("other problems"), "{err}");
+    // Another setting on resume is refused, by its flag.
     let mut other = cfg.clone();
     other.update.lr = 2e-4;
     other.steps = 4;
@@ -134,5 +148,8 @@ fn a_resumed_run_ends_with_the_same_weights() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("update.lr"), "{err}");
+    assert!(
+        err.contains("--lr 0.0001 (checkpoint) vs 0.0002 (now)"),
+        "{err}"
+    );
 }

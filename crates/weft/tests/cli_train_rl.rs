@@ -137,7 +137,14 @@ fn a_short_run_writes_a_model_that_evaluates_and_resumes() {
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("update.lr"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--lr"), "{}", stderr(&o));
+    // The model folder's weights are readable by all, as its other files.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("model.safetensors"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
 }
 
 #[test]
@@ -151,7 +158,41 @@ fn the_held_out_set_and_bad_settings_are_refused() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("held-out"), "{}", stderr(&o));
+    // A refused start leaves nothing behind: --out is a model folder.
+    let model = dir.path().join("sosp");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "task.json",
+    ] {
+        std::fs::copy(
+            repo_root().join("models/countdown-sosp").join(f),
+            model.join(f),
+        )
+        .unwrap();
+    }
     let ps = problems(dir.path());
+    let o = weft()
+        .args([
+            "train",
+            "rl",
+            "--init-from",
+            "models/countdown-apr",
+            "--problems",
+        ])
+        .arg(&ps)
+        .arg("--out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("holds a model"), "{}", stderr(&o));
+    assert!(
+        !dir.path().join("sosp.rl").exists(),
+        "a refused run left its folder"
+    );
     for (flag, value, says) in [
         ("--group", "1", "--group"),
         ("--temperature", "0", "--temperature"),

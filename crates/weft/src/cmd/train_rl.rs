@@ -13,8 +13,9 @@ use weft_rl::{Mode, RewardConfig, RlConfig, RolloutConfig, RunOptions, StepRepor
 #[command(after_long_help = AFTER_HELP)]
 pub struct RlArgs {
     /// The trained model folder to start from (`weft train`'s output, or
-    /// models/countdown-apr). Its task.json says how it reasons (APR forks,
-    /// SoS+ does not) and the rules its answers are checked by.
+    /// models/countdown-apr or models/countdown-sosp). Its task.json says
+    /// how it reasons (APR forks, SoS+ does not) and the rules its answers
+    /// are checked by. A resume must give the same folder.
     #[arg(long, value_name = "DIR")]
     init_from: PathBuf,
     /// Problems to train on: `{"nums": [..], "target": N}` lines (`weft
@@ -85,6 +86,7 @@ pub struct RlArgs {
     /// min(eta - 1, --parallel-cap), eta = total tokens / critical path.
     #[arg(long, default_value_t = 0.5)]
     reward_parallel: f32,
+    /// The cap on eta - 1 in the parallelism term (ThreadWeaver: 0.2).
     #[arg(long, default_value_t = 0.2)]
     parallel_cap: f32,
     /// Reward of an answer the verifier can read, right or wrong.
@@ -100,9 +102,10 @@ pub struct RlArgs {
     /// Seed of the problem order and the rollouts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// A compute budget in CPU minutes for the whole run (earlier resumed
-    /// calls included); the run ends with a checkpoint before a step would
-    /// pass it.
+    /// A compute budget in CPU minutes for the whole RL run (earlier
+    /// resumed calls included; the --init-from model's own training is not
+    /// counted); the run ends with a checkpoint before a step would pass
+    /// it.
     #[arg(long, value_name = "MIN")]
     max_cpu_minutes: Option<f64>,
     /// Checkpoint (and export the model) every this many steps. May change
