@@ -413,6 +413,7 @@ pub fn run(
     if problems.is_empty() {
         return Err(RlError::BadConfig("no problems to train on".into()));
     }
+    weft_train::alloc::retain_freed_memory();
     let started = Instant::now();
     let cpu_at_start = process_cpu_seconds();
     let dir = train_dir(out);

@@ -44,6 +44,7 @@ pub fn steps_per_second(
     steps: usize,
     warmup: usize,
 ) -> Result<f64> {
+    crate::alloc::retain_freed_memory();
     let device = Device::Cpu;
     let params = LlamaParams::init(shape, 0, &device)?;
     let mut opt = AdamW::new(&params.vars, 0.9, 0.95, 1e-8, 0.1)?;

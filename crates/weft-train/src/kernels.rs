@@ -20,6 +20,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
+use weft_model::kernels::Isa;
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
@@ -475,18 +476,23 @@ fn exp_approx(x: f32) -> f32 {
     y = y * r + 1.666_666_5e-1;
     y = y * r + 5.0e-1;
     y = y * r * r + r + 1.0;
-    f32::from_bits(((fx as i32 + 127) as u32) << 23) * y
+    // 2^fx: fx + 127 is an integer in [1, 254] (x is clamped), so adding
+    // 1.5 * 2^23 puts it in the low mantissa bits, and the shift moves it
+    // into the exponent field. Unlike `fx as i32` (a saturating cast, one
+    // scalar conversion per lane), this vectorizes.
+    f32::from_bits((fx + (127.0 + 12_582_912.0)).to_bits() << 23) * y
 }
 
+/// Softmax of one row with `L` independent lanes, so the max, the
+/// exponentials and the sum vectorize (a single running sum is a serial
+/// dependency): 8 lanes fill an AVX2 register, 16 an AVX-512 one.
 #[inline(always)]
-fn softmax_generic(row: &mut [f32]) {
-    // Eight independent lanes so the max, the exponentials and the sum
-    // vectorize (a single running sum is a serial dependency).
-    let mut m8 = [f32::NEG_INFINITY; 8];
-    let mut chunks = row.chunks_exact(8);
+fn softmax_lanes<const L: usize>(row: &mut [f32]) {
+    let mut ml = [f32::NEG_INFINITY; L];
+    let mut chunks = row.chunks_exact(L);
     for c in &mut chunks {
-        for l in 0..8 {
-            m8[l] = if c[l] > m8[l] { c[l] } else { m8[l] };
+        for l in 0..L {
+            ml[l] = if c[l] > ml[l] { c[l] } else { ml[l] };
         }
     }
     let mut max = chunks
@@ -494,16 +500,16 @@ fn softmax_generic(row: &mut [f32]) {
         .iter()
         .copied()
         .fold(f32::NEG_INFINITY, f32::max);
-    for m in m8 {
+    for m in ml {
         max = max.max(m);
     }
-    let mut s8 = [0f32; 8];
-    let mut chunks = row.chunks_exact_mut(8);
+    let mut sl = [0f32; L];
+    let mut chunks = row.chunks_exact_mut(L);
     for c in &mut chunks {
-        for l in 0..8 {
+        for l in 0..L {
             let e = exp_approx(c[l] - max);
             c[l] = e;
-            s8[l] += e;
+            sl[l] += e;
         }
     }
     let mut sum: f32 = 0.0;
@@ -511,7 +517,7 @@ fn softmax_generic(row: &mut [f32]) {
         *x = exp_approx(*x - max);
         sum += *x;
     }
-    sum += s8.iter().sum::<f32>();
+    sum += sl.iter().sum::<f32>();
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|x| *x *= inv);
 }
@@ -519,22 +525,33 @@ fn softmax_generic(row: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn softmax_avx2(row: &mut [f32]) {
-    softmax_generic(row)
+    softmax_lanes::<8>(row)
 }
 
-/// In-place softmax of one row (AVX2 when the CPU has it).
-fn softmax(row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static AVX2: OnceLock<bool> = OnceLock::new();
-        if *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-        {
-            // SAFETY: the CPU supports AVX2 and FMA (checked above).
-            return unsafe { softmax_avx2(row) };
-        }
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn softmax_avx512(row: &mut [f32]) {
+    softmax_lanes::<16>(row)
+}
+
+/// In-place softmax of one row on the given path (the caller checked that
+/// the CPU has it: [`Isa::supported`]).
+fn softmax_on(isa: Isa, row: &mut [f32]) {
+    match isa {
+        // SAFETY: `isa` is supported (AVX2 + FMA, or AVX-512 F on top).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { softmax_avx2(row) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { softmax_avx512(row) },
+        _ => softmax_lanes::<8>(row),
     }
-    softmax_generic(row)
+}
+
+/// In-place softmax of one row, on the path [`Isa::detect`] picks
+/// (`WEFT_ISA` forces one).
+fn softmax(row: &mut [f32]) {
+    softmax_on(Isa::detect(), row)
 }
 
 /// Queries per block of causal attention: a block computes scores only for
@@ -1084,15 +1101,29 @@ mod tests {
             worst = worst.max((a - b).abs() / b);
         }
         assert!(worst < 1e-6, "relative error {worst}");
-        let mut row = vec![1.0, 2.0, 3.0, -50.0];
-        softmax(&mut row);
-        let e: Vec<f32> = [1.0f32, 2.0, 3.0, -50.0]
-            .iter()
-            .map(|x| (x - 3.0).exp())
-            .collect();
-        let z: f32 = e.iter().sum();
-        for (a, b) in row.iter().zip(&e) {
-            assert!((a - b / z).abs() < 1e-6);
+    }
+
+    /// Every softmax path this CPU has, on rows of every length around the
+    /// lane counts, against the textbook formula in f64.
+    #[test]
+    fn softmax_paths_match_the_formula() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let paths: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+        for isa in paths {
+            for n in (1..70).chain([127, 128, 129, 1000]) {
+                let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-30.0..30.0f32)).collect();
+                let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+                let z: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
+                let mut row = x.clone();
+                softmax_on(isa, &mut row);
+                for (a, &v) in row.iter().zip(&x) {
+                    let want = (v as f64 - max).exp() / z;
+                    assert!(
+                        (*a as f64 - want).abs() < 1e-6 * want.max(1e-3),
+                        "{isa:?}, n {n}: {a} against {want}"
+                    );
+                }
+            }
         }
     }
 

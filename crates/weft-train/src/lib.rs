@@ -23,7 +23,10 @@
 //!   wrote it, finished or not, on which trace format) and the data's
 //!   `task.json`.
 //! - [`progress`]: a bar on a terminal, plain lines in a log.
+//! - [`alloc`]: glibc settings that keep freed training buffers in the
+//!   process (the page faults otherwise cost about a sixth of a step).
 
+pub mod alloc;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

@@ -239,6 +239,7 @@ pub fn train(
     cfg: &TrainConfig,
     opts: &RunOptions,
 ) -> Result<Outcome> {
+    crate::alloc::retain_freed_memory();
     cfg.validate()?;
     let started = Instant::now();
     let cpu_at_start = process_cpu_seconds();
