@@ -19,7 +19,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use weft_model::kernels::Isa;
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -73,8 +74,24 @@ pub struct RowLayout {
     pub sin: Arc<Vec<f32>>,
 }
 
+/// The attention probabilities one forward pass computed, kept for its
+/// backward pass: per (row, head, document start), the query blocks'
+/// `[m, i1]` matrices as [`DocAttention::probs`] returns them.
+pub type ProbsCache = Arc<Mutex<HashMap<(usize, usize, usize), Vec<Vec<f32>>>>>;
+
+/// The most attention probabilities (f32 values) one op keeps from its
+/// forward pass for its backward pass: 32 Mi values, 128 MiB per layer.
+/// Larger batches recompute them in the backward pass (as FlashAttention
+/// always does); the Countdown models' training rows keep 9 Mi per layer.
+pub const PROBS_CACHE_VALUES: usize = 32 << 20;
+
 /// RoPE + document-masked causal attention. Inputs `q [rows*len, heads*hd]`,
 /// `k`, `v [rows*len, kv_heads*hd]` (pre-RoPE), output `[rows*len, heads*hd]`.
+///
+/// With `probs: Some(cache)`, the forward pass keeps its softmax
+/// probabilities (up to [`PROBS_CACHE_VALUES`]) and the backward pass takes
+/// them instead of recomputing `softmax(QK^T)`; the gradients are the same
+/// to the bit. Give every layer its own cache.
 #[derive(Debug, Clone)]
 pub struct DocAttention {
     pub layout: RowLayout,
@@ -82,6 +99,7 @@ pub struct DocAttention {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub scale: f32,
+    pub probs: Option<ProbsCache>,
 }
 
 impl DocAttention {
@@ -170,7 +188,9 @@ impl DocAttention {
         p
     }
 
-    /// Output of head `h` for document `doc` of row `r`: `[n, hd]`.
+    /// Output of head `h` for document `doc` of row `r`: `[n, hd]`, and
+    /// the query blocks' probabilities when `keep`.
+    #[allow(clippy::too_many_arguments)]
     fn forward_block(
         &self,
         q: &[f32],
@@ -179,7 +199,8 @@ impl DocAttention {
         r: usize,
         h: usize,
         doc: (usize, usize),
-    ) -> Vec<f32> {
+        keep: bool,
+    ) -> (Vec<f32>, Vec<Vec<f32>>) {
         let hd = self.head_dim;
         let (qw, kw) = (self.heads * hd, self.kv_heads * hd);
         let kh = h / (self.heads / self.kv_heads);
@@ -188,6 +209,7 @@ impl DocAttention {
         let kb = self.block(k, kw, r, kh, doc, true);
         let vb = self.block(v, kw, r, kh, doc, false);
         let mut out = vec![0f32; n * hd];
+        let mut kept = Vec::new();
         for i0 in (0..n).step_by(QUERY_BLOCK) {
             let i1 = (i0 + QUERY_BLOCK).min(n);
             let p = self.probs(&qb, &kb, i0, i1);
@@ -204,8 +226,11 @@ impl DocAttention {
                 &mut out[i0 * hd..],
                 1.0,
             );
+            if keep {
+                kept.push(p);
+            }
         }
-        out
+        (out, kept)
     }
 
     /// Gradients for one (row, kv head, document): Q gradients of the heads
@@ -234,10 +259,16 @@ impl DocAttention {
             let qb = self.block(q, qw, r, h, doc, true);
             let gb = self.block(g, qw, r, h, doc, false);
             let mut dqr = vec![0f32; n * hd];
+            let mut kept = self
+                .probs
+                .as_ref()
+                .and_then(|c| c.lock().ok()?.remove(&(r, h, doc.0)))
+                .unwrap_or_default()
+                .into_iter();
             for i0 in (0..n).step_by(QUERY_BLOCK) {
                 let i1 = (i0 + QUERY_BLOCK).min(n);
                 let m = i1 - i0;
-                let p = self.probs(&qb, &kb, i0, i1);
+                let p = kept.next().unwrap_or_else(|| self.probs(&qb, &kb, i0, i1));
                 // dP = dO[i0..i1] V[0..i1]^T
                 let mut dp = vec![0f32; m * i1];
                 mm(m, i1, hd, &gb[i0 * hd..], hd, 1, &vb, 1, hd, &mut dp, 1.0);
@@ -394,16 +425,32 @@ impl CustomOp3 for DocAttention {
                 (0..self.heads).flat_map(move |h| docs.clone().into_iter().map(move |d| (r, h, d)))
             })
             .collect();
-        let parts: Vec<Vec<f32>> = tasks
+        // The probabilities of a document of n tokens take about
+        // n * (n + QUERY_BLOCK) / 2 values per head.
+        let values: usize = tasks
+            .iter()
+            .map(|&(_, _, (s, e))| (e - s) * (e - s + QUERY_BLOCK) / 2)
+            .sum();
+        let keep = self.probs.is_some() && values <= PROBS_CACHE_VALUES;
+        let parts: Vec<(Vec<f32>, Vec<Vec<f32>>)> = tasks
             .par_iter()
-            .map(|&(r, h, doc)| self.forward_block(q, k, v, r, h, doc))
+            .map(|&(r, h, doc)| self.forward_block(q, k, v, r, h, doc, keep))
             .collect();
         let mut out = vec![0f32; b * t * qw];
-        for (&(r, h, (s, e)), part) in tasks.iter().zip(parts) {
+        let mut cache = HashMap::new();
+        for (&(r, h, (s, e)), (part, kept)) in tasks.iter().zip(parts) {
+            if keep {
+                cache.insert((r, h, s), kept);
+            }
             for i in s..e {
                 let tok = r * t + i;
                 out[tok * qw + h * hd..tok * qw + (h + 1) * hd]
                     .copy_from_slice(&part[(i - s) * hd..(i - s + 1) * hd]);
+            }
+        }
+        if let (true, Some(c)) = (keep, &self.probs) {
+            if let Ok(mut c) = c.lock() {
+                *c = cache;
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((b * t, qw))))
@@ -462,12 +509,18 @@ impl CustomOp3 for DocAttention {
 const ROWS_PER_TASK: usize = 64;
 
 /// `e^x` by range reduction and a degree-6 polynomial (Cephes' `expf`,
-/// relative error about 2e-7 on [-87, 88]); branch-free, so loops over it
-/// vectorize.
+/// relative error about 2e-7 on [-87, 88]); branch-free and free of library
+/// calls, so loops over it vectorize on every path (even without SSE4.1's
+/// `roundps`, where `f32::floor` is a call to libm's `floorf`).
 #[inline(always)]
 fn exp_approx(x: f32) -> f32 {
+    // 1.5 * 2^23: adding it rounds an f32 of magnitude < 2^22 to the
+    // nearest integer (the default rounding mode).
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let fx = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    // n = round(x / ln 2) (Cephes rounds half up; a tie only moves r to
+    // the other end of [-ln 2 / 2, ln 2 / 2], where the polynomial holds).
+    let fx = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let r = x - fx * 0.693_359_4 + fx * 2.121_944_4e-4;
     let mut y = 1.987_569_1e-4;
     y = y * r + 1.398_2e-3;
@@ -477,10 +530,10 @@ fn exp_approx(x: f32) -> f32 {
     y = y * r + 5.0e-1;
     y = y * r * r + r + 1.0;
     // 2^fx: fx + 127 is an integer in [1, 254] (x is clamped), so adding
-    // 1.5 * 2^23 puts it in the low mantissa bits, and the shift moves it
-    // into the exponent field. Unlike `fx as i32` (a saturating cast, one
-    // scalar conversion per lane), this vectorizes.
-    f32::from_bits((fx + (127.0 + 12_582_912.0)).to_bits() << 23) * y
+    // ROUND puts it in the low mantissa bits, and the shift moves it into
+    // the exponent field. Unlike `fx as i32` (a saturating cast, one scalar
+    // conversion per lane), this vectorizes.
+    f32::from_bits((fx + (127.0 + ROUND)).to_bits() << 23) * y
 }
 
 /// Softmax of one row with `L` independent lanes, so the max, the
@@ -637,7 +690,7 @@ impl CustomOp2 for RmsNorm {
 }
 
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp_approx(-x))
 }
 
 /// `silu(gate) * up`, elementwise.
@@ -718,7 +771,7 @@ impl CrossEntropy {
 
 fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln()
+    max + row.iter().map(|&x| exp_approx(x - max)).sum::<f32>().ln()
 }
 
 impl CustomOp1 for CrossEntropy {
@@ -766,7 +819,7 @@ impl CustomOp1 for CrossEntropy {
                 }
                 let lse = log_sum_exp(row);
                 for j in 0..v {
-                    d[j] = (row[j] - lse).exp() * w * scale;
+                    d[j] = exp_approx(row[j] - lse) * w * scale;
                 }
                 d[(self.target[i] as usize).min(v - 1)] -= w * scale;
             });
@@ -1003,12 +1056,29 @@ mod tests {
             kv_heads: kvh,
             head_dim: hd,
             scale: 1.0 / (hd as f32).sqrt(),
+            probs: None,
         };
         let dev = Device::Cpu;
+        // Without a cache (the backward pass recomputes the probabilities)
+        // and with one: the same gradients, to the bit.
+        let cache = ProbsCache::default();
+        let cached = DocAttention {
+            probs: Some(cache.clone()),
+            ..op.clone()
+        };
         let out = q
             .as_tensor()
             .apply_op3(k.as_tensor(), v.as_tensor(), op)
             .unwrap();
+        let out_cached = q
+            .as_tensor()
+            .apply_op3(k.as_tensor(), v.as_tensor(), cached)
+            .unwrap();
+        assert_eq!(max_diff(&out, &out_cached), 0.0);
+        assert!(
+            !cache.lock().unwrap().is_empty(),
+            "the forward kept nothing"
+        );
         let w = Tensor::from_vec(
             (0..out.elem_count())
                 .map(|i| (i % 13) as f32 * 0.1)
@@ -1018,6 +1088,20 @@ mod tests {
         )
         .unwrap();
         let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let cgrads = (&out_cached * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(cache.lock().unwrap().is_empty(), "the backward left some");
+        for var in [&q, &k, &v] {
+            let (a, c) = (
+                grads.get(var.as_tensor()).unwrap(),
+                cgrads.get(var.as_tensor()).unwrap(),
+            );
+            assert_eq!(max_diff(a, c), 0.0, "cached probabilities, other gradients");
+        }
 
         // Reference.
         let cos_t = Tensor::from_vec(cos, (b, 1, t, half), &dev).unwrap();
@@ -1095,12 +1179,16 @@ mod tests {
     #[test]
     fn exp_approx_is_accurate() {
         let mut worst = 0f32;
-        for i in 0..200_000 {
-            let x = -87.0 + i as f32 * (87.0 + 20.0) / 200_000.0;
+        for i in 0..=400_000 {
+            let x = -87.0 + i as f32 * (87.0 + 88.0) / 400_000.0;
             let (a, b) = (exp_approx(x), x.exp());
             worst = worst.max((a - b).abs() / b);
         }
         assert!(worst < 1e-6, "relative error {worst}");
+        // Outside the range: clamped, finite, never NaN from a finite input.
+        assert_eq!(exp_approx(-1e30), exp_approx(-87.0));
+        assert!(exp_approx(1e30).is_finite() && exp_approx(1e30) > 1e38);
+        assert_eq!(exp_approx(f32::NEG_INFINITY), exp_approx(-87.0));
     }
 
     /// Every softmax path this CPU has, on rows of every length around the

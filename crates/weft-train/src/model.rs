@@ -178,6 +178,7 @@ impl LlamaParams {
             kv_heads: s.kv_heads(),
             head_dim: hd,
             scale: 1.0 / (hd as f32).sqrt(),
+            probs: None,
         };
 
         let embed = self.get("model.embed_tokens.weight");
@@ -189,7 +190,12 @@ impl LlamaParams {
             let q = linear(&hn, w("self_attn.q_proj.weight"))?;
             let k = linear(&hn, w("self_attn.k_proj.weight"))?;
             let v = linear(&hn, w("self_attn.v_proj.weight"))?;
-            let ctx = q.apply_op3(&k, &v, attention.clone())?;
+            // Each layer keeps its own softmax probabilities for its backward.
+            let layer_attention = DocAttention {
+                probs: Some(Default::default()),
+                ..attention.clone()
+            };
+            let ctx = q.apply_op3(&k, &v, layer_attention)?;
             x = (x + linear(&ctx, w("self_attn.o_proj.weight"))?)?;
 
             let hn = x.apply_op2(w("post_attention_layernorm.weight"), RmsNorm { eps })?;
