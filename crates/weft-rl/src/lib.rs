@@ -24,7 +24,7 @@ pub mod update;
 pub use advantage::group_advantages;
 pub use reward::{reward, Reward, RewardConfig, RolloutScore};
 pub use rollout::{roll_out, Mode, Rollout, RolloutConfig};
-pub use run::{run, RlConfig, RlOutcome, RunOptions, StepReport};
+pub use run::{run, RlConfig, RlEvent, RlOutcome, RunOptions, StepReport};
 pub use update::{update, Sequence, UpdateConfig, UpdateStats};
 
 /// What can stop an RL run.

@@ -115,31 +115,52 @@ pub struct RunOptions {
     pub stop_at_step: Option<usize>,
 }
 
-/// One step, for progress bars and the log.
+/// One step, for progress bars and the log: `OUT.rl/rl_log.jsonl` holds one
+/// of these per line, as JSON with these field names. Means are over the
+/// step's rollouts (`problems_per_step x group`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StepReport {
+    /// Steps done (1-based), and the run's `--steps`.
     pub step: usize,
     pub steps: usize,
-    /// Mean reward and share of correct rollouts.
+    /// Mean total reward (every term of [`crate::RewardConfig`]) and the
+    /// share of rollouts whose answer the verifier accepted (0..1).
     pub reward: f32,
     pub accuracy: f32,
-    /// Mean children per rollout, and the share of children that repeat a
-    /// sibling's state.
+    /// Mean children per rollout, and the share (0..1) of all children
+    /// that start from the same state as a sibling
+    /// (`weft_protocol::apr::duplicate_children`).
     pub children: f32,
     pub duplicate_fraction: f32,
-    /// Mean critical-path tokens and parallelism (total / critical path).
+    /// Mean critical-path length in tokens (the longest chain of
+    /// dependent threads), and mean parallelism `eta` = total generated
+    /// tokens / critical-path tokens (1 = sequential).
     pub critical_path: f32,
     pub parallelism: f32,
-    /// Generated tokens per second in the rollouts, trained tokens per
-    /// second in the update.
+    /// Generated tokens per wall-clock second in the rollouts; sampled
+    /// (trained) tokens per wall-clock second in the policy update.
     pub rollout_tokens_per_second: f64,
     pub update_tokens_per_second: f64,
+    /// The policy loss (token mean of the clipped surrogate, plus the KL
+    /// term) and the gradient's global L2 norm before clipping.
     pub loss: f32,
     pub grad_norm: f64,
+    /// The learning rate this step used.
     pub lr: f64,
-    /// Rollouts whose advantage was not 0 (their group was not all alike).
+    /// Rollouts whose advantage was not 0 (their group was not all alike):
+    /// only these are trained on.
     pub trained_rollouts: usize,
+    /// Process CPU seconds of the whole run so far, earlier calls
+    /// included (what `--max-cpu-minutes` limits).
     pub cpu_seconds: f64,
+}
+
+/// What [`run`] tells its caller while it works: notes as they happen
+/// (a resume, a step with nothing to learn from), and every step's report.
+#[derive(Debug, Clone, Copy)]
+pub enum RlEvent<'a> {
+    Note(&'a str),
+    Step(&'a StepReport),
 }
 
 /// How a call of [`run`] ended.
@@ -395,7 +416,8 @@ fn truncate_log(path: &Path, step: usize) -> Result<(), RlError> {
 
 /// Runs (or resumes) RL from the model folder `init_from` on `problems`,
 /// writing the model folder `out` and its training folder
-/// ([`train_dir`]). `report` sees every step.
+/// ([`train_dir`]). `report` sees every note when it is made and every
+/// step's report ([`RlEvent`]).
 ///
 /// Errors: a bad setting, a checkpoint that another configuration wrote
 /// (named, setting by setting), a model folder `out` that holds a model
@@ -407,7 +429,7 @@ pub fn run(
     out: &Path,
     cfg: &RlConfig,
     opts: &RunOptions,
-    report: &mut dyn FnMut(&StepReport),
+    report: &mut dyn FnMut(RlEvent<'_>),
 ) -> Result<RlOutcome, RlError> {
     cfg.validate()?;
     if problems.is_empty() {
@@ -518,12 +540,16 @@ pub fn run(
         opt.load_state(load_tensors(&ckpt.join("optim.safetensors"))?)?;
         opt.t = st.optimizer_t;
         truncate_log(&log_path, st.step)?;
-        notes.push(format!(
-            "resumed from step {} of {} ({})",
-            st.step,
-            cfg.steps,
-            ckpt.display()
-        ));
+        note(
+            &mut notes,
+            report,
+            format!(
+                "resumed from step {} of {} ({})",
+                st.step,
+                cfg.steps,
+                ckpt.display()
+            ),
+        );
         let from = st.step;
         let mut st = st;
         st.config.steps = cfg.steps;
@@ -541,13 +567,17 @@ pub fn run(
         let _ = std::fs::remove_file(&log_path);
         let params = weft_train::export::load_model(init_from, &device)?;
         let opt = AdamW::new(&params.vars, 0.9, 0.99, 1e-8, cfg.weight_decay)?;
-        notes.push(format!(
-            "RL from {}: {} steps of {} problems x {} rollouts",
-            init_from.display(),
-            cfg.steps,
-            cfg.problems_per_step,
-            cfg.rollout.group
-        ));
+        note(
+            &mut notes,
+            report,
+            format!(
+                "RL from {}: {} steps of {} problems x {} rollouts",
+                init_from.display(),
+                cfg.steps,
+                cfg.problems_per_step,
+                cfg.rollout.group
+            ),
+        );
         let st = State {
             step: 0,
             epoch: 0,
@@ -700,7 +730,19 @@ pub fn run(
         };
         let line = serde_json::to_string(&rep).map_err(|e| RlError::BadConfig(e.to_string()))?;
         writeln!(log, "{line}").map_err(|e| RlError::io(&log_path, e))?;
-        report(&rep);
+        if trained == 0 {
+            note(
+                &mut notes,
+                report,
+                format!(
+                    "step {}: every group's rollouts scored alike (all right or all wrong), \
+                     so the step trained nothing; if this persists, the problems are too easy \
+                     or too hard for the model, or the group (--group) is too small",
+                    st.step
+                ),
+            );
+        }
+        report(RlEvent::Step(&rep));
         let every = opts.checkpoint_every.max(1);
         if st.step % every == 0 && st.step < cfg.steps {
             save(&params, &opt, &st, false, "training")?;
@@ -722,6 +764,12 @@ pub fn run(
         train_dir: dir,
         notes,
     })
+}
+
+/// Keeps a note for [`RlOutcome::notes`] and tells the caller now.
+fn note(notes: &mut Vec<String>, report: &mut dyn FnMut(RlEvent<'_>), msg: String) {
+    report(RlEvent::Note(&msg));
+    notes.push(msg);
 }
 
 #[cfg(test)]

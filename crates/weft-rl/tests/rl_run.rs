@@ -57,8 +57,10 @@ fn run(out: &Path, cfg: &RlConfig, ps: &[Problem], stop_at: Option<usize>) -> Ve
         stop_at_step: stop_at,
         ..Default::default()
     };
-    weft_rl::run(&apr_model(), ps, out, cfg, &opts, &mut |r| {
-        steps.push(r.clone())
+    weft_rl::run(&apr_model(), ps, out, cfg, &opts, &mut |e| {
+        if let weft_rl::RlEvent::Step(r) = e {
+            steps.push(r.clone())
+        }
     })
     .unwrap();
     steps

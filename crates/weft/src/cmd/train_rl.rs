@@ -7,7 +7,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
-use weft_rl::{Mode, RewardConfig, RlConfig, RolloutConfig, RunOptions, StepReport, UpdateConfig};
+use weft_rl::{Mode, RewardConfig, RlConfig, RlEvent, RolloutConfig, RunOptions, UpdateConfig};
 
 #[derive(Args, Debug)]
 #[command(after_long_help = AFTER_HELP)]
@@ -208,7 +208,17 @@ pub fn run(a: RlArgs) -> anyhow::Result<ExitCode> {
         b
     });
     let started = Instant::now();
-    let mut on_step = |r: &StepReport| {
+    let mut on_event = |e: RlEvent<'_>| {
+        let r = match e {
+            RlEvent::Step(r) => r,
+            RlEvent::Note(n) => {
+                match &bar {
+                    Some(b) if !b.is_hidden() => b.println(n),
+                    _ => eprintln!("{n}"),
+                }
+                return;
+            }
+        };
         let msg = format!(
             "reward {:.3}  acc {:.1}%  children {:.2}  dup {:.1}%  critical path {:.0}  rollout {:.0} tok/s  update {:.0} tok/s",
             r.reward,
@@ -228,13 +238,10 @@ pub fn run(a: RlArgs) -> anyhow::Result<ExitCode> {
             None => {}
         }
     };
-    let outcome = weft_rl::run(&a.init_from, &problems, &a.out, &cfg, &opts, &mut on_step)
+    let outcome = weft_rl::run(&a.init_from, &problems, &a.out, &cfg, &opts, &mut on_event)
         .with_context(|| format!("RL into {}", a.out.display()))?;
     if let Some(b) = &bar {
         b.finish_and_clear();
-    }
-    for n in &outcome.notes {
-        eprintln!("{n}");
     }
     eprintln!(
         "{}: step {}/{} in {:.1} CPU-min total ({:.1} min this call)",
