@@ -362,6 +362,82 @@ pub fn duplicate_children<'a>(children: impl IntoIterator<Item = (usize, &'a str
         .count()
 }
 
+/// Byte ranges of `text` (an APR thread's whole context: prompt and
+/// generated text) where the search repeats itself: an `Exploring
+/// Operation: ...` line (with the `Generated Node #...` line after it) whose
+/// resulting numbers, as a multiset, were already reached from the same node
+/// (`Moving to Node #id`), and a `<Start Sub Search ...> Moving to Node #id`
+/// line (in a `<Calling Sub Searches>` block) whose node's state this
+/// thread has called before. Every repeated child [`duplicate_children`]
+/// counts has such a call line in its parent; APR's symbolic search
+/// (`src/data/search.py`) never explores an operation twice at one node.
+///
+/// A join's child results belong to the nodes their own `Moving to Node #`
+/// lines name; text after `<Sub Searches>` before such a line belongs to no
+/// node, and nothing in it counts.
+pub fn repeated_search_spans(text: &str) -> Vec<std::ops::Range<usize>> {
+    use std::collections::{HashMap, HashSet};
+    let mut reached: HashMap<&str, HashSet<Vec<u64>>> = HashMap::new();
+    let mut node_state: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut called: HashSet<Vec<u64>> = HashSet::new();
+    let mut calling = false;
+    let mut node: Option<&str> = None;
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    // The repeated exploring line just pushed, to extend over its
+    // `Generated Node` line.
+    let mut extend: Option<usize> = None;
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let span = pos..pos + line.len();
+        pos = span.end;
+        let l = line.trim_end_matches('\n');
+        let follows = extend.take();
+        if let Some(id) = l.strip_prefix("Moving to Node #") {
+            node = Some(id.trim());
+        } else if l.starts_with("<Sub Searches>") {
+            node = None;
+        } else if let Some(rest) = l.strip_prefix("Exploring Operation: ") {
+            let nums = rest
+                .split_once(", Resulting Numbers: ")
+                .and_then(|(_, n)| parse_nums(n.trim()));
+            if let (Some(at), Some(mut nums)) = (node, nums) {
+                nums.sort_unstable();
+                if !reached.entry(at).or_default().insert(nums) {
+                    out.push(span);
+                    extend = Some(out.len() - 1);
+                }
+            }
+        } else if let Some(rest) = l.strip_prefix("Generated Node #") {
+            if let Some(i) = follows {
+                out[i].end = span.end;
+            }
+            // `0,1,1: 63:[62, 1] Operation: 8-7=1`
+            if let Some((id, state)) = rest.split_once(": ") {
+                let state = state.split(" Operation: ").next().unwrap_or("");
+                if let Some((_, mut nums)) = parse_target_nums(state.trim()) {
+                    nums.sort_unstable();
+                    node_state.insert(id.trim(), nums);
+                }
+            }
+        } else if l.starts_with("<Calling Sub Searches>") {
+            calling = true;
+        } else if l.starts_with("<End Calling Sub Searches>") {
+            calling = false;
+        } else if let Some((_, id)) = l
+            .strip_prefix("<Start Sub Search ")
+            .and_then(|r| r.split_once("> Moving to Node #"))
+            .filter(|_| calling)
+        {
+            if let Some(state) = node_state.get(id.trim()) {
+                if !called.insert(state.clone()) {
+                    out.push(span);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// `63:[62, 7, 8]` -> (63, [62, 7, 8]).
 pub fn parse_target_nums(s: &str) -> Option<(u64, Vec<u64>)> {
     let (target, nums) = s.split_once(':')?;

@@ -11,6 +11,15 @@
 //! - **duplicates**: `-duplicate_penalty * (children that start from the
 //!   same state as a sibling) / children`: a repeated sub-search adds
 //!   tokens (and so raises `eta`) without adding search.
+//!
+//! One term is not a reward of the whole rollout but of single tokens:
+//! `repeated_search_penalty` is subtracted from the advantage of every
+//! sampled token in a line that repeats the search
+//! (`weft_protocol::apr::repeated_search_spans`: an exploration that reaches
+//! numbers already reached from its node, a sub-search called twice for one
+//! state). Credit goes to the text that made the repeat, not to the whole
+//! rollout, so it is learned from far fewer samples than the duplicates
+//! term; it also applies in groups that all scored alike.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +36,10 @@ pub struct RewardConfig {
     pub length_scale: usize,
     #[serde(default)]
     pub duplicate_penalty: f32,
+    /// Subtracted from the advantage of each sampled token that repeats
+    /// the search (see the module doc); 0 turns it off.
+    #[serde(default)]
+    pub repeated_search_penalty: f32,
 }
 
 impl Default for RewardConfig {
@@ -40,6 +53,7 @@ impl Default for RewardConfig {
             length_penalty: 0.0,
             length_scale: 512,
             duplicate_penalty: 0.0,
+            repeated_search_penalty: 0.0,
         }
     }
 }

@@ -2,12 +2,15 @@
 //! (APR) or one thread (SoS+), every token the policy sampled kept with the
 //! context it was sampled in (`EngineConfig::record_samples`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use weft_engine::{Engine, EngineConfig, EngineError, RequestSpec, SampledSegment, Sampling};
 use weft_model::{Model, Tokenizer};
-use weft_protocol::apr::{duplicate_children, root_prompt, sosp_prompt, Apr};
+use weft_protocol::apr::{
+    duplicate_children, repeated_search_spans, root_prompt, sosp_prompt, Apr,
+};
 use weft_tasks::{verify_with, Problem, Rules};
 
 use crate::reward::RolloutScore;
@@ -46,6 +49,9 @@ pub struct Rollout {
     pub latency_ms: f64,
     /// What every thread sampled, in its contexts.
     pub segments: Vec<SampledSegment>,
+    /// Per segment, the positions (in its `tokens`) of sampled tokens in a
+    /// line that repeats the search ([`repeated_positions`]).
+    pub repeated: Vec<Vec<usize>>,
 }
 
 /// The root prompt of `p`, as the training data starts it.
@@ -121,6 +127,7 @@ pub fn roll_out(
     }
     let responses = engine.run(specs, &mut |_| {})?;
     let mut out = Vec::with_capacity(responses.len());
+    let mut pieces = HashMap::new();
     for (n, r) in responses.into_iter().enumerate() {
         let i = n / cfg.group.max(1);
         let verdict = verify_with(&problems[i], &format!("{}{}", prompts[i], r.text), rules);
@@ -139,6 +146,12 @@ pub fn roll_out(
             })
             .collect();
         let duplicates = duplicate_children(child_prompts.iter().map(|(p, s)| (*p, s.as_str())));
+        let children = r.threads.len().saturating_sub(1);
+        let segments: Vec<SampledSegment> = r.threads.into_iter().flat_map(|t| t.sampled).collect();
+        let repeated = segments
+            .iter()
+            .map(|s| repeated_positions(tok, &mut pieces, s))
+            .collect();
         out.push(Rollout {
             problem: i,
             score: RolloutScore {
@@ -146,16 +159,54 @@ pub fn roll_out(
                 well_formed,
                 total_tokens: r.stats.total_tokens,
                 critical_path_tokens: r.stats.critical_path_tokens,
-                children: r.threads.len().saturating_sub(1),
+                children,
                 duplicate_children: duplicates,
             },
-            children: r.threads.len().saturating_sub(1),
+            children,
             duplicate_children: duplicates,
             latency_ms: r.stats.wall_ms,
-            segments: r.threads.into_iter().flat_map(|t| t.sampled).collect(),
+            segments,
+            repeated,
         });
     }
     Ok(out)
+}
+
+/// The positions in `seg.tokens` of the sampled tokens whose text overlaps
+/// a line that repeats the search ([`repeated_search_spans`] of the
+/// segment's whole context). Token texts come from decoding each token
+/// alone (`pieces` keeps them); where they do not add up to the decoded
+/// context (a tokenizer whose pieces depend on their neighbours) nothing
+/// is marked.
+pub fn repeated_positions(
+    tok: &Tokenizer,
+    pieces: &mut HashMap<u32, String>,
+    seg: &SampledSegment,
+) -> Vec<usize> {
+    let mut text = String::new();
+    let mut start = Vec::with_capacity(seg.tokens.len() + 1);
+    for &id in &seg.tokens {
+        start.push(text.len());
+        let piece = pieces
+            .entry(id)
+            .or_insert_with(|| tok.decode(&[id]).unwrap_or_default());
+        text.push_str(piece);
+    }
+    start.push(text.len());
+    let spans = repeated_search_spans(&text);
+    if spans.is_empty() || tok.decode(&seg.tokens).ok().as_deref() != Some(text.as_str()) {
+        return Vec::new();
+    }
+    seg.sampled
+        .iter()
+        .filter_map(|&(pos, _)| {
+            let (a, b) = (*start.get(pos)?, *start.get(pos + 1)?);
+            spans
+                .iter()
+                .any(|r| a < r.end && b > r.start)
+                .then_some(pos)
+        })
+        .collect()
 }
 
 #[cfg(test)]

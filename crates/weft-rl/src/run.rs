@@ -71,6 +71,17 @@ impl RlConfig {
         if r.budget == 0 {
             return bad("--budget must be at least 1".into());
         }
+        for (flag, v) in [
+            ("--duplicate-penalty", self.reward.duplicate_penalty),
+            (
+                "--repeated-search-penalty",
+                self.reward.repeated_search_penalty,
+            ),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(format!("{flag} must be >= 0, got {v}"));
+            }
+        }
         if self.problems_per_step == 0 || self.steps == 0 {
             return bad("--problems-per-step and --steps must be at least 1".into());
         }
@@ -132,6 +143,10 @@ pub struct StepReport {
     /// (`weft_protocol::apr::duplicate_children`).
     pub children: f32,
     pub duplicate_fraction: f32,
+    /// The share (0..1) of sampled tokens in lines that repeat the search
+    /// (`weft_protocol::apr::repeated_search_spans`), every thread counted.
+    #[serde(default)]
+    pub repeated_token_fraction: f32,
     /// Mean critical-path length in tokens (the longest chain of
     /// dependent threads), and mean parallelism `eta` = total generated
     /// tokens / critical-path tokens (1 = sequential).
@@ -673,12 +688,20 @@ pub fn run(
         // A rollout whose group was all alike has advantage 0: no gradient.
         let mut seqs = Vec::new();
         let mut trained = 0;
+        let penalty = cfg.reward.repeated_search_penalty;
         for (r, &a) in rollouts.iter().zip(&adv) {
-            if a == 0.0 {
+            // A rollout whose group scored alike still teaches its
+            // token-level term, in the segments that repeat the search.
+            if a == 0.0 && (penalty == 0.0 || r.repeated.iter().all(Vec::is_empty)) {
                 continue;
             }
             trained += 1;
-            seqs.extend(r.segments.iter().filter_map(|s| Sequence::of_segment(s, a)));
+            for (s, rep) in r.segments.iter().zip(&r.repeated) {
+                if a == 0.0 && rep.is_empty() {
+                    continue;
+                }
+                seqs.extend(Sequence::of_segment_with(s, a, rep, penalty));
+            }
         }
         let lr = cfg.lr(st.step);
         let t1 = Instant::now();
@@ -702,6 +725,16 @@ pub fn run(
         let n = rollouts.len().max(1) as f32;
         let children: usize = rollouts.iter().map(|r| r.children).sum();
         let dups: usize = rollouts.iter().map(|r| r.duplicate_children).sum();
+        let sampled: usize = rollouts
+            .iter()
+            .flat_map(|r| &r.segments)
+            .map(|s| s.sampled.len())
+            .sum();
+        let repeated: usize = rollouts
+            .iter()
+            .flat_map(|r| &r.repeated)
+            .map(Vec::len)
+            .sum();
         let generated: usize = rollouts.iter().map(|r| r.score.total_tokens).sum();
         let rep = StepReport {
             step: st.step,
@@ -710,6 +743,7 @@ pub fn run(
             accuracy: rollouts.iter().filter(|r| r.score.correct).count() as f32 / n,
             children: children as f32 / n,
             duplicate_fraction: dups as f32 / children.max(1) as f32,
+            repeated_token_fraction: repeated as f32 / sampled.max(1) as f32,
             critical_path: rollouts
                 .iter()
                 .map(|r| r.score.critical_path_tokens)

@@ -29,6 +29,18 @@ impl Sequence {
     /// no longer at its position (a token the engine took back) is left
     /// out. `None` when nothing sampled remains.
     pub fn of_segment(seg: &SampledSegment, advantage: f32) -> Option<Sequence> {
+        Self::of_segment_with(seg, advantage, &[], 0.0)
+    }
+
+    /// As [`Sequence::of_segment`], with `advantage - penalty` at the
+    /// sampled positions `penalized` (token-level credit: the tokens that
+    /// repeat the search).
+    pub fn of_segment_with(
+        seg: &SampledSegment,
+        advantage: f32,
+        penalized: &[usize],
+        penalty: f32,
+    ) -> Option<Sequence> {
         let last = seg.sampled.iter().map(|s| s.0).max()?;
         let mut tokens = seg.tokens[..(last + 1).min(seg.tokens.len())].to_vec();
         if let Some(&(_, eos)) = seg.sampled.iter().find(|s| s.0 == seg.tokens.len()) {
@@ -38,6 +50,11 @@ impl Sequence {
         for &(pos, id) in &seg.sampled {
             if pos >= 1 && tokens.get(pos) == Some(&id) {
                 adv[pos - 1] = Some(advantage);
+            }
+        }
+        for &pos in penalized {
+            if let Some(Some(a)) = pos.checked_sub(1).and_then(|i| adv.get_mut(i)) {
+                *a -= penalty;
             }
         }
         adv.iter().any(Option::is_some).then_some(Sequence {
@@ -321,6 +338,22 @@ mod tests {
         assert_eq!(q.tokens, vec![1, 5, 6, 7, 4]);
         assert_eq!(q.advantage, vec![None, None, Some(-1.0), None]);
         assert!(Sequence::of_segment(&seg(&[1, 2], &[]), 1.0).is_none());
+    }
+
+    #[test]
+    fn token_penalties_land_on_their_sampled_positions_only() {
+        let s = seg(
+            &[1, 5, 6, 7, 8, 9, 10, 11],
+            &[(3, 7), (4, 8), (7, 11), (8, 2)],
+        );
+        // 4 and 7 are sampled; 5 is engine text, 0 the prompt, 20 nowhere.
+        let q = Sequence::of_segment_with(&s, 0.5, &[0, 4, 5, 7, 20], 0.25).unwrap();
+        let (a, p) = (Some(0.5), Some(0.25));
+        assert_eq!(q.advantage, vec![None, None, a, p, None, None, p, a]);
+        // With advantage 0 the penalty alone is the signal.
+        let q = Sequence::of_segment_with(&s, 0.0, &[4], 1.0).unwrap();
+        assert_eq!(q.advantage[3], Some(-1.0));
+        assert_eq!(q.advantage[2], Some(0.0));
     }
 
     #[test]

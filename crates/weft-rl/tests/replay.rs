@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use weft_engine::{Engine, RequestSpec};
 use weft_model::{LoadOptions, Model, Tokenizer};
-use weft_rl::rollout::{engine_config, prompt, protocol};
+use weft_rl::rollout::{engine_config, prompt, protocol, repeated_positions};
 use weft_rl::{Mode, Sequence};
 use weft_train::model::Batch;
 
@@ -26,7 +26,7 @@ fn recorded_samples_are_the_trainers_greedy_choices() {
     let problems: Vec<weft_tasks::Problem> = std::fs::read_to_string(dir.join("../heldout.jsonl"))
         .unwrap()
         .lines()
-        .take(6)
+        .take(12)
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             weft_tasks::Problem {
@@ -89,6 +89,54 @@ fn recorded_samples_are_the_trainers_greedy_choices() {
             r.stats.total_tokens
         );
     }
+    // Token-level credit for repeated search: every rollout with a repeated
+    // child has marked tokens, and every marked token is in a line that
+    // explores, records a node or calls a sub-search.
+    let mut pieces = std::collections::HashMap::new();
+    let mut with_duplicates = 0;
+    for r in &responses {
+        let kids: Vec<(usize, String)> = r
+            .threads
+            .iter()
+            .filter_map(|t| {
+                let head = &t.tokens[..t.prompt_tokens.min(t.tokens.len())];
+                Some((t.parent?, tok.decode(head).unwrap()))
+            })
+            .collect();
+        let dups =
+            weft_protocol::apr::duplicate_children(kids.iter().map(|(p, s)| (*p, s.as_str())));
+        let mut marked = 0;
+        for seg in r.threads.iter().flat_map(|t| &t.sampled) {
+            let at = repeated_positions(&tok, &mut pieces, seg);
+            marked += at.len();
+            let text = tok.decode(&seg.tokens).unwrap();
+            for &pos in &at {
+                let before = tok.decode(&seg.tokens[..pos]).unwrap();
+                let line = text[before.rfind('\n').map_or(0, |i| i + 1)..]
+                    .lines()
+                    .next()
+                    .unwrap_or("");
+                assert!(
+                    [
+                        "Exploring Operation: ",
+                        "Generated Node #",
+                        "<Start Sub Search "
+                    ]
+                    .iter()
+                    .any(|p| line.starts_with(p)),
+                    "a marked token in {line:?}"
+                );
+            }
+        }
+        if dups > 0 {
+            with_duplicates += 1;
+            assert!(marked > 0, "{dups} repeated children, no marked token");
+        }
+    }
+    assert!(
+        with_duplicates > 0,
+        "no rollout repeated a child: the check above tested nothing"
+    );
     let forks: usize = responses.iter().map(|r| r.stats.forks).sum();
     assert!(forks >= 3, "the rollouts should fork: {forks}");
     assert!(

@@ -217,3 +217,54 @@ fn duplicate_children_are_siblings_from_one_state() {
         0
     );
 }
+
+/// The reference trace's first fork never repeats itself; the same root
+/// with one exploration repeated (another operation, the same numbers),
+/// one repeated verbatim at a node revisited later, and a sub-search
+/// called twice for one state, gives exactly those lines.
+#[test]
+fn repeated_search_spans_are_the_lines_that_repeat_a_state() {
+    assert!(repeated_search_spans(PARENT_FORK).is_empty());
+    let text = "Moving to Node #0
+Current State: 24:[15, 9, 20, 4], Operations: []
+Exploring Operation: 24-15=9, Resulting Numbers: [9, 20, 4]
+Generated Node #0,0: 24:[9, 20, 4] Operation: 15-9=6
+Exploring Operation: 9+4=13, Resulting Numbers: [15, 20, 13]
+Generated Node #0,1: 24:[15, 20, 13] Operation: 9+4=13
+Exploring Operation: 20-9=11, Resulting Numbers: [4, 20, 9]
+Generated Node #0,2: 24:[4, 20, 9] Operation: 20-9=11
+<Calling Sub Searches>
+<Start Sub Search 0 at level 1> Moving to Node #0,0
+<Start Sub Search 1 at level 1> Moving to Node #0,1
+<Start Sub Search 2 at level 1> Moving to Node #0,2
+<End Calling Sub Searches>
+<Sub Searches>
+<No Solution in Sub Search 0 at level 1 at Node #0,0>
+Moving to Node #0,1
+Current State: 24:[15, 20, 13], Operations: ['9+4=13']
+Exploring Operation: 9+4=13, Resulting Numbers: [15, 20, 13]
+<End Sub Searches>
+Moving to Node #0
+Current State: 24:[15, 9, 20, 4], Operations: []
+Exploring Operation: 9+4=13, Resulting Numbers: [15, 20, 13]
+Exploring Operation: 15+9=24, Resulting Numbers: [24, 20, 4]
+";
+    let spans: Vec<&str> = repeated_search_spans(text)
+        .into_iter()
+        .map(|r| &text[r])
+        .collect();
+    assert_eq!(
+        spans,
+        [
+            // Another operation, the numbers of #0,0 (as a multiset).
+            "Exploring Operation: 20-9=11, Resulting Numbers: [4, 20, 9]\n\
+             Generated Node #0,2: 24:[4, 20, 9] Operation: 20-9=11\n",
+            // #0,2 is the state of #0,0, called already.
+            "<Start Sub Search 2 at level 1> Moving to Node #0,2\n",
+            // Back at #0 after the join: 9+4=13 again. (The child result's
+            // lines, inside <Sub Searches>, belong to its own node #0,1,
+            // where nothing repeats.)
+            "Exploring Operation: 9+4=13, Resulting Numbers: [15, 20, 13]\n",
+        ]
+    );
+}

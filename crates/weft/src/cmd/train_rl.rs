@@ -99,6 +99,12 @@ pub struct RlArgs {
     /// the same state as a sibling (repeated sub-searches).
     #[arg(long, default_value_t = 0.0)]
     duplicate_penalty: f32,
+    /// Subtracted from the advantage of each sampled token in a line that
+    /// repeats the search: an exploration reaching numbers already reached
+    /// from its node, or a sub-search called twice for one state
+    /// (token-level credit, unlike --duplicate-penalty).
+    #[arg(long, default_value_t = 0.0)]
+    repeated_search_penalty: f32,
     /// Seed of the problem order and the rollouts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -170,6 +176,7 @@ pub fn run(a: RlArgs) -> anyhow::Result<ExitCode> {
             length_penalty: a.length_penalty,
             length_scale: a.budget,
             duplicate_penalty: a.duplicate_penalty,
+            repeated_search_penalty: a.repeated_search_penalty,
         },
         update: UpdateConfig {
             lr: a.lr,
@@ -220,11 +227,12 @@ pub fn run(a: RlArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let msg = format!(
-            "reward {:.3}  acc {:.1}%  children {:.2}  dup {:.1}%  critical path {:.0}  rollout {:.0} tok/s  update {:.0} tok/s",
+            "reward {:.3}  acc {:.1}%  children {:.2}  dup {:.1}%  repeat {:.1}%  critical path {:.0}  rollout {:.0} tok/s  update {:.0} tok/s",
             r.reward,
             100.0 * r.accuracy,
             r.children,
             100.0 * r.duplicate_fraction,
+            100.0 * r.repeated_token_fraction,
             r.critical_path,
             r.rollout_tokens_per_second,
             r.update_tokens_per_second
