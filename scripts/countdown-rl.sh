@@ -26,15 +26,18 @@ mkdir -p "$RL" "$DATA"
 # step, sampled at temperature 0.8 (the loss's log-probabilities are of the
 # distribution sampled from), every thread up to 2048 tokens (so that a
 # child that runs long is scored, and the model learns to end it),
-# ThreadWeaver's reward (correct + 0.5 min(eta - 1, 0.2)) and a penalty for
-# repeated children (1.0 x their share), a KL term to the initial model
-# (0.05), lr 2e-5 (AdamW, constant), one policy-gradient step per batch of
-# rollouts. 180 CPU-minutes each, rollouts and updates together.
+# ThreadWeaver's reward (correct + 0.5 min(eta - 1, 0.2)), 0.5 off the
+# advantage of every sampled token in a line that repeats the search
+# (--repeated-search-penalty: token-level credit), a KL term to the initial
+# model (0.05), lr 2e-5 (AdamW, constant), one policy-gradient step per
+# batch of rollouts. 180 CPU-minutes each, rollouts and updates together.
 # (Earlier settings, kept under ~/.cache/weft/rl for the record: T 0.8 with
 # the loss at T 1, lr 3e-5; T 1.0, lr 5e-5, no KL, which lost arithmetic
-# accuracy by step 60.)
+# accuracy by step 60; and these settings with a rollout-level penalty
+# (--duplicate-penalty 1.0) instead of the token-level one, flat for 24
+# steps: apr-rl-rollout-penalty.)
 RL_ARGS=(--steps 1000 --problems-per-step 16 --group 8 --temperature 0.8 --budget 2048
-  --lr 2e-5 --kl-coef 0.05 --reward-parallel 0.5 --parallel-cap 0.2 --duplicate-penalty 1.0
+  --lr 2e-5 --kl-coef 0.05 --reward-parallel 0.5 --parallel-cap 0.2 --repeated-search-penalty 0.5
   --checkpoint-every 5 --max-cpu-minutes 180 --seed 0)
 BUDGETS=512,1024,2048
 

@@ -6,7 +6,7 @@
 //! are freed (`mmap` above the threshold; trimming the heap top above
 //! `M_TRIM_THRESHOLD`), so the next step takes a page fault for every 4 KiB
 //! it touches again. On the Countdown models' shape that was 730 000 faults
-//! in ten steps and about 16% of the CPU time (`perf stat -e page-faults`).
+//! in 12 steps and about 16% of the CPU time (`perf stat -e page-faults`).
 //! PyTorch keeps such memory in its own caching allocator; here glibc is
 //! told to keep it ([`retain_freed_memory`]).
 
