@@ -17,7 +17,7 @@
 //! Matmuls stay with candle (gemm). Each op is checked against the same
 //! computation written with candle's own differentiable ops (`tests` below).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -85,8 +85,11 @@ pub type ProbsCache = Arc<Mutex<HashMap<(usize, usize, usize), Vec<Vec<f32>>>>>;
 /// always does); the Countdown models' training rows keep 9 Mi per layer.
 pub const PROBS_CACHE_VALUES: usize = 32 << 20;
 
-/// RoPE + document-masked causal attention. Inputs `q [rows*len, heads*hd]`,
-/// `k`, `v [rows*len, kv_heads*hd]` (pre-RoPE), output `[rows*len, heads*hd]`.
+/// RoPE + document-masked causal attention of one fused projection
+/// `qkv [rows*len, (heads + 2 kv_heads) * hd]`: each token's queries, then
+/// its keys, then its values (pre-RoPE), as `x W^T` gives them for `W` the
+/// q, k and v weights stacked by rows (one matmul instead of three).
+/// Output `[rows*len, heads*hd]`.
 ///
 /// With `probs: Some(cache)`, the forward pass keeps its softmax
 /// probabilities (up to [`PROBS_CACHE_VALUES`]) and the backward pass takes
@@ -144,14 +147,22 @@ impl DocAttention {
         out
     }
 
-    /// Rows `[s, e)` of head `h` (stride `width`) of row `r`, RoPE applied
-    /// when `rotate`: `[e - s, hd]`.
+    /// Row width of the fused input, and the column where the keys and
+    /// the values start.
+    fn widths(&self) -> (usize, usize, usize) {
+        let (qw, kw) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        (qw + 2 * kw, qw, qw + kw)
+    }
+
+    /// Tokens `[s, e)` of row `r`, the `hd` columns from `col` of a matrix
+    /// with rows of `width`, RoPE applied when `rotate`: `[e - s, hd]`.
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         x: &[f32],
         width: usize,
+        col: usize,
         r: usize,
-        h: usize,
         (s, e): (usize, usize),
         rotate: bool,
     ) -> Vec<f32> {
@@ -159,7 +170,7 @@ impl DocAttention {
         let mut out = vec![0f32; (e - s) * hd];
         for i in s..e {
             let tok = r * t + i;
-            let src = &x[tok * width + h * hd..tok * width + (h + 1) * hd];
+            let src = &x[tok * width + col..tok * width + col + hd];
             let dst = &mut out[(i - s) * hd..(i - s + 1) * hd];
             if rotate {
                 self.rope_into(tok, src, dst);
@@ -193,21 +204,19 @@ impl DocAttention {
     #[allow(clippy::too_many_arguments)]
     fn forward_block(
         &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        x: &[f32],
         r: usize,
         h: usize,
         doc: (usize, usize),
         keep: bool,
     ) -> (Vec<f32>, Vec<Vec<f32>>) {
         let hd = self.head_dim;
-        let (qw, kw) = (self.heads * hd, self.kv_heads * hd);
+        let (w, k0, v0) = self.widths();
         let kh = h / (self.heads / self.kv_heads);
         let n = doc.1 - doc.0;
-        let qb = self.block(q, qw, r, h, doc, true);
-        let kb = self.block(k, kw, r, kh, doc, true);
-        let vb = self.block(v, kw, r, kh, doc, false);
+        let qb = self.block(x, w, h * hd, r, doc, true);
+        let kb = self.block(x, w, k0 + kh * hd, r, doc, true);
+        let vb = self.block(x, w, v0 + kh * hd, r, doc, false);
         let mut out = vec![0f32; n * hd];
         let mut kept = Vec::new();
         for i0 in (0..n).step_by(QUERY_BLOCK) {
@@ -238,26 +247,25 @@ impl DocAttention {
     #[allow(clippy::too_many_arguments)]
     fn backward_block(
         &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        x: &[f32],
         g: &[f32],
         r: usize,
         kh: usize,
         doc: (usize, usize),
     ) -> BackPart {
         let hd = self.head_dim;
-        let (qw, kw) = (self.heads * hd, self.kv_heads * hd);
+        let (w, k0, v0) = self.widths();
+        let qw = self.heads * hd;
         let group = self.heads / self.kv_heads;
         let n = doc.1 - doc.0;
-        let kb = self.block(k, kw, r, kh, doc, true);
-        let vb = self.block(v, kw, r, kh, doc, false);
+        let kb = self.block(x, w, k0 + kh * hd, r, doc, true);
+        let vb = self.block(x, w, v0 + kh * hd, r, doc, false);
         let mut dkr = vec![0f32; n * hd];
         let mut dv = vec![0f32; n * hd];
         let mut dqs = Vec::with_capacity(group);
         for h in kh * group..(kh + 1) * group {
-            let qb = self.block(q, qw, r, h, doc, true);
-            let gb = self.block(g, qw, r, h, doc, false);
+            let qb = self.block(x, w, h * hd, r, doc, true);
+            let gb = self.block(g, qw, h * hd, r, doc, false);
             let mut dqr = vec![0f32; n * hd];
             let mut kept = self
                 .probs
@@ -398,27 +406,23 @@ fn gemm_call(
 
 type BackPart = (Vec<Vec<f32>>, Vec<f32>, Vec<f32>);
 
-impl CustomOp3 for DocAttention {
+impl CustomOp1 for DocAttention {
     fn name(&self) -> &'static str {
         "weft-doc-attention"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            slice(s1, l1, "q")?,
-            slice(s2, l2, "k")?,
-            slice(s3, l3, "v")?,
-        );
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "qkv")?;
         let (b, t, hd) = (self.layout.rows, self.layout.len, self.head_dim);
         let qw = self.heads * hd;
+        if x.len() != b * t * self.widths().0 {
+            candle_core::bail!(
+                "attention: qkv holds {} values, not {} tokens x {}",
+                x.len(),
+                b * t,
+                self.widths().0
+            );
+        }
         let tasks: Vec<(usize, usize, (usize, usize))> = (0..b)
             .flat_map(|r| {
                 let docs = self.documents(r);
@@ -434,7 +438,7 @@ impl CustomOp3 for DocAttention {
         let keep = self.probs.is_some() && values <= PROBS_CACHE_VALUES;
         let parts: Vec<(Vec<f32>, Vec<Vec<f32>>)> = tasks
             .par_iter()
-            .map(|&(r, h, doc)| self.forward_block(q, k, v, r, h, doc, keep))
+            .map(|&(r, h, doc)| self.forward_block(x, r, h, doc, keep))
             .collect();
         let mut out = vec![0f32; b * t * qw];
         let mut cache = HashMap::new();
@@ -456,17 +460,10 @@ impl CustomOp3 for DocAttention {
         Ok((CpuStorage::F32(out), Shape::from((b * t, qw))))
     }
 
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v, g) = (to_vec(q)?, to_vec(k)?, to_vec(v)?, to_vec(grad)?);
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (x, g) = (to_vec(qkv)?, to_vec(grad)?);
         let (b, t, hd) = (self.layout.rows, self.layout.len, self.head_dim);
-        let (qw, kw) = (self.heads * hd, self.kv_heads * hd);
+        let (w, k0, v0) = self.widths();
         let group = self.heads / self.kv_heads;
         let tasks: Vec<(usize, usize, (usize, usize))> = (0..b)
             .flat_map(|r| {
@@ -477,32 +474,25 @@ impl CustomOp3 for DocAttention {
             .collect();
         let parts: Vec<BackPart> = tasks
             .par_iter()
-            .map(|&(r, kh, doc)| self.backward_block(&q, &k, &v, &g, r, kh, doc))
+            .map(|&(r, kh, doc)| self.backward_block(&x, &g, r, kh, doc))
             .collect();
-        let mut dq = vec![0f32; b * t * qw];
-        let mut dk = vec![0f32; b * t * kw];
-        let mut dv = vec![0f32; b * t * kw];
+        let mut d = vec![0f32; b * t * w];
         for (&(r, kh, (s, e)), (dqs, dkp, dvp)) in tasks.iter().zip(parts) {
             for i in s..e {
-                let tok = r * t + i;
+                let row = (r * t + i) * w;
                 let l = i - s;
-                dk[tok * kw + kh * hd..tok * kw + (kh + 1) * hd]
+                d[row + k0 + kh * hd..row + k0 + (kh + 1) * hd]
                     .copy_from_slice(&dkp[l * hd..(l + 1) * hd]);
-                dv[tok * kw + kh * hd..tok * kw + (kh + 1) * hd]
+                d[row + v0 + kh * hd..row + v0 + (kh + 1) * hd]
                     .copy_from_slice(&dvp[l * hd..(l + 1) * hd]);
                 for (gi, part) in dqs.iter().enumerate() {
                     let h = kh * group + gi;
-                    dq[tok * qw + h * hd..tok * qw + (h + 1) * hd]
+                    d[row + h * hd..row + (h + 1) * hd]
                         .copy_from_slice(&part[l * hd..(l + 1) * hd]);
                 }
             }
         }
-        let dev = grad.device();
-        Ok((
-            Some(Tensor::from_vec(dq, (b * t, qw), dev)?),
-            Some(Tensor::from_vec(dk, (b * t, kw), dev)?),
-            Some(Tensor::from_vec(dv, (b * t, kw), dev)?),
-        ))
+        Ok(Some(Tensor::from_vec(d, (b * t, w), grad.device())?))
     }
 }
 
@@ -693,65 +683,54 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp_approx(-x))
 }
 
-/// `silu(gate) * up`, elementwise.
+/// `silu(gate) * up`, elementwise, of one fused projection
+/// `gate_up [n, 2f]`: each row holds its `f` gate values, then its `f` up
+/// values, as `x W^T` gives them for `W` the gate and up weights stacked by
+/// rows (one matmul instead of two). Output `[n, f]`.
 #[derive(Debug, Clone, Copy)]
 pub struct SwiGlu;
 
-impl CustomOp2 for SwiGlu {
+impl CustomOp1 for SwiGlu {
     fn name(&self) -> &'static str {
         "weft-swiglu"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (slice(s1, l1, "gate")?, slice(s2, l2, "up")?);
-        if a.len() != b.len() {
-            candle_core::bail!("swiglu: gate and up differ in size");
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "gate_up")?;
+        let (n, f2) = l1.shape().dims2()?;
+        if f2 % 2 != 0 {
+            candle_core::bail!("swiglu: gate_up has an odd width {f2}");
         }
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(4096)
-            .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
-            .for_each(|(o, (a, b))| {
-                for i in 0..o.len() {
+        let f = f2 / 2;
+        let mut out = vec![0f32; n * f];
+        out.par_chunks_mut(f)
+            .zip(x.par_chunks(f2))
+            .for_each(|(o, row)| {
+                let (a, b) = row.split_at(f);
+                for i in 0..f {
                     o[i] = a[i] * sigmoid(a[i]) * b[i];
                 }
             });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(out), Shape::from((n, f))))
     }
 
-    fn bwd(
-        &self,
-        gate: &Tensor,
-        up: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (a, b, g) = (to_vec(gate)?, to_vec(up)?, to_vec(grad)?);
-        let mut da = vec![0f32; a.len()];
-        let mut db = vec![0f32; a.len()];
-        da.par_chunks_mut(4096)
-            .zip(db.par_chunks_mut(4096))
-            .zip(
-                a.par_chunks(4096)
-                    .zip(b.par_chunks(4096))
-                    .zip(g.par_chunks(4096)),
-            )
-            .for_each(|((da, db), ((a, b), g))| {
-                for i in 0..da.len() {
+    fn bwd(&self, gate_up: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (x, g) = (to_vec(gate_up)?, to_vec(grad)?);
+        let (n, f2) = gate_up.dims2()?;
+        let f = f2 / 2;
+        let mut d = vec![0f32; n * f2];
+        d.par_chunks_mut(f2)
+            .zip(x.par_chunks(f2).zip(g.par_chunks(f)))
+            .for_each(|(d, (row, g))| {
+                let (a, b) = row.split_at(f);
+                let (da, db) = d.split_at_mut(f);
+                for i in 0..f {
                     let s = sigmoid(a[i]);
                     db[i] = g[i] * a[i] * s;
                     da[i] = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
                 }
             });
-        Ok((
-            Some(Tensor::from_vec(da, gate.shape(), gate.device())?),
-            Some(Tensor::from_vec(db, up.shape(), up.device())?),
-        ))
+        Ok(Some(Tensor::from_vec(d, (n, f2), gate_up.device())?))
     }
 }
 
@@ -1066,14 +1045,10 @@ mod tests {
             probs: Some(cache.clone()),
             ..op.clone()
         };
-        let out = q
-            .as_tensor()
-            .apply_op3(k.as_tensor(), v.as_tensor(), op)
-            .unwrap();
-        let out_cached = q
-            .as_tensor()
-            .apply_op3(k.as_tensor(), v.as_tensor(), cached)
-            .unwrap();
+        // The op takes q, k and v side by side in one row.
+        let qkv = Tensor::cat(&[q.as_tensor(), k.as_tensor(), v.as_tensor()], 1).unwrap();
+        let out = qkv.apply_op1(op).unwrap();
+        let out_cached = qkv.apply_op1(cached).unwrap();
         assert_eq!(max_diff(&out, &out_cached), 0.0);
         assert!(
             !cache.lock().unwrap().is_empty(),
@@ -1342,7 +1317,11 @@ mod tests {
                 .as_tensor()
                 .apply_op2(w.as_tensor(), RmsNorm { eps: 1e-5 })
                 .unwrap();
-            let a = n.apply_op2(u.as_tensor(), SwiGlu).unwrap();
+            // The fused op takes gate and up side by side in one row.
+            let a = Tensor::cat(&[&n, u.as_tensor()], 1)
+                .unwrap()
+                .apply_op1(SwiGlu)
+                .unwrap();
             a.apply_op1(CrossEntropy {
                 target: Arc::new(target.clone()),
                 weight: Arc::new(weight.clone()),

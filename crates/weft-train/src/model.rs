@@ -187,21 +187,28 @@ impl LlamaParams {
             let p = format!("model.layers.{i}");
             let w = |n: &str| self.get(&format!("{p}.{n}"));
             let hn = x.apply_op2(w("input_layernorm.weight"), RmsNorm { eps })?;
-            let q = linear(&hn, w("self_attn.q_proj.weight"))?;
-            let k = linear(&hn, w("self_attn.k_proj.weight"))?;
-            let v = linear(&hn, w("self_attn.v_proj.weight"))?;
+            // One matmul for q, k and v (their weights stacked by rows),
+            // one for gate and up; the weights stay separate parameters.
+            let qkv_w = Tensor::cat(
+                &[
+                    w("self_attn.q_proj.weight"),
+                    w("self_attn.k_proj.weight"),
+                    w("self_attn.v_proj.weight"),
+                ],
+                0,
+            )?;
+            let qkv = linear(&hn, &qkv_w)?;
             // Each layer keeps its own softmax probabilities for its backward.
             let layer_attention = DocAttention {
                 probs: Some(Default::default()),
                 ..attention.clone()
             };
-            let ctx = q.apply_op3(&k, &v, layer_attention)?;
+            let ctx = qkv.apply_op1(layer_attention)?;
             x = (x + linear(&ctx, w("self_attn.o_proj.weight"))?)?;
 
             let hn = x.apply_op2(w("post_attention_layernorm.weight"), RmsNorm { eps })?;
-            let gate = linear(&hn, w("mlp.gate_proj.weight"))?;
-            let up = linear(&hn, w("mlp.up_proj.weight"))?;
-            let act = gate.apply_op2(&up, SwiGlu)?;
+            let gate_up_w = Tensor::cat(&[w("mlp.gate_proj.weight"), w("mlp.up_proj.weight")], 0)?;
+            let act = linear(&hn, &gate_up_w)?.apply_op1(SwiGlu)?;
             x = (x + linear(&act, w("mlp.down_proj.weight"))?)?;
         }
         let x = x.apply_op2(self.get("model.norm.weight"), RmsNorm { eps })?;
