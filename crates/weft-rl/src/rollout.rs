@@ -175,26 +175,28 @@ pub fn roll_out(
 /// The positions in `seg.tokens` of the sampled tokens whose text overlaps
 /// a line that repeats the search ([`repeated_search_spans`] of the
 /// segment's whole context). Token texts come from decoding each token
-/// alone (`pieces` keeps them); where they do not add up to the decoded
-/// context (a tokenizer whose pieces depend on their neighbours) nothing
-/// is marked.
+/// alone, special tokens as nothing (the `<s>` before every prompt would
+/// otherwise hide its first `Moving to Node` line); `pieces` keeps them.
+/// Where they do not add up to the decoded context (a tokenizer whose
+/// pieces depend on their neighbours) nothing is marked.
 pub fn repeated_positions(
     tok: &Tokenizer,
     pieces: &mut HashMap<u32, String>,
     seg: &SampledSegment,
 ) -> Vec<usize> {
+    let decode = |ids: &[u32]| tok.inner().decode(ids, true).ok();
     let mut text = String::new();
     let mut start = Vec::with_capacity(seg.tokens.len() + 1);
     for &id in &seg.tokens {
         start.push(text.len());
         let piece = pieces
             .entry(id)
-            .or_insert_with(|| tok.decode(&[id]).unwrap_or_default());
+            .or_insert_with(|| decode(&[id]).unwrap_or_default());
         text.push_str(piece);
     }
     start.push(text.len());
     let spans = repeated_search_spans(&text);
-    if spans.is_empty() || tok.decode(&seg.tokens).ok().as_deref() != Some(text.as_str()) {
+    if spans.is_empty() || decode(&seg.tokens).as_deref() != Some(text.as_str()) {
         return Vec::new();
     }
     seg.sampled

@@ -151,3 +151,44 @@ fn recorded_samples_are_the_trainers_greedy_choices() {
         "{agree} of {total} sampled tokens are the trainer's argmax"
     );
 }
+
+/// A repeat at a thread's first node, behind the `<s>` the engine puts
+/// before every prompt, is marked: exactly the repeated lines' tokens.
+#[test]
+fn a_repeat_at_the_first_node_behind_a_bos_is_marked() {
+    let tok = Tokenizer::load(&apr_model()).unwrap();
+    let prompt = prompt(
+        &weft_tasks::Problem {
+            nums: vec![3, 5, 7],
+            target: 22,
+        },
+        Mode::Apr,
+    );
+    // The prompt ends without a newline; the model writes it.
+    let generated = "
+Exploring Operation: 3+7=10, Resulting Numbers: [5, 10]
+Generated Node #0,0: 22:[5, 10] Operation: 3+7=10
+Exploring Operation: 7+3=10, Resulting Numbers: [10, 5]
+Generated Node #0,1: 22:[10, 5] Operation: 7+3=10
+Exploring Operation: 3*7=21, Resulting Numbers: [5, 21]
+";
+    let mut tokens = tok.encode_prompt(&prompt, false).unwrap();
+    assert!(
+        tok.decode(&tokens[..1]).unwrap().starts_with('<'),
+        "the prompt should start with a special token, as the engine's do"
+    );
+    let first = tokens.len();
+    tokens.extend(tok.encode(generated, false).unwrap());
+    let seg = weft_engine::SampledSegment {
+        sampled: (first..tokens.len()).map(|i| (i, tokens[i])).collect(),
+        tokens,
+    };
+    let at = repeated_positions(&tok, &mut std::collections::HashMap::new(), &seg);
+    assert!(at.windows(2).all(|w| w[1] == w[0] + 1), "{at:?}");
+    let ids: Vec<u32> = at.iter().map(|&i| seg.tokens[i]).collect();
+    assert_eq!(
+        tok.decode(&ids).unwrap(),
+        "Exploring Operation: 7+3=10, Resulting Numbers: [10, 5]\n\
+         Generated Node #0,1: 22:[10, 5] Operation: 7+3=10\n"
+    );
+}
