@@ -64,35 +64,54 @@ impl RlConfig {
         }
         if !(r.temperature > 0.0 && r.temperature.is_finite()) {
             return bad(format!(
-                "--temperature must be > 0 (rollouts are sampled), got {}",
+                "--temperature must be a finite number > 0 (rollouts are sampled), got {}",
                 r.temperature
             ));
         }
         if r.budget == 0 {
             return bad("--budget must be at least 1".into());
         }
+        // Every weight and penalty: a finite number, and none negative but
+        // the format reward (a negative one penalizes unreadable answers'
+        // opposite, which has uses).
+        let w = &self.reward;
         for (flag, v) in [
-            ("--duplicate-penalty", self.reward.duplicate_penalty),
+            ("--reward-correct", w.correct as f64),
+            ("--reward-parallel", w.parallel as f64),
+            ("--parallel-cap", w.parallel_cap as f64),
+            ("--length-penalty", w.length_penalty as f64),
+            ("--duplicate-penalty", w.duplicate_penalty as f64),
             (
                 "--repeated-search-penalty",
-                self.reward.repeated_search_penalty,
+                w.repeated_search_penalty as f64,
             ),
+            ("--weight-decay", self.weight_decay),
+            ("--grad-clip", u.grad_clip),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
-                return bad(format!("{flag} must be >= 0, got {v}"));
+                return bad(format!("{flag} must be a finite number >= 0, got {v}"));
             }
+        }
+        if !w.format.is_finite() {
+            return bad(format!(
+                "--reward-format must be a finite number, got {}",
+                w.format
+            ));
         }
         if self.problems_per_step == 0 || self.steps == 0 {
             return bad("--problems-per-step and --steps must be at least 1".into());
         }
         if !(u.lr > 0.0 && u.lr.is_finite()) {
-            return bad(format!("--lr must be > 0, got {}", u.lr));
+            return bad(format!("--lr must be a finite number > 0, got {}", u.lr));
         }
         if !(u.clip_eps > 0.0 && u.clip_eps < 1.0) {
             return bad(format!("--clip-eps must be in (0, 1), got {}", u.clip_eps));
         }
         if !(u.kl_coef >= 0.0 && u.kl_coef.is_finite()) {
-            return bad(format!("--kl-coef must be >= 0, got {}", u.kl_coef));
+            return bad(format!(
+                "--kl-coef must be a finite number >= 0, got {}",
+                u.kl_coef
+            ));
         }
         if u.epochs == 0 || u.minibatches == 0 || u.micro_rows == 0 || u.seq_len < 16 {
             return bad("--epochs, --minibatches and --micro-rows must be at least 1, --seq-len at least 16".into());
@@ -467,6 +486,15 @@ pub fn run(
             dir.display()
         )));
     }
+    for p in [out, dir.as_path()] {
+        if p.exists() && !p.is_dir() {
+            return Err(RlError::BadConfig(format!(
+                "{} exists and is not a folder: --out names a model folder to write (new, or \
+                 this run's to resume)",
+                p.display()
+            )));
+        }
+    }
     std::fs::create_dir_all(&dir).map_err(|e| RlError::io(&dir, e))?;
     let lock_path = dir.join("lock");
     let lock = std::fs::OpenOptions::new()
@@ -507,6 +535,15 @@ pub fn run(
                      --checkpoint-every, --threads and --quiet may change on resume; to start \
                      over, use another --out)",
                     diff.join("; ")
+                ),
+            });
+        }
+        if cfg.steps < st.step {
+            return Err(RlError::Checkpoint {
+                path: ckpt.clone(),
+                reason: format!(
+                    "it is at step {} already, past --steps {}: give --steps {} or more to go on",
+                    st.step, cfg.steps, st.step
                 ),
             });
         }
@@ -586,10 +623,10 @@ pub fn run(
             &mut notes,
             report,
             format!(
-                "RL from {}: {} steps of {} problems x {} rollouts",
+                "RL from {}: {} of {} x {} rollouts",
                 init_from.display(),
-                cfg.steps,
-                cfg.problems_per_step,
+                plural(cfg.steps, "step"),
+                plural(cfg.problems_per_step, "problem"),
                 cfg.rollout.group
             ),
         );
@@ -771,7 +808,8 @@ pub fn run(
                 format!(
                     "step {}: every group's rollouts scored alike (all right or all wrong), \
                      so the step trained nothing; if this persists, the problems are too easy \
-                     or too hard for the model, or the group (--group) is too small",
+                     or too hard for the model at this --budget (a rollout that runs out of \
+                     tokens has no answer), or --group is too small",
                     st.step
                 ),
             );
@@ -798,6 +836,11 @@ pub fn run(
         train_dir: dir,
         notes,
     })
+}
+
+/// `1 step`, `2 steps`.
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Keeps a note for [`RlOutcome::notes`] and tells the caller now.

@@ -96,6 +96,16 @@ fn a_short_run_writes_a_model_that_evaluates_and_resumes() {
     assert!(stderr(&o).contains("resumed from step 1"), "{}", stderr(&o));
     let log = std::fs::read_to_string(dir.path().join("apr-rl.rl/rl_log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 2);
+    // The resume note comes first, before the step's line.
+    let err = stderr(&o);
+    assert!(
+        err.find("resumed from").unwrap() < err.find("finished").unwrap(),
+        "{err}"
+    );
+    // Fewer --steps than the checkpoint has done is refused, not "step 2/1".
+    let o = run("1");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--steps 2 or more"), "{}", stderr(&o));
     // The model folder is an ordinary one: it evaluates.
     let o = weft()
         .args(["eval", "countdown", "--model"])
@@ -193,10 +203,34 @@ fn the_held_out_set_and_bad_settings_are_refused() {
         !dir.path().join("sosp.rl").exists(),
         "a refused run left its folder"
     );
+    // Every number setting: out of range, not a number, and negative
+    // numbers written with a space (`--flag -1`) reach the range check.
     for (flag, value, says) in [
         ("--group", "1", "--group"),
         ("--temperature", "0", "--temperature"),
+        ("--temperature", "inf", "--temperature"),
         ("--clip-eps", "1.5", "--clip-eps"),
+        ("--reward-correct", "nan", "--reward-correct"),
+        ("--reward-correct", "-1", "--reward-correct"),
+        ("--reward-parallel", "nan", "--reward-parallel"),
+        ("--parallel-cap", "-1", "--parallel-cap"),
+        ("--reward-format", "nan", "--reward-format"),
+        ("--length-penalty", "-1", "--length-penalty"),
+        ("--length-penalty", "nan", "--length-penalty"),
+        ("--duplicate-penalty", "-0.5", "--duplicate-penalty"),
+        (
+            "--repeated-search-penalty",
+            "-1",
+            "--repeated-search-penalty",
+        ),
+        (
+            "--repeated-search-penalty",
+            "nan",
+            "--repeated-search-penalty",
+        ),
+        ("--weight-decay", "-1", "--weight-decay"),
+        ("--grad-clip", "nan", "--grad-clip"),
+        ("--kl-coef", "-1", "--kl-coef"),
     ] {
         let o = weft()
             .args([
@@ -212,7 +246,39 @@ fn the_held_out_set_and_bad_settings_are_refused() {
             .args([flag, value])
             .output()
             .unwrap();
-        assert_eq!(o.status.code(), Some(1), "{flag} {value}");
+        assert_eq!(o.status.code(), Some(1), "{flag} {value}: {}", stderr(&o));
         assert!(stderr(&o).contains(says), "{flag}: {}", stderr(&o));
+        assert!(
+            !dir.path().join("y.rl").exists(),
+            "{flag} {value} left y.rl"
+        );
     }
+    // Clap's own refusals (exit 2): a CPU budget of no minutes.
+    for value in ["0", "-1", "nan"] {
+        let o = weft()
+            .args(["train", "rl", "--init-from", "models/countdown-apr"])
+            .arg("--problems")
+            .arg(&ps)
+            .arg("--out")
+            .arg(dir.path().join("y"))
+            .args(["--max-cpu-minutes", value])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "--max-cpu-minutes {value}");
+        assert!(stderr(&o).contains("--max-cpu-minutes"), "{}", stderr(&o));
+    }
+    // An --out that is a file is refused before any rollout.
+    let file = dir.path().join("afile");
+    std::fs::write(&file, "x").unwrap();
+    let o = weft()
+        .args(["train", "rl", "--init-from", "models/countdown-apr"])
+        .arg("--problems")
+        .arg(&ps)
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a folder"), "{}", stderr(&o));
+    assert!(!dir.path().join("afile.rl").exists());
 }

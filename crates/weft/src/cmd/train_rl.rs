@@ -38,26 +38,26 @@ pub struct RlArgs {
     #[arg(long, default_value_t = 8)]
     group: usize,
     /// Sampling temperature of rollouts.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Most tokens one thread generates in a rollout.
     #[arg(long, default_value_t = 512)]
     budget: usize,
     /// AdamW learning rate (constant after --warmup).
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true)]
     lr: f64,
     /// Steps of linear learning-rate warm-up.
     #[arg(long, default_value_t = 0)]
     warmup: usize,
     /// AdamW's decoupled weight decay.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     weight_decay: f64,
     /// PPO clip range of the probability ratio.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
     clip_eps: f32,
     /// Weight of a KL penalty to the initial model (0: none; costs one more
     /// forward pass per update).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     kl_coef: f32,
     /// Passes over each step's rollouts.
     #[arg(long, default_value_t = 1)]
@@ -67,7 +67,7 @@ pub struct RlArgs {
     #[arg(long, default_value_t = 1)]
     minibatches: usize,
     /// Global gradient-norm clip (0: none).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     grad_clip: f64,
     /// Tokens per packed training row (a longer thread is cut).
     #[arg(long, default_value_t = 2048)]
@@ -80,30 +80,33 @@ pub struct RlArgs {
     #[arg(long)]
     std_norm: bool,
     /// Reward of a correct answer.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     reward_correct: f32,
     /// ThreadWeaver's parallelism term, for a correct answer: this times
     /// min(eta - 1, --parallel-cap), eta = total tokens / critical path.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     reward_parallel: f32,
     /// The cap on eta - 1 in the parallelism term (ThreadWeaver: 0.2).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
     parallel_cap: f32,
     /// Reward of an answer the verifier can read, right or wrong.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     reward_format: f32,
-    /// Penalty per --budget tokens of critical path.
-    #[arg(long, default_value_t = 0.0)]
+    /// Subtracted from the reward per --budget tokens of critical path.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     length_penalty: f32,
-    /// Penalty times the share of a rollout's children that start from
-    /// the same state as a sibling (repeated sub-searches).
-    #[arg(long, default_value_t = 0.0)]
+    /// Subtracted from the reward: this times the share of a rollout's
+    /// children that start from the same state as a sibling (repeated
+    /// sub-searches; APR only, SoS+ never forks). It weighs every token of
+    /// the rollout alike.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     duplicate_penalty: f32,
-    /// Subtracted from the advantage of each sampled token in a line that
-    /// repeats the search: an exploration reaching numbers already reached
-    /// from its node, or a sub-search called twice for one state
-    /// (token-level credit, unlike --duplicate-penalty).
-    #[arg(long, default_value_t = 0.0)]
+    /// Subtracted from the advantage of just the sampled tokens in lines
+    /// that repeat the search: an exploration reaching numbers already
+    /// reached from its node, or a sub-search called again for a state
+    /// (token-level credit: unlike --duplicate-penalty, the rest of the
+    /// rollout is untouched; APR and SoS+ alike).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     repeated_search_penalty: f32,
     /// Seed of the problem order and the rollouts.
     #[arg(long, default_value_t = 0)]
@@ -112,7 +115,7 @@ pub struct RlArgs {
     /// resumed calls included; the --init-from model's own training is not
     /// counted); the run ends with a checkpoint before a step would pass
     /// it.
-    #[arg(long, value_name = "MIN")]
+    #[arg(long, value_name = "MIN", value_parser = positive_minutes, allow_negative_numbers = true)]
     max_cpu_minutes: Option<f64>,
     /// Checkpoint (and export the model) every this many steps. May change
     /// on resume.
@@ -132,6 +135,17 @@ engine with real forks, sampled at --temperature; the verifier scores them;
 advantages are rewards minus their group's mean; the policy loss is PPO's
 clipped surrogate over every token any thread sampled (prompts and the text
 the engine wrote at joins are masked out).
+
+Progress (a bar, or a line per step without a terminal): mean reward, share
+of correct rollouts (acc), children per rollout, share of children that repeat
+a sibling's state (dup), share of sampled tokens in lines that repeat the
+search (repeat), critical path in tokens, and rollout and update tokens/s.
+OUT.rl/rl_log.jsonl gets the same and more, one JSON line per step:
+step, steps, reward, accuracy, children, duplicate_fraction,
+repeated_token_fraction, critical_path, parallelism (total tokens / critical
+path), rollout_tokens_per_second, update_tokens_per_second, loss, grad_norm
+(before clipping), lr, trained_rollouts (those with a nonzero advantage, or
+with repeated-search tokens), cpu_seconds (the whole run's).
 
 Resuming: rerun the same command. Only --steps, --max-cpu-minutes,
 --checkpoint-every, --threads and --quiet may differ; any other change is
@@ -161,6 +175,30 @@ pub fn run(a: RlArgs) -> anyhow::Result<ExitCode> {
          from `weft data countdown`",
         a.problems.display()
     );
+    // Problems outside what the model was trained on are allowed (a
+    // curriculum may want them), but said.
+    if let Some(task) = &task {
+        let outside: Vec<_> = problems
+            .iter()
+            .filter_map(|p| task.check(p).err().map(|why| (p, why)))
+            .collect();
+        if let Some((first, why)) = outside.first() {
+            eprintln!(
+                "note: {} of {} problems are outside the model's task ({}), e.g. {first}: {why}",
+                outside.len(),
+                problems.len(),
+                task.describe(),
+            );
+        }
+    }
+    if problems.len() < a.problems_per_step {
+        eprintln!(
+            "note: {} holds {} problems, fewer than --problems-per-step {}: each step repeats some",
+            a.problems.display(),
+            problems.len(),
+            a.problems_per_step
+        );
+    }
     let cfg = RlConfig {
         rollout: RolloutConfig {
             mode,
@@ -259,9 +297,23 @@ pub fn run(a: RlArgs) -> anyhow::Result<ExitCode> {
         outcome.cpu_seconds / 60.0,
         started.elapsed().as_secs_f64() / 60.0
     );
-    println!("model: {}", outcome.model_dir.display());
+    if outcome.model_dir.join("model.safetensors").exists() {
+        println!("model: {}", outcome.model_dir.display());
+    } else {
+        eprintln!("no model written: no step ran");
+    }
     Ok(match outcome.status {
         "interrupted" => ExitCode::from(130),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// `--max-cpu-minutes`: a finite number of minutes > 0.
+fn positive_minutes(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v > 0.0 && v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("must be a finite number of minutes > 0, got {s}"))
+    }
 }
