@@ -6,7 +6,7 @@
 #   bash scripts/countdown-rl.sh data          # the models' training problems (seconds)
 #   bash scripts/countdown-rl.sh train apr     # resumable; at most 3 CPU-hours
 #   bash scripts/countdown-rl.sh train sosp    # resumable; the same budget
-#   bash scripts/countdown-rl.sh eval          # before / after, budgets 512, 1024, 2048
+#   bash scripts/countdown-rl.sh eval [apr|sosp]  # before / after (both by default), budgets 512, 1024, 2048
 #   bash scripts/countdown-rl.sh install       # copy the RL models into models/
 #
 # Everything lives under $WEFT_RL (default ~/.cache/weft/rl): each model
@@ -39,7 +39,7 @@ mkdir -p "$RL" "$DATA"
 RL_ARGS=(--steps 1000 --problems-per-step 16 --group 8 --temperature 0.8 --budget 2048
   --lr 2e-5 --kl-coef 0.05 --reward-parallel 0.5 --parallel-cap 0.2 --repeated-search-penalty 0.5
   --checkpoint-every 5 --max-cpu-minutes 180 --seed 0)
-BUDGETS=512,1024,2048
+BUDGETS="${BUDGETS:-512,1024,2048}"
 
 build() { cargo build --release --locked -p weft; }
 
@@ -69,7 +69,7 @@ case "${1:-}" in
     build
     # One problem at a time, one forward-pass thread, the four models two
     # at a time side by side (one core each), as models/MODEL.md measures.
-    for kind in apr sosp; do
+    for kind in ${2:-apr sosp}; do
       proto=apr; [ "$kind" = sosp ] && proto=sequential
       "$WEFT" eval countdown --model "$RL/$kind-base" --protocol "$proto" \
         --problems models/heldout.jsonl --budgets "$BUDGETS" --threads 1 \
@@ -81,7 +81,10 @@ case "${1:-}" in
       b=$!
       wait "$a"; wait "$b"
     done
-    "$WEFT" eval plot --out "$RL/accuracy.svg" "$RL"/eval-{apr,apr-rl,sosp,sosp-rl}.json
+    # The plot once all four models have figures.
+    if [ -f "$RL/eval-apr-rl.json" ] && [ -f "$RL/eval-sosp-rl.json" ]; then
+      "$WEFT" eval plot --out "$RL/accuracy.svg" "$RL"/eval-{apr,apr-rl,sosp,sosp-rl}.json
+    fi
     ;;
   install)
     for kind in apr sosp; do
