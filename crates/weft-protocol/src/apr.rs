@@ -363,24 +363,21 @@ pub fn duplicate_children<'a>(children: impl IntoIterator<Item = (usize, &'a str
 }
 
 /// Byte ranges of `text` (an APR thread's whole context: prompt and
-/// generated text) where the search repeats itself: the operation of an
-/// `Exploring Operation: a-b, ...` line whose resulting numbers, as a
-/// multiset, were already reached from the same node (`Moving to Node
-/// #id`), and the node of a `<Start Sub Search ...> Moving to Node #id` line
-/// (in a `<Calling Sub Searches>` block) whose state this thread has called
-/// before. Every repeated child [`duplicate_children`]
+/// generated text) where the search repeats itself: an `Exploring
+/// Operation: ...` line (with the `Generated Node #...` line after it) whose
+/// resulting numbers, as a multiset, were already reached from the same node
+/// (`Moving to Node #id`), and a `<Start Sub Search ...> Moving to Node #id`
+/// line (in a `<Calling Sub Searches>` block) whose node's state this
+/// thread has called before. Every repeated child [`duplicate_children`]
 /// counts has such a call line in its parent; APR's symbolic search
 /// (`src/data/search.py`) never explores an operation twice at one node.
 ///
-/// Each range is only the text that chose the repeat: `a-b` (up to the
-/// `=`) and `id`. The line's fixed phrase (`Exploring Operation: `, `<Start
-/// Sub Search k at level l> Moving to Node #`) is the choice to explore or
-/// to call at all, which is not the mistake; what follows the operation
-/// (its result, the resulting numbers, the `Generated Node` line) is
-/// arithmetic and copying that the operation fixes. A penalty on these
-/// ranges moves the model to another operation or node. (Marking whole
-/// lines, with `weft train rl --repeated-search-penalty 2`, taught the model
-/// to stop forking and broke its copying within 15 steps.)
+/// Each range starts after the line's fixed phrase (`Exploring Operation: `,
+/// `<Start Sub Search k at level l> Moving to Node #`): the phrase is the
+/// choice to explore or to call at all, which is not the mistake; what
+/// repeats is the operation, or the node, written after it. So a penalty on
+/// these ranges moves the model to another operation or node, not away from
+/// exploring and forking (marking the phrase too taught it to stop forking).
 ///
 /// A join's child results belong to the nodes their own `Moving to Node #`
 /// lines name; text after `<Sub Searches>` before such a line belongs to no
@@ -393,11 +390,15 @@ pub fn repeated_search_spans(text: &str) -> Vec<std::ops::Range<usize>> {
     let mut calling = false;
     let mut node: Option<&str> = None;
     let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    // The repeated exploring line just pushed, to extend over its
+    // `Generated Node` line.
+    let mut extend: Option<usize> = None;
     let mut pos = 0;
     for line in text.split_inclusive('\n') {
-        let start = pos;
-        pos += line.len();
+        let span = pos..pos + line.len();
+        pos = span.end;
         let l = line.trim_end_matches('\n');
+        let follows = extend.take();
         if let Some(id) = l.strip_prefix("Moving to Node #") {
             node = Some(id.trim());
         } else if l.starts_with("<Sub Searches>") {
@@ -409,12 +410,14 @@ pub fn repeated_search_spans(text: &str) -> Vec<std::ops::Range<usize>> {
             if let (Some(at), Some(mut nums)) = (node, nums) {
                 nums.sort_unstable();
                 if !reached.entry(at).or_default().insert(nums) {
-                    let from = start + "Exploring Operation: ".len();
-                    let op = rest.split('=').next().unwrap_or(rest).trim_end();
-                    out.push(from..from + op.len());
+                    out.push(span.start + "Exploring Operation: ".len()..span.end);
+                    extend = Some(out.len() - 1);
                 }
             }
         } else if let Some(rest) = l.strip_prefix("Generated Node #") {
+            if let Some(i) = follows {
+                out[i].end = span.end;
+            }
             // `0,1,1: 63:[62, 1] Operation: 8-7=1`
             if let Some((id, state)) = rest.split_once(": ") {
                 let state = state.split(" Operation: ").next().unwrap_or("");
@@ -434,9 +437,8 @@ pub fn repeated_search_spans(text: &str) -> Vec<std::ops::Range<usize>> {
         {
             if let Some(state) = node_state.get(id.trim()) {
                 if !called.insert(state.clone()) {
-                    // `id` is the tail of `l`, which starts at `start`.
-                    let from = start + l.len() - id.len();
-                    out.push(from..from + id.trim_end().len());
+                    // `id` is the tail of `l`, which starts at `span.start`.
+                    out.push(span.start + (l.len() - id.len())..span.end);
                 }
             }
         }

@@ -90,8 +90,8 @@ fn recorded_samples_are_the_trainers_greedy_choices() {
         );
     }
     // Token-level credit for repeated search: every rollout with a repeated
-    // child has marked tokens, and every marked token is the operation of a
-    // line that explores or the node of one that calls a sub-search.
+    // child has marked tokens, and every marked token is in a line that
+    // explores, records a node or calls a sub-search, after its phrase.
     let mut pieces = std::collections::HashMap::new();
     let mut with_duplicates = 0;
     for r in &responses {
@@ -117,19 +117,27 @@ fn recorded_samples_are_the_trainers_greedy_choices() {
                     .next()
                     .unwrap_or("");
                 assert!(
-                    ["Exploring Operation: ", "<Start Sub Search "]
-                        .iter()
-                        .any(|p| line.starts_with(p)),
+                    [
+                        "Exploring Operation: ",
+                        "Generated Node #",
+                        "<Start Sub Search "
+                    ]
+                    .iter()
+                    .any(|p| line.starts_with(p)),
                     "a marked token in {line:?}"
                 );
-                // Only the operation or node that repeats is marked: numbers
-                // and operators, never the phrase that chose to explore or
-                // call, nor the result that the operation fixes.
+                // The phrase that chooses to explore or to call is never
+                // marked: only the operation or node that repeats.
                 let piece = tok.decode(&seg.tokens[pos..pos + 1]).unwrap();
                 assert!(
-                    piece.bytes().all(|b| b.is_ascii_digit())
-                        || ["+", "-", "*", "/", ","].contains(&piece.as_str()),
-                    "{piece:?} is marked in {line:?}"
+                    ![
+                        "Exploring Operation: ",
+                        "<Start Sub Search ",
+                        " at level ",
+                        "> Moving to Node #"
+                    ]
+                    .contains(&piece.as_str()),
+                    "the phrase {piece:?} is marked in {line:?}"
                 );
             }
         }
@@ -191,5 +199,9 @@ Exploring Operation: 3*7=21, Resulting Numbers: [5, 21]
     let at = repeated_positions(&tok, &mut std::collections::HashMap::new(), &seg);
     assert!(at.windows(2).all(|w| w[1] == w[0] + 1), "{at:?}");
     let ids: Vec<u32> = at.iter().map(|&i| seg.tokens[i]).collect();
-    assert_eq!(tok.decode(&ids).unwrap(), "7+3");
+    assert_eq!(
+        tok.decode(&ids).unwrap(),
+        "7+3=10, Resulting Numbers: [10, 5]\n\
+         Generated Node #0,1: 22:[10, 5] Operation: 7+3=10\n"
+    );
 }
