@@ -49,8 +49,8 @@ pub struct Rollout {
     pub latency_ms: f64,
     /// What every thread sampled, in its contexts.
     pub segments: Vec<SampledSegment>,
-    /// Per segment, the positions (in its `tokens`) of sampled tokens that
-    /// repeat the search ([`repeated_positions`]).
+    /// Per segment, the positions (in its `tokens`) of sampled tokens in a
+    /// line that repeats the search ([`repeated_positions`]).
     pub repeated: Vec<Vec<usize>>,
 }
 
@@ -173,7 +173,7 @@ pub fn roll_out(
 }
 
 /// The positions in `seg.tokens` of the sampled tokens whose text overlaps
-/// a span that repeats the search ([`repeated_search_spans`] of the
+/// a line that repeats the search ([`repeated_search_spans`] of the
 /// segment's whole context). Token texts come from decoding each token
 /// alone, special tokens as nothing (the `<s>` before every prompt would
 /// otherwise hide its first `Moving to Node` line); `pieces` keeps them.

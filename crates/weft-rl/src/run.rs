@@ -162,7 +162,7 @@ pub struct StepReport {
     /// (`weft_protocol::apr::duplicate_children`).
     pub children: f32,
     pub duplicate_fraction: f32,
-    /// The share (0..1) of sampled tokens that repeat the search
+    /// The share (0..1) of sampled tokens in lines that repeat the search
     /// (`weft_protocol::apr::repeated_search_spans`), every thread counted.
     #[serde(default)]
     pub repeated_token_fraction: f32,

@@ -138,7 +138,7 @@ the engine wrote at joins are masked out).
 
 Progress (a bar, or a line per step without a terminal): mean reward, share
 of correct rollouts (acc), children per rollout, share of children that repeat
-a sibling's state (dup), share of sampled tokens that repeat the
+a sibling's state (dup), share of sampled tokens in lines that repeat the
 search (repeat), critical path in tokens, and rollout and update tokens/s.
 OUT.rl/rl_log.jsonl gets the same and more, one JSON line per step:
 step, steps, reward, accuracy, children, duplicate_fraction,
