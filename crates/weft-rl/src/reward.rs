@@ -14,14 +14,12 @@
 //!
 //! One term is not a reward of the whole rollout but of single tokens:
 //! `repeated_search_penalty` is subtracted from the advantage of every
-//! sampled token that repeats the search
-//! (`weft_protocol::apr::repeated_search_spans`: the operation of an
-//! exploration that reaches numbers already reached from its node, and the
-//! node of a sub-search called twice for one state; never the phrase
-//! `Exploring Operation: ` or `<Start Sub Search `, which chooses to explore
-//! or fork at all). Credit goes to the text that made the repeat, not to
-//! the whole rollout, so it is learned from far fewer samples than the
-//! duplicates term; it also applies in groups that all scored alike.
+//! sampled token in a line that repeats the search
+//! (`weft_protocol::apr::repeated_search_spans`: an exploration that reaches
+//! numbers already reached from its node, a sub-search called twice for one
+//! state). Credit goes to the text that made the repeat, not to the whole
+//! rollout, so it is learned from far fewer samples than the duplicates
+//! term; it also applies in groups that all scored alike.
 
 use serde::{Deserialize, Serialize};
 
