@@ -372,13 +372,6 @@ pub fn duplicate_children<'a>(children: impl IntoIterator<Item = (usize, &'a str
 /// counts has such a call line in its parent; APR's symbolic search
 /// (`src/data/search.py`) never explores an operation twice at one node.
 ///
-/// Each range starts after the line's fixed phrase (`Exploring Operation: `,
-/// `<Start Sub Search k at level l> Moving to Node #`): the phrase is the
-/// choice to explore or to call at all, which is not the mistake; what
-/// repeats is the operation, or the node, written after it. So a penalty on
-/// these ranges moves the model to another operation or node, not away from
-/// exploring and forking (marking the phrase too taught it to stop forking).
-///
 /// A join's child results belong to the nodes their own `Moving to Node #`
 /// lines name; text after `<Sub Searches>` before such a line belongs to no
 /// node, and nothing in it counts.
@@ -410,7 +403,7 @@ pub fn repeated_search_spans(text: &str) -> Vec<std::ops::Range<usize>> {
             if let (Some(at), Some(mut nums)) = (node, nums) {
                 nums.sort_unstable();
                 if !reached.entry(at).or_default().insert(nums) {
-                    out.push(span.start + "Exploring Operation: ".len()..span.end);
+                    out.push(span);
                     extend = Some(out.len() - 1);
                 }
             }
@@ -437,8 +430,7 @@ pub fn repeated_search_spans(text: &str) -> Vec<std::ops::Range<usize>> {
         {
             if let Some(state) = node_state.get(id.trim()) {
                 if !called.insert(state.clone()) {
-                    // `id` is the tail of `l`, which starts at `span.start`.
-                    out.push(span.start + (l.len() - id.len())..span.end);
+                    out.push(span);
                 }
             }
         }

@@ -256,16 +256,15 @@ Exploring Operation: 15+9=24, Resulting Numbers: [24, 20, 4]
     assert_eq!(
         spans,
         [
-            // Another operation, the numbers of #0,0 (as a multiset): from
-            // the operation on, not the phrase that chose to explore.
-            "20-9=11, Resulting Numbers: [4, 20, 9]\n\
+            // Another operation, the numbers of #0,0 (as a multiset).
+            "Exploring Operation: 20-9=11, Resulting Numbers: [4, 20, 9]\n\
              Generated Node #0,2: 24:[4, 20, 9] Operation: 20-9=11\n",
-            // #0,2 is the state of #0,0, called already: the node only.
-            "0,2\n",
+            // #0,2 is the state of #0,0, called already.
+            "<Start Sub Search 2 at level 1> Moving to Node #0,2\n",
             // Back at #0 after the join: 9+4=13 again. (The child result's
             // lines, inside <Sub Searches>, belong to its own node #0,1,
             // where nothing repeats.)
-            "9+4=13, Resulting Numbers: [15, 20, 13]\n",
+            "Exploring Operation: 9+4=13, Resulting Numbers: [15, 20, 13]\n",
         ]
     );
 }
