@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Reproduces the two Countdown models (SoS+ sequential and APR parallel):
 # data, training (checkpointed: rerun the same stage to resume), evaluation
-# on held-out problems, plots, and installing the models into models/.
+# on held-out problems, plots, and installing the models into
+# models/countdown-{apr,sosp}-sft. scripts/countdown-rl.sh then trains them
+# further with RL into models/countdown-{apr,sosp}, the shipped ones.
 #
 #   bash scripts/countdown-models.sh data          # ~1 min
 #   bash scripts/countdown-models.sh train sosp    # resumable; at most 3 CPU-hours
 #   bash scripts/countdown-models.sh train apr     # resumable; under 3 CPU-hours
 #   bash scripts/countdown-models.sh eval          # 500 held-out problems, both models
-#   bash scripts/countdown-models.sh install       # copy into models/countdown-{apr,sosp}
+#   bash scripts/countdown-models.sh install       # copy into models/countdown-{apr,sosp}-sft
 #
 # Everything lives under $WEFT_RUNS (default ~/.cache/weft/runs3, or runs4
 # with NUMBERS=digits): each model folder (KIND, KIND-cont) beside its
@@ -120,7 +122,7 @@ PY
     ;;
   install)
     for kind in sosp apr; do
-      dest="models/countdown-$kind"
+      dest="models/countdown-$kind-sft"
       mkdir -p "$dest"
       cp "$RUNS/$kind-cont"/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,task.json} "$dest/"
       # Written by weft train since issue 19 (the run's record, generation
@@ -131,7 +133,7 @@ PY
     done
     ;;
   *)
-    sed -n '2,16p' "$0"
+    sed -n '2,18p' "$0"
     exit 2
     ;;
 esac

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# RL (GRPO, `weft train rl`) of the two shipped Countdown models on their
-# own rollouts, with the same compute for both; evaluation before and after
-# on the 500 held-out problems; installing the RL models into models/.
+# RL (GRPO, `weft train rl`) of the two supervised Countdown models
+# (models/countdown-{apr,sosp}-sft, which scripts/countdown-models.sh
+# trains) on their own rollouts, with the same compute for both; evaluation
+# before and after on the 500 held-out problems; installing the RL models
+# as models/countdown-{apr,sosp}, the ones `weft demo` and `weft solve` run.
 #
 #   bash scripts/countdown-rl.sh data          # the models' training problems (seconds)
 #   bash scripts/countdown-rl.sh train apr     # resumable; at most 3 CPU-hours
 #   bash scripts/countdown-rl.sh train sosp    # resumable; the same budget
 #   bash scripts/countdown-rl.sh eval [apr|sosp]  # before / after (both by default), budgets 512, 1024, 2048
-#   bash scripts/countdown-rl.sh install       # copy the RL models into models/
+#   bash scripts/countdown-rl.sh install [apr|sosp]  # copy the RL models into models/
 #
 # Everything lives under $WEFT_RL (default ~/.cache/weft/rl): each model
 # folder (KIND-rl) beside its training folder (KIND-rl.rl: checkpoint,
@@ -57,11 +59,9 @@ case "${1:-}" in
     kind="${2:?train apr|sosp}"
     build
     # A copy of the binary per run, so rebuilding weft does not touch a
-    # running job; a copy of the starting model, which `eval` compares
-    # against (`install` replaces the one in models/).
+    # running job.
     cp "$WEFT" "$RL/weft-bin-$kind"
-    [ -d "$RL/$kind-base" ] || cp -r "models/countdown-$kind" "$RL/$kind-base"
-    "$RL/weft-bin-$kind" train rl --init-from "models/countdown-$kind" \
+    "$RL/weft-bin-$kind" train rl --init-from "models/countdown-$kind-sft" \
       --problems "$DATA/rl-$kind/train_problems.jsonl" --out "$RL/$kind-rl" \
       --threads "${THREADS:-1}" "${RL_ARGS[@]}" ${QUIET:+--quiet}
     ;;
@@ -71,7 +71,7 @@ case "${1:-}" in
     # at a time side by side (one core each), as models/MODEL.md measures.
     for kind in ${2:-apr sosp}; do
       proto=apr; [ "$kind" = sosp ] && proto=sequential
-      "$WEFT" eval countdown --model "$RL/$kind-base" --protocol "$proto" \
+      "$WEFT" eval countdown --model "models/countdown-$kind-sft" --protocol "$proto" \
         --problems models/heldout.jsonl --budgets "$BUDGETS" --threads 1 \
         --label "$kind" --json "$RL/eval-$kind.json" &
       a=$!
@@ -87,13 +87,16 @@ case "${1:-}" in
     fi
     ;;
   install)
-    for kind in apr sosp; do
+    # The RL model of each kind that has one (KIND as a second argument:
+    # that one only).
+    for kind in ${2:-apr sosp}; do
+      [ -f "$RL/$kind-rl/weft_rl.json" ] || { echo "no RL model at $RL/$kind-rl" >&2; exit 1; }
       cp "$RL/$kind-rl"/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,task.json,weft_rl.json} \
         "models/countdown-$kind/"
     done
     ;;
   *)
-    sed -n '2,17p' "$0"
+    sed -n '2,18p' "$0"
     exit 2
     ;;
 esac
