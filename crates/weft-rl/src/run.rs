@@ -901,6 +901,7 @@ mod tests {
                 grad_clip: 1.0,
                 seq_len: 256,
                 micro_rows: 4,
+                freeze_embeddings: false,
                 temperature: 1.0,
             },
             std_norm: false,

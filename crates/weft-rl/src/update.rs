@@ -88,6 +88,14 @@ pub struct UpdateConfig {
     pub seq_len: usize,
     /// Rows per forward pass (gradients accumulate across them).
     pub micro_rows: usize,
+    /// Keep the token embeddings ([`EMBEDDINGS`]) as they are: their
+    /// gradients are dropped before the norm and the AdamW step. With tied
+    /// embeddings the output head is the input embedding, so a signal that
+    /// pushes some number tokens down everywhere they are sampled also
+    /// moves how every context reads those numbers; frozen, only the
+    /// layers, which see the context, can learn it.
+    #[serde(default)]
+    pub freeze_embeddings: bool,
     /// The rollouts' sampling temperature: the loss's log-probabilities are
     /// of the distribution the tokens were drawn from (set from the
     /// rollout settings; not a setting of its own).
@@ -98,6 +106,11 @@ pub struct UpdateConfig {
 fn one() -> f32 {
     1.0
 }
+
+/// The parameters [`UpdateConfig::freeze_embeddings`] keeps: the token
+/// embedding and, in an untied model, the output head (Hugging Face Llama
+/// names).
+pub const EMBEDDINGS: [&str; 2] = ["model.embed_tokens.weight", "lm_head.weight"];
 
 /// What an update did.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -291,6 +304,13 @@ pub fn update(
                 loss_sum += value;
                 accumulate(&mut acc, params, loss.backward()?)?;
             }
+            if cfg.freeze_embeddings {
+                for name in EMBEDDINGS {
+                    if let Some(v) = params.vars.get(name) {
+                        acc.remove(v.as_tensor());
+                    }
+                }
+            }
             let norm = AdamW::grad_norm(&params.vars, &acc)?;
             let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
                 cfg.grad_clip / norm
@@ -354,6 +374,83 @@ mod tests {
         let q = Sequence::of_segment_with(&s, 0.0, &[4], 1.0).unwrap();
         assert_eq!(q.advantage[3], Some(-1.0));
         assert_eq!(q.advantage[2], Some(0.0));
+    }
+
+    /// `freeze_embeddings` leaves the embedding bit for bit, and only it:
+    /// the same update without the flag changes it, and the layers change
+    /// either way.
+    #[test]
+    fn frozen_embeddings_do_not_move() {
+        let shape = weft_train::ModelShape {
+            vocab_size: 16,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: None,
+            max_position_embeddings: 32,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: true,
+        };
+        let seqs = [Sequence {
+            tokens: vec![1, 5, 6, 7, 8],
+            advantage: vec![None, Some(-1.0), Some(1.0), Some(-2.0)],
+        }];
+        let run = |freeze_embeddings: bool| {
+            let dev = candle_core::Device::Cpu;
+            let params = LlamaParams::init(&shape, 3, &dev).unwrap();
+            let before: Vec<(String, Vec<f32>)> = params
+                .vars
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.clone(),
+                        v.as_tensor().flatten_all().unwrap().to_vec1().unwrap(),
+                    )
+                })
+                .collect();
+            let mut opt = AdamW::new(&params.vars, 0.9, 0.95, 1e-8, 0.1).unwrap();
+            let cfg = UpdateConfig {
+                lr: 1e-2,
+                clip_eps: 0.2,
+                kl_coef: 0.0,
+                epochs: 1,
+                minibatches: 1,
+                grad_clip: 1.0,
+                seq_len: 16,
+                micro_rows: 1,
+                freeze_embeddings,
+                temperature: 1.0,
+            };
+            let stats = update(&params, &mut opt, None, &seqs, &cfg, 0).unwrap();
+            assert_eq!(stats.optimizer_steps, 1);
+            before
+                .into_iter()
+                .map(|(n, b)| {
+                    let after: Vec<f32> = params.vars[&n]
+                        .as_tensor()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    (n, b != after)
+                })
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let frozen = run(true);
+        let free = run(false);
+        assert!(!frozen["model.embed_tokens.weight"]);
+        assert!(free["model.embed_tokens.weight"]);
+        let layers = |m: &std::collections::BTreeMap<String, bool>| {
+            let proj: Vec<bool> = m
+                .iter()
+                .filter(|(n, _)| n.contains("layers.") && n.ends_with("proj.weight"))
+                .map(|(_, &moved)| moved)
+                .collect();
+            proj.len() == 7 && proj.iter().all(|&moved| moved)
+        };
+        assert!(layers(&frozen) && layers(&free), "{frozen:?}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn config(steps: usize, reward: RewardConfig, per_step: usize, group: usize) -> 
             grad_clip: 1.0,
             seq_len: 2048,
             micro_rows: 4,
+            freeze_embeddings: false,
             temperature: 1.0,
         },
         std_norm: false,

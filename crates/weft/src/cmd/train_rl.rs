@@ -75,6 +75,11 @@ pub struct RlArgs {
     /// Rows per forward pass (gradients accumulate across them).
     #[arg(long, default_value_t = 4)]
     micro_rows: usize,
+    /// Keep the token embeddings (and an untied output head) fixed; only
+    /// the layers learn. With tied embeddings a penalty on some tokens
+    /// otherwise also changes how every context reads them.
+    #[arg(long)]
+    freeze_embeddings: bool,
     /// Divide advantages by their group's standard deviation (off: the
     /// group mean only, as ThreadWeaver's P-GRPO).
     #[arg(long)]
@@ -225,6 +230,7 @@ pub fn run(a: RlArgs) -> anyhow::Result<ExitCode> {
             grad_clip: a.grad_clip,
             seq_len: a.seq_len,
             micro_rows: a.micro_rows,
+            freeze_embeddings: a.freeze_embeddings,
             temperature: a.temperature,
         },
         std_norm: a.std_norm,
