@@ -376,15 +376,55 @@ pub fn duplicate_children<'a>(children: impl IntoIterator<Item = (usize, &'a str
 /// lines name; text after `<Sub Searches>` before such a line belongs to no
 /// node, and nothing in it counts.
 pub fn repeated_search_spans(text: &str) -> Vec<std::ops::Range<usize>> {
+    search_lines(text)
+        .into_iter()
+        .filter(|l| l.repeated)
+        .map(|l| l.span)
+        .collect()
+}
+
+/// One search step of an APR thread, as [`search_lines`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchLine {
+    /// Byte range in the text: an `Exploring Operation: ...` line (with the
+    /// `Generated Node #...` line right after it, if any), or one
+    /// `<Start Sub Search ...> Moving to Node #id` line.
+    pub span: std::ops::Range<usize>,
+    /// The part of `span` the line chooses; the rest follows from it or
+    /// is the same in every line of its kind: the operation of an
+    /// exploration (`24-15=9` in `Exploring Operation: 24-15=9, Resulting
+    /// Numbers: ...`), the node of a call (`0,2` in `... Moving to Node
+    /// #0,2`).
+    pub choice: std::ops::Range<usize>,
+    /// The choice it is one of: lines with the same `group` are the
+    /// alternatives taken at one node (its exploration lines, whenever the
+    /// thread is at it) or in one `<Calling Sub Searches>` block (its call
+    /// lines). Numbered from 0 in order of first appearance.
+    pub group: usize,
+    /// It repeats the search (see [`repeated_search_spans`]).
+    pub repeated: bool,
+}
+
+/// Every search step of an APR thread's context: each exploration line at a
+/// known node and each sub-search call line of a node whose state was
+/// generated in the text, in order, grouped by the choice they belong to
+/// and marked where they repeat the search ([`repeated_search_spans`] is
+/// the marked ones). Lines the rules of [`repeated_search_spans`] skip
+/// (outside any node, unreadable numbers, calls of unknown nodes) are not
+/// here.
+pub fn search_lines(text: &str) -> Vec<SearchLine> {
     use std::collections::{HashMap, HashSet};
     let mut reached: HashMap<&str, HashSet<Vec<u64>>> = HashMap::new();
     let mut node_state: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut node_group: HashMap<&str, usize> = HashMap::new();
     let mut called: HashSet<Vec<u64>> = HashSet::new();
-    let mut calling = false;
+    let mut groups = 0;
+    // The group of the `<Calling Sub Searches>` block the thread is in.
+    let mut calling: Option<usize> = None;
     let mut node: Option<&str> = None;
-    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
-    // The repeated exploring line just pushed, to extend over its
-    // `Generated Node` line.
+    let mut out: Vec<SearchLine> = Vec::new();
+    // The exploring line just pushed, to extend over its `Generated Node`
+    // line.
     let mut extend: Option<usize> = None;
     let mut pos = 0;
     for line in text.split_inclusive('\n') {
@@ -397,19 +437,28 @@ pub fn repeated_search_spans(text: &str) -> Vec<std::ops::Range<usize>> {
         } else if l.starts_with("<Sub Searches>") {
             node = None;
         } else if let Some(rest) = l.strip_prefix("Exploring Operation: ") {
-            let nums = rest
-                .split_once(", Resulting Numbers: ")
-                .and_then(|(_, n)| parse_nums(n.trim()));
-            if let (Some(at), Some(mut nums)) = (node, nums) {
+            let split = rest.split_once(", Resulting Numbers: ");
+            let nums = split.and_then(|(_, n)| parse_nums(n.trim()));
+            if let (Some(at), Some(mut nums), Some((op, _))) = (node, nums, split) {
                 nums.sort_unstable();
-                if !reached.entry(at).or_default().insert(nums) {
-                    out.push(span);
-                    extend = Some(out.len() - 1);
-                }
+                let from = span.start + "Exploring Operation: ".len();
+                let choice = from..from + op.len();
+                let group = *node_group.entry(at).or_insert_with(|| {
+                    groups += 1;
+                    groups - 1
+                });
+                let repeated = !reached.entry(at).or_default().insert(nums);
+                out.push(SearchLine {
+                    span,
+                    choice,
+                    group,
+                    repeated,
+                });
+                extend = Some(out.len() - 1);
             }
         } else if let Some(rest) = l.strip_prefix("Generated Node #") {
             if let Some(i) = follows {
-                out[i].end = span.end;
+                out[i].span.end = span.end;
             }
             // `0,1,1: 63:[62, 1] Operation: 8-7=1`
             if let Some((id, state)) = rest.split_once(": ") {
@@ -420,22 +469,58 @@ pub fn repeated_search_spans(text: &str) -> Vec<std::ops::Range<usize>> {
                 }
             }
         } else if l.starts_with("<Calling Sub Searches>") {
-            calling = true;
+            calling = Some(groups);
+            groups += 1;
         } else if l.starts_with("<End Calling Sub Searches>") {
-            calling = false;
-        } else if let Some((_, id)) = l
-            .strip_prefix("<Start Sub Search ")
-            .and_then(|r| r.split_once("> Moving to Node #"))
-            .filter(|_| calling)
-        {
+            calling = None;
+        } else if let Some((group, (_, id))) = calling.zip(
+            l.strip_prefix("<Start Sub Search ")
+                .and_then(|r| r.split_once("> Moving to Node #")),
+        ) {
             if let Some(state) = node_state.get(id.trim()) {
-                if !called.insert(state.clone()) {
-                    out.push(span);
-                }
+                let repeated = !called.insert(state.clone());
+                let from = span.start + l.len() - id.len();
+                out.push(SearchLine {
+                    choice: from..from + id.trim_end().len(),
+                    span,
+                    group,
+                    repeated,
+                });
             }
         }
     }
     out
+}
+
+/// Zero-sum weights of [`search_lines`]: -1 for a line that repeats the
+/// search, and `d / (k - d)` for each of the `k - d` other lines of a group
+/// of `k` in which `d` repeat, so that every group's weights add up to 0
+/// (a group with no repeat gets 0 everywhere; one that is all repeats, -1
+/// everywhere). Multiplied by a penalty and added to the advantage of a
+/// line's tokens, it moves probability from the repeated choice to its
+/// alternatives without changing how much the thread explores or forks:
+/// the tokens every alternative shares (`Exploring Operation:`, `<Start Sub
+/// Search`) gain about as much as they lose.
+pub fn zero_sum_weights(lines: &[SearchLine]) -> Vec<f32> {
+    let groups = lines.iter().map(|l| l.group + 1).max().unwrap_or(0);
+    let (mut k, mut d) = (vec![0usize; groups], vec![0usize; groups]);
+    for l in lines {
+        k[l.group] += 1;
+        d[l.group] += l.repeated as usize;
+    }
+    lines
+        .iter()
+        .map(|l| {
+            let (k, d) = (k[l.group], d[l.group]);
+            if l.repeated {
+                -1.0
+            } else if d == 0 {
+                0.0
+            } else {
+                d as f32 / (k - d) as f32
+            }
+        })
+        .collect()
 }
 
 /// `63:[62, 7, 8]` -> (63, [62, 7, 8]).

@@ -19,7 +19,11 @@
 //! numbers already reached from its node, a sub-search called twice for one
 //! state). Credit goes to the text that made the repeat, not to the whole
 //! rollout, so it is learned from far fewer samples than the duplicates
-//! term; it also applies in groups that all scored alike.
+//! term; it also applies in groups that all scored alike. With
+//! `repeated_search_zero_sum` the lines of the same choice that do not
+//! repeat (the other explorations at that node, the other calls of that
+//! block) gain what the repeated ones lose, so the term only moves
+//! probability between alternatives.
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +44,16 @@ pub struct RewardConfig {
     /// the search (see the module doc); 0 turns it off.
     #[serde(default)]
     pub repeated_search_penalty: f32,
+    /// The other lines of each choice with a repeat gain what its repeated
+    /// lines lose (`weft_protocol::apr::zero_sum_weights`), so the
+    /// token-level term adds up to 0 over every choice.
+    #[serde(default)]
+    pub repeated_search_zero_sum: bool,
+    /// The token-level term lands only on the tokens that make a line's
+    /// choice (`weft_protocol::apr::SearchLine::choice`: the operation, the
+    /// node called), not on the text every line of its kind shares.
+    #[serde(default)]
+    pub repeated_search_choice_only: bool,
 }
 
 impl Default for RewardConfig {
@@ -54,6 +68,8 @@ impl Default for RewardConfig {
             length_scale: 512,
             duplicate_penalty: 0.0,
             repeated_search_penalty: 0.0,
+            repeated_search_zero_sum: false,
+            repeated_search_choice_only: false,
         }
     }
 }

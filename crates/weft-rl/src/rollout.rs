@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use weft_engine::{Engine, EngineConfig, EngineError, RequestSpec, SampledSegment, Sampling};
 use weft_model::{Model, Tokenizer};
 use weft_protocol::apr::{
-    duplicate_children, repeated_search_spans, root_prompt, sosp_prompt, Apr,
+    duplicate_children, root_prompt, search_lines, sosp_prompt, zero_sum_weights, Apr, SearchLine,
 };
 use weft_tasks::{verify_with, Problem, Rules};
 
@@ -52,6 +52,9 @@ pub struct Rollout {
     /// Per segment, the positions (in its `tokens`) of sampled tokens in a
     /// line that repeats the search ([`repeated_positions`]).
     pub repeated: Vec<Vec<usize>>,
+    /// Per segment, the sampled tokens in search lines of a choice where
+    /// something repeats ([`search_line_weights`]).
+    pub search_weights: Vec<Vec<TokenWeight>>,
 }
 
 /// The root prompt of `p`, as the training data starts it.
@@ -148,10 +151,11 @@ pub fn roll_out(
         let duplicates = duplicate_children(child_prompts.iter().map(|(p, s)| (*p, s.as_str())));
         let children = r.threads.len().saturating_sub(1);
         let segments: Vec<SampledSegment> = r.threads.into_iter().flat_map(|t| t.sampled).collect();
-        let repeated = segments
+        let search_weights: Vec<Vec<TokenWeight>> = segments
             .iter()
-            .map(|s| repeated_positions(tok, &mut pieces, s))
+            .map(|s| search_line_weights(tok, &mut pieces, s))
             .collect();
+        let repeated = search_weights.iter().map(|w| negative(w)).collect();
         out.push(Rollout {
             problem: i,
             score: RolloutScore {
@@ -167,23 +171,60 @@ pub fn roll_out(
             latency_ms: r.stats.wall_ms,
             segments,
             repeated,
+            search_weights,
         });
     }
     Ok(out)
 }
 
 /// The positions in `seg.tokens` of the sampled tokens whose text overlaps
-/// a line that repeats the search ([`repeated_search_spans`] of the
-/// segment's whole context). Token texts come from decoding each token
-/// alone, special tokens as nothing (the `<s>` before every prompt would
-/// otherwise hide its first `Moving to Node` line); `pieces` keeps them.
-/// Where they do not add up to the decoded context (a tokenizer whose
-/// pieces depend on their neighbours) nothing is marked.
+/// a line that repeats the search ([`weft_protocol::apr::repeated_search_spans`] of the
+/// segment's whole context): the negative ones of [`search_line_weights`].
 pub fn repeated_positions(
     tok: &Tokenizer,
     pieces: &mut HashMap<u32, String>,
     seg: &SampledSegment,
 ) -> Vec<usize> {
+    negative(&search_line_weights(tok, pieces, seg))
+}
+
+fn negative(weights: &[TokenWeight]) -> Vec<usize> {
+    weights
+        .iter()
+        .filter(|w| w.weight < 0.0)
+        .map(|w| w.pos)
+        .collect()
+}
+
+/// A sampled token's share of the token-level search term.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenWeight {
+    /// Its position in the segment's `tokens`.
+    pub pos: usize,
+    /// The zero-sum weight of its line ([`zero_sum_weights`]): -1 where
+    /// the line repeats the search, `d / (k - d)` in the other lines of
+    /// its choice.
+    pub weight: f32,
+    /// It overlaps the part of its line that makes the choice
+    /// ([`SearchLine::choice`]).
+    pub choice: bool,
+}
+
+/// Each sampled token whose text overlaps a search line with a nonzero
+/// zero-sum weight
+/// ([`search_lines`] and [`zero_sum_weights`] of the segment's whole
+/// context: -1 where the line repeats the search, `d / (k - d)` in the
+/// other lines of its choice). A token over two lines takes the lower
+/// weight. Token texts come from decoding each token alone, special
+/// tokens as nothing (the `<s>` before every prompt would otherwise hide
+/// its first `Moving to Node` line); `pieces` keeps them. Where they do
+/// not add up to the decoded context (a tokenizer whose pieces depend on
+/// their neighbours) nothing is weighted.
+pub fn search_line_weights(
+    tok: &Tokenizer,
+    pieces: &mut HashMap<u32, String>,
+    seg: &SampledSegment,
+) -> Vec<TokenWeight> {
     let decode = |ids: &[u32]| tok.inner().decode(ids, true).ok();
     let mut text = String::new();
     let mut start = Vec::with_capacity(seg.tokens.len() + 1);
@@ -195,18 +236,30 @@ pub fn repeated_positions(
         text.push_str(piece);
     }
     start.push(text.len());
-    let spans = repeated_search_spans(&text);
-    if spans.is_empty() || decode(&seg.tokens).as_deref() != Some(text.as_str()) {
+    let lines = search_lines(&text);
+    let weights = zero_sum_weights(&lines);
+    let weighted: Vec<(&SearchLine, f32)> = lines
+        .iter()
+        .zip(weights)
+        .filter(|(_, w)| *w != 0.0)
+        .collect();
+    if weighted.is_empty() || decode(&seg.tokens).as_deref() != Some(text.as_str()) {
         return Vec::new();
     }
     seg.sampled
         .iter()
         .filter_map(|&(pos, _)| {
             let (a, b) = (*start.get(pos)?, *start.get(pos + 1)?);
-            spans
+            let over = |r: &std::ops::Range<usize>| a < r.end && b > r.start;
+            let (line, weight) = weighted
                 .iter()
-                .any(|r| a < r.end && b > r.start)
-                .then_some(pos)
+                .filter(|(l, _)| over(&l.span))
+                .min_by(|x, y| x.1.total_cmp(&y.1))?;
+            Some(TokenWeight {
+                pos,
+                weight: *weight,
+                choice: over(&line.choice),
+            })
         })
         .collect()
 }

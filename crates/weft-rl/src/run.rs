@@ -726,18 +726,33 @@ pub fn run(
         let mut seqs = Vec::new();
         let mut trained = 0;
         let penalty = cfg.reward.repeated_search_penalty;
+        let zero_sum = cfg.reward.repeated_search_zero_sum;
+        let choice_only = cfg.reward.repeated_search_choice_only;
         for (r, &a) in rollouts.iter().zip(&adv) {
+            // Token-level credit: -penalty on the lines that repeat the
+            // search, and with zero_sum the rest of their choice's share.
+            let offsets: Vec<Vec<(usize, f32)>> = r
+                .search_weights
+                .iter()
+                .map(|ws| {
+                    ws.iter()
+                        .filter(|w| (zero_sum || w.weight < 0.0) && (w.choice || !choice_only))
+                        .map(|w| (w.pos, penalty * w.weight))
+                        .filter(|(_, o)| *o != 0.0)
+                        .collect()
+                })
+                .collect();
             // A rollout whose group scored alike still teaches its
-            // token-level term, in the segments that repeat the search.
-            if a == 0.0 && (penalty == 0.0 || r.repeated.iter().all(Vec::is_empty)) {
+            // token-level term.
+            if a == 0.0 && offsets.iter().all(Vec::is_empty) {
                 continue;
             }
             trained += 1;
-            for (s, rep) in r.segments.iter().zip(&r.repeated) {
-                if a == 0.0 && rep.is_empty() {
+            for (s, off) in r.segments.iter().zip(&offsets) {
+                if a == 0.0 && off.is_empty() {
                     continue;
                 }
-                seqs.extend(Sequence::of_segment_with(s, a, rep, penalty));
+                seqs.extend(Sequence::of_segment_with(s, a, off));
             }
         }
         let lr = cfg.lr(st.step);

@@ -29,17 +29,17 @@ impl Sequence {
     /// no longer at its position (a token the engine took back) is left
     /// out. `None` when nothing sampled remains.
     pub fn of_segment(seg: &SampledSegment, advantage: f32) -> Option<Sequence> {
-        Self::of_segment_with(seg, advantage, &[], 0.0)
+        Self::of_segment_with(seg, advantage, &[])
     }
 
-    /// As [`Sequence::of_segment`], with `advantage - penalty` at the
-    /// sampled positions `penalized` (token-level credit: the tokens that
-    /// repeat the search).
+    /// As [`Sequence::of_segment`], with `advantage + offset` at each
+    /// sampled position of `offsets` (`(position in seg.tokens, offset)`:
+    /// token-level credit, such as a penalty on the tokens that repeat the
+    /// search). Offsets at positions that were not sampled are ignored.
     pub fn of_segment_with(
         seg: &SampledSegment,
         advantage: f32,
-        penalized: &[usize],
-        penalty: f32,
+        offsets: &[(usize, f32)],
     ) -> Option<Sequence> {
         let last = seg.sampled.iter().map(|s| s.0).max()?;
         let mut tokens = seg.tokens[..(last + 1).min(seg.tokens.len())].to_vec();
@@ -52,9 +52,9 @@ impl Sequence {
                 adv[pos - 1] = Some(advantage);
             }
         }
-        for &pos in penalized {
+        for &(pos, offset) in offsets {
             if let Some(Some(a)) = pos.checked_sub(1).and_then(|i| adv.get_mut(i)) {
-                *a -= penalty;
+                *a += offset;
             }
         }
         adv.iter().any(Option::is_some).then_some(Sequence {
@@ -367,11 +367,15 @@ mod tests {
             &[(3, 7), (4, 8), (7, 11), (8, 2)],
         );
         // 4 and 7 are sampled; 5 is engine text, 0 the prompt, 20 nowhere.
-        let q = Sequence::of_segment_with(&s, 0.5, &[0, 4, 5, 7, 20], 0.25).unwrap();
+        let at = |pos: &[usize], off: f32| pos.iter().map(|&p| (p, off)).collect::<Vec<_>>();
+        let q = Sequence::of_segment_with(&s, 0.5, &at(&[0, 4, 5, 7, 20], -0.25)).unwrap();
         let (a, p) = (Some(0.5), Some(0.25));
         assert_eq!(q.advantage, vec![None, None, a, p, None, None, p, a]);
+        // A bonus adds.
+        let q = Sequence::of_segment_with(&s, 0.5, &at(&[4], 0.5)).unwrap();
+        assert_eq!(q.advantage[3], Some(1.0));
         // With advantage 0 the penalty alone is the signal.
-        let q = Sequence::of_segment_with(&s, 0.0, &[4], 1.0).unwrap();
+        let q = Sequence::of_segment_with(&s, 0.0, &at(&[4], -1.0)).unwrap();
         assert_eq!(q.advantage[3], Some(-1.0));
         assert_eq!(q.advantage[2], Some(0.0));
     }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use weft_engine::{Engine, RequestSpec};
 use weft_model::{LoadOptions, Model, Tokenizer};
-use weft_rl::rollout::{engine_config, prompt, protocol, repeated_positions};
+use weft_rl::rollout::{engine_config, prompt, protocol, repeated_positions, search_line_weights};
 use weft_rl::{Mode, Sequence};
 use weft_train::model::Batch;
 
@@ -191,4 +191,30 @@ Exploring Operation: 3*7=21, Resulting Numbers: [5, 21]
         "Exploring Operation: 7+3=10, Resulting Numbers: [10, 5]\n\
          Generated Node #0,1: 22:[10, 5] Operation: 7+3=10\n"
     );
+    // Zero-sum weights: the three lines at #0 hold one repeat, so the two
+    // others get +1/2 and the repeat -1, token for token.
+    let weights = search_line_weights(&tok, &mut std::collections::HashMap::new(), &seg);
+    let text_of = |w: f32| {
+        let ids: Vec<u32> = weights
+            .iter()
+            .filter(|x| x.weight == w)
+            .map(|x| seg.tokens[x.pos])
+            .collect();
+        tok.decode(&ids).unwrap()
+    };
+    assert_eq!(text_of(-1.0), tok.decode(&ids).unwrap());
+    assert_eq!(
+        text_of(0.5),
+        "Exploring Operation: 3+7=10, Resulting Numbers: [5, 10]\n\
+         Generated Node #0,0: 22:[5, 10] Operation: 3+7=10\n\
+         Exploring Operation: 3*7=21, Resulting Numbers: [5, 21]\n"
+    );
+    assert!(weights.iter().all(|x| [-1.0, 0.5].contains(&x.weight)));
+    // The choice: each line's operation, and nothing else.
+    let ids: Vec<u32> = weights
+        .iter()
+        .filter(|x| x.choice)
+        .map(|x| seg.tokens[x.pos])
+        .collect();
+    assert_eq!(tok.decode(&ids).unwrap(), "3+7=107+3=103*7=21");
 }

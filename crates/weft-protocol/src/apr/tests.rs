@@ -218,14 +218,9 @@ fn duplicate_children_are_siblings_from_one_state() {
     );
 }
 
-/// The reference trace's first fork never repeats itself; the same root
-/// with one exploration repeated (another operation, the same numbers),
-/// one repeated verbatim at a node revisited later, and a sub-search
-/// called twice for one state, gives exactly those lines.
-#[test]
-fn repeated_search_spans_are_the_lines_that_repeat_a_state() {
-    assert!(repeated_search_spans(PARENT_FORK).is_empty());
-    let text = "Moving to Node #0
+/// A root that explores the numbers of #0,0 again (as #0,2), calls both,
+/// and after the join explores 9+4=13 again at #0.
+const REPEATING: &str = "Moving to Node #0
 Current State: 24:[15, 9, 20, 4], Operations: []
 Exploring Operation: 24-15=9, Resulting Numbers: [9, 20, 4]
 Generated Node #0,0: 24:[9, 20, 4] Operation: 15-9=6
@@ -249,6 +244,15 @@ Current State: 24:[15, 9, 20, 4], Operations: []
 Exploring Operation: 9+4=13, Resulting Numbers: [15, 20, 13]
 Exploring Operation: 15+9=24, Resulting Numbers: [24, 20, 4]
 ";
+
+/// The reference trace's first fork never repeats itself; the same root
+/// with one exploration repeated (another operation, the same numbers),
+/// one repeated verbatim at a node revisited later, and a sub-search
+/// called twice for one state, gives exactly those lines.
+#[test]
+fn repeated_search_spans_are_the_lines_that_repeat_a_state() {
+    assert!(repeated_search_spans(PARENT_FORK).is_empty());
+    let text = REPEATING;
     let spans: Vec<&str> = repeated_search_spans(text)
         .into_iter()
         .map(|r| &text[r])
@@ -267,4 +271,148 @@ Exploring Operation: 15+9=24, Resulting Numbers: [24, 20, 4]
             "Exploring Operation: 9+4=13, Resulting Numbers: [15, 20, 13]\n",
         ]
     );
+}
+
+/// Every exploration and call line is a [`SearchLine`], grouped by its node
+/// or calling block, and the zero-sum weights of each group add up to 0.
+#[test]
+fn search_lines_group_the_alternatives_and_weights_sum_to_zero() {
+    let text = REPEATING;
+    let lines = search_lines(text);
+    let got: Vec<(&str, usize, bool)> = lines
+        .iter()
+        .map(|l| {
+            (
+                text[l.span.clone()].split('\n').next().unwrap(),
+                l.group,
+                l.repeated,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "Exploring Operation: 24-15=9, Resulting Numbers: [9, 20, 4]",
+                0,
+                false
+            ),
+            (
+                "Exploring Operation: 9+4=13, Resulting Numbers: [15, 20, 13]",
+                0,
+                false
+            ),
+            (
+                "Exploring Operation: 20-9=11, Resulting Numbers: [4, 20, 9]",
+                0,
+                true
+            ),
+            (
+                "<Start Sub Search 0 at level 1> Moving to Node #0,0",
+                1,
+                false
+            ),
+            (
+                "<Start Sub Search 1 at level 1> Moving to Node #0,1",
+                1,
+                false
+            ),
+            (
+                "<Start Sub Search 2 at level 1> Moving to Node #0,2",
+                1,
+                true
+            ),
+            // Node #0,1 (the child's result inside the join): its own group.
+            (
+                "Exploring Operation: 9+4=13, Resulting Numbers: [15, 20, 13]",
+                2,
+                false
+            ),
+            // Back at #0: the group of its first visit.
+            (
+                "Exploring Operation: 9+4=13, Resulting Numbers: [15, 20, 13]",
+                0,
+                true
+            ),
+            (
+                "Exploring Operation: 15+9=24, Resulting Numbers: [24, 20, 4]",
+                0,
+                false
+            ),
+        ]
+    );
+    let choices: Vec<&str> = lines.iter().map(|l| &text[l.choice.clone()]).collect();
+    assert_eq!(
+        choices,
+        ["24-15=9", "9+4=13", "20-9=11", "0,0", "0,1", "0,2", "9+4=13", "9+4=13", "15+9=24"]
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l.span.start <= l.choice.start && l.choice.end <= l.span.end));
+    // Exploration lines cover their `Generated Node` line.
+    assert!(text[lines[0].span.clone()].ends_with("Operation: 15-9=6\n"));
+    let w = zero_sum_weights(&lines);
+    // #0: 5 lines, 2 repeats: the other 3 get 2/3 each.
+    let third = 2.0 / 3.0;
+    assert_eq!(w, [third, third, -1.0, 0.5, 0.5, -1.0, 0.0, -1.0, third]);
+    for g in 0..3 {
+        let sum: f32 = lines
+            .iter()
+            .zip(&w)
+            .filter(|(l, _)| l.group == g)
+            .map(|(_, w)| w)
+            .sum();
+        assert!(sum.abs() < 1e-6, "group {g} sums to {sum}");
+    }
+    // No repeats, no weights; and repeated_search_spans is the marked lines.
+    assert!(zero_sum_weights(&search_lines(PARENT_FORK))
+        .iter()
+        .all(|&w| w == 0.0));
+    let marked: Vec<_> = lines
+        .iter()
+        .filter(|l| l.repeated)
+        .map(|l| l.span.clone())
+        .collect();
+    assert_eq!(marked, repeated_search_spans(text));
+}
+
+proptest::proptest! {
+    /// On any text, the weights of every group add up to 0 (or are all -1),
+    /// and nothing panics.
+    #[test]
+    fn zero_sum_weights_balance_on_any_text(
+        lines in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "Moving to Node #0",
+                "Moving to Node #0,1",
+                "Exploring Operation: 9+4=13, Resulting Numbers: [15, 20, 13]",
+                "Exploring Operation: 20-9=11, Resulting Numbers: [4, 20, 9]",
+                "Exploring Operation: 24-15=9, Resulting Numbers: [9, 20, 4]",
+                "Exploring Operation: 1+1=2, Resulting Numbers: [",
+                "Generated Node #0,0: 24:[9, 20, 4] Operation: 15-9=6",
+                "Generated Node #0,1: 24:[4, 9, 20] Operation: 20-9=11",
+                "Generated Node #0,2: 24:[15, 20, 13] Operation: 9+4=13",
+                "<Calling Sub Searches>",
+                "<Start Sub Search 0 at level 1> Moving to Node #0,0",
+                "<Start Sub Search 1 at level 1> Moving to Node #0,1",
+                "<Start Sub Search 2 at level 1> Moving to Node #0,2",
+                "<End Calling Sub Searches>",
+                "<Sub Searches>",
+            ]),
+            0..40,
+        )
+    ) {
+        let text = lines.join("\n");
+        let lines = search_lines(&text);
+        for l in &lines {
+            proptest::prop_assert!(l.span.start <= l.choice.start && l.choice.end <= l.span.end);
+        }
+        let w = zero_sum_weights(&lines);
+        let groups = lines.iter().map(|l| l.group + 1).max().unwrap_or(0);
+        for g in 0..groups {
+            let ws: Vec<f32> = lines.iter().zip(&w).filter(|(l, _)| l.group == g).map(|(_, &w)| w).collect();
+            let sum: f32 = ws.iter().sum();
+            proptest::prop_assert!(sum.abs() < 1e-4 || ws.iter().all(|&w| w == -1.0), "group {} weights {:?}", g, ws);
+        }
+    }
 }

@@ -113,6 +113,19 @@ pub struct RlArgs {
     /// rollout is untouched; APR and SoS+ alike).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     repeated_search_penalty: f32,
+    /// Make --repeated-search-penalty zero-sum: the lines of the same
+    /// choice that do not repeat (the other explorations at that node, the
+    /// other calls of that block) gain what the repeated ones lose, shared
+    /// among them, so only which alternative is written moves, not how
+    /// much the thread explores or forks.
+    #[arg(long)]
+    repeated_search_zero_sum: bool,
+    /// Put --repeated-search-penalty only on the tokens that make each
+    /// line's choice (the operation explored, the node called), not on
+    /// `Exploring Operation:`, `<Start Sub Search ...>` and the text that
+    /// follows from the choice.
+    #[arg(long)]
+    repeated_search_choice_only: bool,
     /// Seed of the problem order and the rollouts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -220,6 +233,8 @@ pub fn run(a: RlArgs) -> anyhow::Result<ExitCode> {
             length_scale: a.budget,
             duplicate_penalty: a.duplicate_penalty,
             repeated_search_penalty: a.repeated_search_penalty,
+            repeated_search_zero_sum: a.repeated_search_zero_sum,
+            repeated_search_choice_only: a.repeated_search_choice_only,
         },
         update: UpdateConfig {
             lr: a.lr,
