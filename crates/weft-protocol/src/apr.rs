@@ -403,15 +403,18 @@ pub struct SearchLine {
     pub group: usize,
     /// It repeats the search (see [`repeated_search_spans`]).
     pub repeated: bool,
+    /// It cannot be followed: an exploration whose resulting numbers do not
+    /// parse, or a call of a node the text never generated (the engine
+    /// refuses to fork it). Never also `repeated`.
+    pub invalid: bool,
 }
 
 /// Every search step of an APR thread's context: each exploration line at a
-/// known node and each sub-search call line of a node whose state was
-/// generated in the text, in order, grouped by the choice they belong to
-/// and marked where they repeat the search ([`repeated_search_spans`] is
-/// the marked ones). Lines the rules of [`repeated_search_spans`] skip
-/// (outside any node, unreadable numbers, calls of unknown nodes) are not
-/// here.
+/// known node and each sub-search call line in a `<Calling Sub Searches>`
+/// block, in order, grouped by the choice they belong to and marked where
+/// they repeat the search ([`repeated_search_spans`] is those) or cannot be
+/// followed (unreadable resulting numbers, a call of a node whose state the
+/// text never generated). Exploration lines outside any node are not here.
 pub fn search_lines(text: &str) -> Vec<SearchLine> {
     use std::collections::{HashMap, HashSet};
     let mut reached: HashMap<&str, HashSet<Vec<u64>>> = HashMap::new();
@@ -437,22 +440,27 @@ pub fn search_lines(text: &str) -> Vec<SearchLine> {
         } else if l.starts_with("<Sub Searches>") {
             node = None;
         } else if let Some(rest) = l.strip_prefix("Exploring Operation: ") {
-            let split = rest.split_once(", Resulting Numbers: ");
-            let nums = split.and_then(|(_, n)| parse_nums(n.trim()));
-            if let (Some(at), Some(mut nums), Some((op, _))) = (node, nums, split) {
-                nums.sort_unstable();
+            if let Some(at) = node {
+                let split = rest.split_once(", Resulting Numbers: ");
                 let from = span.start + "Exploring Operation: ".len();
-                let choice = from..from + op.len();
+                let choice = from..from + split.map_or(rest.len(), |(op, _)| op.len());
                 let group = *node_group.entry(at).or_insert_with(|| {
                     groups += 1;
                     groups - 1
                 });
-                let repeated = !reached.entry(at).or_default().insert(nums);
+                let (repeated, invalid) = match split.and_then(|(_, n)| parse_nums(n.trim())) {
+                    Some(mut nums) => {
+                        nums.sort_unstable();
+                        (!reached.entry(at).or_default().insert(nums), false)
+                    }
+                    None => (false, true),
+                };
                 out.push(SearchLine {
                     span,
                     choice,
                     group,
                     repeated,
+                    invalid,
                 });
                 extend = Some(out.len() - 1);
             }
@@ -477,24 +485,26 @@ pub fn search_lines(text: &str) -> Vec<SearchLine> {
             l.strip_prefix("<Start Sub Search ")
                 .and_then(|r| r.split_once("> Moving to Node #")),
         ) {
-            if let Some(state) = node_state.get(id.trim()) {
-                let repeated = !called.insert(state.clone());
-                let from = span.start + l.len() - id.len();
-                out.push(SearchLine {
-                    choice: from..from + id.trim_end().len(),
-                    span,
-                    group,
-                    repeated,
-                });
-            }
+            let (repeated, invalid) = match node_state.get(id.trim()) {
+                Some(state) => (!called.insert(state.clone()), false),
+                None => (false, true),
+            };
+            let from = span.start + l.len() - id.len();
+            out.push(SearchLine {
+                choice: from..from + id.trim_end().len(),
+                span,
+                group,
+                repeated,
+                invalid,
+            });
         }
     }
     out
 }
 
 /// Zero-sum weights of [`search_lines`]: -1 for a line that repeats the
-/// search, and `d / (k - d)` for each of the `k - d` other lines of a group
-/// of `k` in which `d` repeat, so that every group's weights add up to 0
+/// search or cannot be followed, and `d / (k - d)` for each of the `k - d`
+/// other lines of a group of `k` in which `d` are such, so that every group's weights add up to 0
 /// (a group with no repeat gets 0 everywhere; one that is all repeats, -1
 /// everywhere). Multiplied by a penalty and added to the advantage of a
 /// line's tokens, it moves probability from the repeated choice to its
@@ -506,13 +516,13 @@ pub fn zero_sum_weights(lines: &[SearchLine]) -> Vec<f32> {
     let (mut k, mut d) = (vec![0usize; groups], vec![0usize; groups]);
     for l in lines {
         k[l.group] += 1;
-        d[l.group] += l.repeated as usize;
+        d[l.group] += (l.repeated || l.invalid) as usize;
     }
     lines
         .iter()
         .map(|l| {
             let (k, d) = (k[l.group], d[l.group]);
-            if l.repeated {
+            if l.repeated || l.invalid {
                 -1.0
             } else if d == 0 {
                 0.0

@@ -191,7 +191,7 @@ pub fn repeated_positions(
 fn negative(weights: &[TokenWeight]) -> Vec<usize> {
     weights
         .iter()
-        .filter(|w| w.weight < 0.0)
+        .filter(|w| w.repeated)
         .map(|w| w.pos)
         .collect()
 }
@@ -202,9 +202,11 @@ pub struct TokenWeight {
     /// Its position in the segment's `tokens`.
     pub pos: usize,
     /// The zero-sum weight of its line ([`zero_sum_weights`]): -1 where
-    /// the line repeats the search, `d / (k - d)` in the other lines of
-    /// its choice.
+    /// the line repeats the search or cannot be followed, `d / (k - d)` in
+    /// the other lines of its choice.
     pub weight: f32,
+    /// Its line repeats the search ([`SearchLine::repeated`]).
+    pub repeated: bool,
     /// It overlaps the part of its line that makes the choice
     /// ([`SearchLine::choice`]).
     pub choice: bool,
@@ -258,6 +260,7 @@ pub fn search_line_weights(
             Some(TokenWeight {
                 pos,
                 weight: *weight,
+                repeated: line.repeated,
                 choice: over(&line.choice),
             })
         })

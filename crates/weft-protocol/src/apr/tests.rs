@@ -376,6 +376,41 @@ fn search_lines_group_the_alternatives_and_weights_sum_to_zero() {
     assert_eq!(marked, repeated_search_spans(text));
 }
 
+/// Lines that cannot be followed weigh like repeats: a call of a node the
+/// text never generated (the engine refuses that fork) and an exploration
+/// whose numbers do not parse.
+#[test]
+fn calls_of_unknown_nodes_and_unreadable_explorations_are_invalid() {
+    let text = "Moving to Node #0
+Current State: 14:[35, 35, 13], Operations: []
+Exploring Operation: 35+13=48, Resulting Numbers: [35, 48]
+Generated Node #0,0: 14:[35, 48] Operation: 35+13=48
+Exploring Operation: 35-13=22, Resulting Numbers: [35, 22
+<Calling Sub Searches>
+<Start Sub Search 0 at level 1> Moving to Node #0,0
+<Start Sub Search 1 at level 1> Moving to Node #0,54
+<Start Sub Search 2 at level 1> Moving to Node #0,30/1=52']
+<End Calling Sub Searches>
+";
+    let lines = search_lines(text);
+    let got: Vec<(&str, bool, bool)> = lines
+        .iter()
+        .map(|l| (&text[l.choice.clone()], l.repeated, l.invalid))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("35+13=48", false, false),
+            ("35-13=22", false, true),
+            ("0,0", false, false),
+            ("0,54", false, true),
+            ("0,30/1=52']", false, true),
+        ]
+    );
+    assert!(repeated_search_spans(text).is_empty());
+    assert_eq!(zero_sum_weights(&lines), [1.0, -1.0, 2.0, -1.0, -1.0]);
+}
+
 proptest::proptest! {
     /// On any text, the weights of every group add up to 0 (or are all -1),
     /// and nothing panics.
