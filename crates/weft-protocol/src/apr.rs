@@ -393,8 +393,8 @@ pub struct SearchLine {
     /// The part of `span` the line chooses; the rest follows from it or
     /// is the same in every line of its kind: the operation of an
     /// exploration (`24-15=9` in `Exploring Operation: 24-15=9, Resulting
-    /// Numbers: ...`), the node of a call (`0,2` in `... Moving to Node
-    /// #0,2`).
+    /// Numbers: ...`), the node of a call with the line's end (`0,2\n` in
+    /// `... Moving to Node #0,2\n`: where the id stops is chosen too).
     pub choice: std::ops::Range<usize>,
     /// The choice it is one of: lines with the same `group` are the
     /// alternatives taken at one node (its exploration lines, whenever the
@@ -405,7 +405,8 @@ pub struct SearchLine {
     pub repeated: bool,
     /// It cannot be followed: an exploration whose resulting numbers do not
     /// parse, or a call of a node the text never generated (the engine
-    /// refuses to fork it). Never also `repeated`.
+    /// refuses to fork it), or one [`search_lines_checked`]'s check
+    /// rejects. A line can be both this and `repeated`.
     pub invalid: bool,
 }
 
@@ -416,6 +417,15 @@ pub struct SearchLine {
 /// followed (unreadable resulting numbers, a call of a node whose state the
 /// text never generated). Exploration lines outside any node are not here.
 pub fn search_lines(text: &str) -> Vec<SearchLine> {
+    search_lines_checked(text, &|_, _| true)
+}
+
+/// [`search_lines`], with each exploration under a readable `Current
+/// State: T:[..]` line also invalid where `legal(nums, rest)` is false:
+/// `nums` the state's numbers in order, `rest` the line's text after
+/// `Exploring Operation: ` (`weft_tasks::verifier::legal_exploration`
+/// checks the arithmetic and the state's books).
+pub fn search_lines_checked(text: &str, legal: &dyn Fn(&[u64], &str) -> bool) -> Vec<SearchLine> {
     use std::collections::{HashMap, HashSet};
     let mut reached: HashMap<&str, HashSet<Vec<u64>>> = HashMap::new();
     let mut node_state: HashMap<&str, Vec<u64>> = HashMap::new();
@@ -425,6 +435,8 @@ pub fn search_lines(text: &str) -> Vec<SearchLine> {
     // The group of the `<Calling Sub Searches>` block the thread is in.
     let mut calling: Option<usize> = None;
     let mut node: Option<&str> = None;
+    // The numbers of the latest `Current State` line at this node.
+    let mut state: Option<Vec<u64>> = None;
     let mut out: Vec<SearchLine> = Vec::new();
     // The exploring line just pushed, to extend over its `Generated Node`
     // line.
@@ -437,8 +449,16 @@ pub fn search_lines(text: &str) -> Vec<SearchLine> {
         let follows = extend.take();
         if let Some(id) = l.strip_prefix("Moving to Node #") {
             node = Some(id.trim());
+            state = None;
         } else if l.starts_with("<Sub Searches>") {
             node = None;
+            state = None;
+        } else if let Some(rest) = l.strip_prefix("Current State: ") {
+            state = rest
+                .split(", Operations:")
+                .next()
+                .and_then(|s| parse_target_nums(s.trim()))
+                .map(|(_, nums)| nums);
         } else if let Some(rest) = l.strip_prefix("Exploring Operation: ") {
             if let Some(at) = node {
                 let split = rest.split_once(", Resulting Numbers: ");
@@ -451,7 +471,8 @@ pub fn search_lines(text: &str) -> Vec<SearchLine> {
                 let (repeated, invalid) = match split.and_then(|(_, n)| parse_nums(n.trim())) {
                     Some(mut nums) => {
                         nums.sort_unstable();
-                        (!reached.entry(at).or_default().insert(nums), false)
+                        let repeated = !reached.entry(at).or_default().insert(nums);
+                        (repeated, state.as_ref().is_some_and(|s| !legal(s, rest)))
                     }
                     None => (false, true),
                 };
@@ -491,7 +512,7 @@ pub fn search_lines(text: &str) -> Vec<SearchLine> {
             };
             let from = span.start + l.len() - id.len();
             out.push(SearchLine {
-                choice: from..from + id.trim_end().len(),
+                choice: from..span.end,
                 span,
                 group,
                 repeated,

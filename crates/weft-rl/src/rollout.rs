@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use weft_engine::{Engine, EngineConfig, EngineError, RequestSpec, SampledSegment, Sampling};
 use weft_model::{Model, Tokenizer};
 use weft_protocol::apr::{
-    duplicate_children, root_prompt, search_lines, sosp_prompt, zero_sum_weights, Apr, SearchLine,
+    duplicate_children, root_prompt, search_lines_checked, sosp_prompt, zero_sum_weights, Apr,
+    SearchLine,
 };
 use weft_tasks::{verify_with, Problem, Rules};
 
@@ -214,7 +215,8 @@ pub struct TokenWeight {
 
 /// Each sampled token whose text overlaps a search line with a nonzero
 /// zero-sum weight
-/// ([`search_lines`] and [`zero_sum_weights`] of the segment's whole
+/// ([`weft_protocol::apr::search_lines_checked`] with
+/// [`weft_tasks::verifier::legal_exploration`], and [`zero_sum_weights`], of the segment's whole
 /// context: -1 where the line repeats the search, `d / (k - d)` in the
 /// other lines of its choice). A token over two lines takes the lower
 /// weight. Token texts come from decoding each token alone, special
@@ -238,7 +240,7 @@ pub fn search_line_weights(
         text.push_str(piece);
     }
     start.push(text.len());
-    let lines = search_lines(&text);
+    let lines = search_lines_checked(&text, &weft_tasks::verifier::legal_exploration);
     let weights = zero_sum_weights(&lines);
     let weighted: Vec<(&SearchLine, f32)> = lines
         .iter()
@@ -261,7 +263,8 @@ pub fn search_line_weights(
                 pos,
                 weight: *weight,
                 repeated: line.repeated,
-                choice: over(&line.choice),
+                // An invalid line may go wrong anywhere: all of it counts.
+                choice: over(&line.choice) || line.invalid,
             })
         })
         .collect()

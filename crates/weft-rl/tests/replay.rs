@@ -165,11 +165,11 @@ fn a_repeat_at_the_first_node_behind_a_bos_is_marked() {
         Mode::Apr,
     );
     // The prompt ends without a newline; the model writes it.
-    let generated = "
+    let seg_text = "
 Exploring Operation: 3+7=10, Resulting Numbers: [5, 10]
 Generated Node #0,0: 22:[5, 10] Operation: 3+7=10
-Exploring Operation: 7+3=10, Resulting Numbers: [10, 5]
-Generated Node #0,1: 22:[10, 5] Operation: 7+3=10
+Exploring Operation: 7+3=10, Resulting Numbers: [5, 10]
+Generated Node #0,1: 22:[5, 10] Operation: 7+3=10
 Exploring Operation: 3*7=21, Resulting Numbers: [5, 21]
 ";
     let mut tokens = tok.encode_prompt(&prompt, false).unwrap();
@@ -178,7 +178,7 @@ Exploring Operation: 3*7=21, Resulting Numbers: [5, 21]
         "the prompt should start with a special token, as the engine's do"
     );
     let first = tokens.len();
-    tokens.extend(tok.encode(generated, false).unwrap());
+    tokens.extend(tok.encode(seg_text, false).unwrap());
     let seg = weft_engine::SampledSegment {
         sampled: (first..tokens.len()).map(|i| (i, tokens[i])).collect(),
         tokens,
@@ -188,8 +188,8 @@ Exploring Operation: 3*7=21, Resulting Numbers: [5, 21]
     let ids: Vec<u32> = at.iter().map(|&i| seg.tokens[i]).collect();
     assert_eq!(
         tok.decode(&ids).unwrap(),
-        "Exploring Operation: 7+3=10, Resulting Numbers: [10, 5]\n\
-         Generated Node #0,1: 22:[10, 5] Operation: 7+3=10\n"
+        "Exploring Operation: 7+3=10, Resulting Numbers: [5, 10]\n\
+         Generated Node #0,1: 22:[5, 10] Operation: 7+3=10\n"
     );
     // Zero-sum weights: the three lines at #0 hold one repeat, so the two
     // others get +1/2 and the repeat -1, token for token.
@@ -217,4 +217,23 @@ Exploring Operation: 3*7=21, Resulting Numbers: [5, 21]
         .map(|x| seg.tokens[x.pos])
         .collect();
     assert_eq!(tok.decode(&ids).unwrap(), "3+7=107+3=103*7=21");
+    // A line that does not keep the state's books (the numbers left out of
+    // order) is invalid: all of it weighs -1, the choice and the rest.
+    let bad = seg_text.replace("[5, 21]", "[21, 5]");
+    let mut tokens = tok.encode_prompt(&prompt, false).unwrap();
+    tokens.extend(tok.encode(&bad, false).unwrap());
+    let seg = weft_engine::SampledSegment {
+        sampled: (first..tokens.len()).map(|i| (i, tokens[i])).collect(),
+        tokens,
+    };
+    let weights = search_line_weights(&tok, &mut std::collections::HashMap::new(), &seg);
+    let ids: Vec<u32> = weights
+        .iter()
+        .filter(|x| x.weight == -1.0 && x.choice && !x.repeated)
+        .map(|x| seg.tokens[x.pos])
+        .collect();
+    assert_eq!(
+        tok.decode(&ids).unwrap(),
+        "Exploring Operation: 3*7=21, Resulting Numbers: [21, 5]\n"
+    );
 }

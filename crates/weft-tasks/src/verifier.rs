@@ -356,15 +356,7 @@ pub fn arithmetic_stats(text: &str) -> ArithmeticStats {
 /// order, with `c` last (the arithmetic itself is [`arithmetic_stats`]'s
 /// business).
 pub fn state_stats(text: &str) -> ArithmeticStats {
-    let list = |s: &str| -> Option<Vec<u64>> {
-        let inner = s.trim().strip_prefix('[')?.strip_suffix(']')?;
-        inner
-            .split(',')
-            .map(str::trim)
-            .filter(|x| !x.is_empty())
-            .map(|x| x.parse().ok())
-            .collect()
-    };
+    let list = parse_list;
     let mut stats = ArithmeticStats::default();
     let mut state: Option<Vec<u64>> = None;
     for line in text.lines() {
@@ -380,28 +372,60 @@ pub fn state_stats(text: &str) -> ArithmeticStats {
         };
         let Some(nums) = &state else { continue };
         stats.lines += 1;
-        let Some((op, after)) = rest.split_once(", Resulting Numbers: ") else {
-            continue;
-        };
-        let (Some(step), Some(got)) = (parse_step(op), list(after)) else {
-            continue;
-        };
-        // With repeated numbers, any choice of the operands' positions is
-        // a step the search can take (it expands every pair of positions).
-        let n = nums.len();
-        let right = (0..n).any(|i| {
-            (0..n).any(|j| {
-                i != j
-                    && nums[i] == step.a
-                    && nums[j] == step.b
-                    && crate::countdown::successor(nums, i.min(j), i.max(j), step.result) == got
-            })
-        });
+        let right = keeps_the_books(nums, rest);
         if right {
             stats.correct += 1;
         }
     }
     stats
+}
+
+/// `rest` (an `Exploring Operation: ` line's text after that phrase) keeps
+/// the books of the state `nums` ([`state_stats`]'s rule: `a` and `b` are
+/// numbers of the state and the resulting numbers are the state without
+/// them, in order, with `c` last).
+fn keeps_the_books(nums: &[u64], rest: &str) -> bool {
+    let Some((op, after)) = rest.split_once(", Resulting Numbers: ") else {
+        return false;
+    };
+    let (Some(step), Some(got)) = (parse_step(op), parse_list(after)) else {
+        return false;
+    };
+    // With repeated numbers, any choice of the operands' positions is a
+    // step the search can take (it expands every pair of positions).
+    let n = nums.len();
+    (0..n).any(|i| {
+        (0..n).any(|j| {
+            i != j
+                && nums[i] == step.a
+                && nums[j] == step.b
+                && crate::countdown::successor(nums, i.min(j), i.max(j), step.result) == got
+        })
+    })
+}
+
+/// `[1, 2]` -> [1, 2]; `[]` -> [].
+fn parse_list(s: &str) -> Option<Vec<u64>> {
+    let inner = s.trim().strip_prefix('[')?.strip_suffix(']')?;
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse().ok())
+        .collect()
+}
+
+/// Whether an exploration is a move the search could make from the state
+/// `nums` (the numbers of the latest `Current State: T:[..]` line, in
+/// order): `rest`, the text after `Exploring Operation: `, is `a op b=c,
+/// Resulting Numbers: L` with right arithmetic ([`arithmetic_stats`]'s
+/// rule) that keeps the state's books ([`state_stats`]'s rule).
+pub fn legal_exploration(nums: &[u64], rest: &str) -> bool {
+    let arithmetic = rest
+        .split_once(", Resulting Numbers: ")
+        .and_then(|(op, _)| parse_step(op))
+        .is_some_and(|s| s.op.apply(s.a, s.b) == Some(s.result));
+    arithmetic && keeps_the_books(nums, rest)
 }
 
 #[cfg(test)]

@@ -344,7 +344,10 @@ fn search_lines_group_the_alternatives_and_weights_sum_to_zero() {
     let choices: Vec<&str> = lines.iter().map(|l| &text[l.choice.clone()]).collect();
     assert_eq!(
         choices,
-        ["24-15=9", "9+4=13", "20-9=11", "0,0", "0,1", "0,2", "9+4=13", "9+4=13", "15+9=24"]
+        [
+            "24-15=9", "9+4=13", "20-9=11", "0,0\n", "0,1\n", "0,2\n", "9+4=13", "9+4=13",
+            "15+9=24"
+        ]
     );
     assert!(lines
         .iter()
@@ -402,13 +405,36 @@ Exploring Operation: 35-13=22, Resulting Numbers: [35, 22
         [
             ("35+13=48", false, false),
             ("35-13=22", false, true),
-            ("0,0", false, false),
-            ("0,54", false, true),
-            ("0,30/1=52']", false, true),
+            ("0,0\n", false, false),
+            ("0,54\n", false, true),
+            ("0,30/1=52']\n", false, true),
         ]
     );
     assert!(repeated_search_spans(text).is_empty());
     assert_eq!(zero_sum_weights(&lines), [1.0, -1.0, 2.0, -1.0, -1.0]);
+}
+
+/// With a legality check, explorations it rejects are invalid too, judged
+/// against the latest `Current State` of their node.
+#[test]
+fn search_lines_checked_marks_illegal_explorations() {
+    let text = "Moving to Node #0
+Current State: 15:[20, 22, 27], Operations: []
+Exploring Operation: 20+27=47, Resulting Numbers: [22, 47]
+Generated Node #0,0: 15:[22, 47] Operation: 20+27=47
+Exploring Operation: 24-20=4, Resulting Numbers: [27, 4]
+Generated Node #0,1: 15:[27, 4] Operation: 24-20=4
+";
+    let seen = std::cell::RefCell::new(Vec::new());
+    let legal = |nums: &[u64], rest: &str| {
+        seen.borrow_mut().push(nums.to_vec());
+        !rest.starts_with("24")
+    };
+    let lines = search_lines_checked(text, &legal);
+    let invalid: Vec<bool> = lines.iter().map(|l| l.invalid).collect();
+    assert_eq!(invalid, [false, true]);
+    assert_eq!(*seen.borrow(), [vec![20, 22, 27], vec![20, 22, 27]]);
+    assert!(search_lines(text).iter().all(|l| !l.invalid));
 }
 
 proptest::proptest! {

@@ -226,3 +226,35 @@ fn state_stats_check_the_numbers_left_after_each_step() {
     assert!(s.lines > 0);
     assert_eq!(s.lines, s.correct);
 }
+
+/// An exploration is legal when its arithmetic is right and it keeps the
+/// state's books; every way of going wrong is caught.
+#[test]
+fn legal_exploration_needs_right_arithmetic_and_books() {
+    let nums = [20, 22, 27];
+    assert!(legal_exploration(
+        &nums,
+        "20+27=47, Resulting Numbers: [22, 47]"
+    ));
+    assert!(legal_exploration(
+        &nums,
+        "27-22=5, Resulting Numbers: [20, 5]"
+    ));
+    for bad in [
+        "24-20=4, Resulting Numbers: [27, 4]", // 24 is not in the state
+        "20+27=46, Resulting Numbers: [22, 46]", // wrong arithmetic
+        "20+27=47, Resulting Numbers: [24, 47]", // wrong books
+        "20+27=47, Resulting Numbers: [47, 22]", // out of order
+        "20+27=47, Resulting Numbers: [22, 47", // unreadable
+        "20+27=47",
+        "",
+        "20+20=40, Resulting Numbers: [22, 27, 40]", // 20 used twice
+    ] {
+        assert!(!legal_exploration(&nums, bad), "{bad}");
+    }
+    // A repeated number may be used twice.
+    assert!(legal_exploration(
+        &[35, 35, 13],
+        "35/35=1, Resulting Numbers: [13, 1]"
+    ));
+}
