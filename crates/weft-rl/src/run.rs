@@ -730,14 +730,26 @@ pub fn run(
         let choice_only = cfg.reward.repeated_search_choice_only;
         for (r, &a) in rollouts.iter().zip(&adv) {
             // Token-level credit: -penalty on the lines that repeat the
-            // search, and with zero_sum the rest of their choice's share.
+            // search, and with zero_sum on those that cannot be followed
+            // too, the rest of their choice sharing what they lose.
             let offsets: Vec<Vec<(usize, f32)>> = r
                 .search_weights
                 .iter()
                 .map(|ws| {
+                    // Without zero_sum only repeats count (run D's rule);
+                    // with it, lines that cannot be followed count too.
                     ws.iter()
-                        .filter(|w| (zero_sum || w.weight < 0.0) && (w.choice || !choice_only))
-                        .map(|w| (w.pos, penalty * w.weight))
+                        .filter(|w| (zero_sum || w.repeated) && (w.choice || !choice_only))
+                        .map(|w| {
+                            (
+                                w.pos,
+                                if zero_sum {
+                                    penalty * w.weight
+                                } else {
+                                    -penalty
+                                },
+                            )
+                        })
                         .filter(|(_, o)| *o != 0.0)
                         .collect()
                 })

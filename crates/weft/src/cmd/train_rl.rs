@@ -117,7 +117,9 @@ pub struct RlArgs {
     /// choice that do not repeat (the other explorations at that node, the
     /// other calls of that block) gain what the repeated ones lose, shared
     /// among them, so only which alternative is written moves, not how
-    /// much the thread explores or forks.
+    /// much the thread explores or forks. Lines that cannot be followed
+    /// (an exploration with wrong arithmetic or numbers the state does not
+    /// hold, a call of a node never generated) count as repeats here.
     #[arg(long)]
     repeated_search_zero_sum: bool,
     /// Put --repeated-search-penalty only on the tokens that make each
