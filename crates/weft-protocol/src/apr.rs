@@ -554,6 +554,157 @@ pub fn zero_sum_weights(lines: &[SearchLine]) -> Vec<f32> {
         .collect()
 }
 
+/// Byte ranges of the lines of an APR thread's context that break the
+/// trace grammar the symbolic search writes (PROTOCOLS.md, APR): a line of
+/// no known form, or one out of place. Each range covers its line and
+/// its `\n`. The forms:
+///
+/// - `Moving to Node #0,1` (the root prompt's may carry a conditioning
+///   prefix, `Sub Call Budget: 3 `);
+/// - `Current State: 24:[4, 9], Operations: ['15-9=6']`, only as the
+///   text's first line or right after `Moving to Node` or `<End Sub
+///   Searches>`;
+/// - `Exploring Operation: 15-9=6, Resulting Numbers: [4, 6]`, only after
+///   a `Current State` line (explorations are judged further by
+///   [`search_lines_checked`]);
+/// - `Generated Node #0,1: 24:[4, 6] Operation: 15-9=6`, only right after
+///   an exploration;
+/// - `6,24 unequal: No Solution` and `24,24 equal: Goal Reached`, with
+///   `equal` exactly when the two numbers are;
+/// - `No solution found.`, after which the thread writes nothing more
+///   but the engine's join markers;
+/// - `<Calling Sub Searches>`, `<Start Sub Search 0 at level 1> Moving to
+///   Node #0,1` (only inside such a block), `<End Calling Sub Searches>`;
+/// - the engine's join text: `<Sub Searches>`, `<Goal Reached in Sub
+///   Search ...>`, `<No Solution in Sub Search ...>`, `<End Sub Searches>`.
+///
+/// A last line without its `\n` is not judged: the thread may have been
+/// cut there. Operations must read `a+b=c` with `+ - * /`; whether they
+/// are right is not this function's business.
+pub fn malformed_lines(text: &str) -> Vec<std::ops::Range<usize>> {
+    fn node_id(s: &str) -> bool {
+        !s.is_empty()
+            && s.split(',')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    }
+    fn int(s: &str) -> bool {
+        !s.is_empty() && s.len() < 20 && s.bytes().all(|b| b.is_ascii_digit())
+    }
+    fn operation(s: &str) -> bool {
+        let Some((lhs, c)) = s.split_once('=') else {
+            return false;
+        };
+        let Some(at) = lhs.find(['+', '-', '*', '/']) else {
+            return false;
+        };
+        int(&lhs[..at]) && int(&lhs[at + 1..]) && int(c)
+    }
+    fn state(s: &str) -> bool {
+        parse_target_nums(s).is_some_and(|(_, n)| !n.is_empty())
+    }
+    fn marker(l: &str, prefix: &str) -> bool {
+        l.strip_prefix(prefix).is_some_and(|r| r.ends_with('>'))
+    }
+    let mut out = Vec::new();
+    let mut pos = 0;
+    // What the previous line was, as far as the next one cares.
+    let mut prev_moving = true; // the text's first line may be a state
+    let mut prev_exploring = false;
+    let mut at_state = false;
+    let mut calling = false;
+    let mut done = false;
+    for line in text.split_inclusive('\n') {
+        let span = pos..pos + line.len();
+        pos = span.end;
+        let Some(l) = line.strip_suffix('\n') else {
+            break;
+        };
+        let engine = ["<Sub Searches>", "<End Sub Searches>"].contains(&l)
+            || marker(l, "<Goal Reached in Sub Search ")
+            || marker(l, "<No Solution in Sub Search ");
+        let unprefixed = ["Sub Call Budget: ", "Token Budget: "]
+            .iter()
+            .find_map(|p| {
+                let (n, rest) = l.strip_prefix(p)?.split_once(' ')?;
+                int(n).then_some(rest)
+            })
+            .unwrap_or(l);
+        let (mut moving, mut exploring) = (false, false);
+        let ok = if engine {
+            done = false;
+            // The search may go on at its next node right after a join.
+            moving = l == "<End Sub Searches>";
+            true
+        } else if done {
+            false
+        } else if let Some(id) = unprefixed.strip_prefix("Moving to Node #") {
+            moving = true;
+            at_state = false;
+            node_id(id)
+        } else if let Some(rest) = l.strip_prefix("Current State: ") {
+            let ok = prev_moving
+                && rest.split_once(", Operations: ").is_some_and(|(s, ops)| {
+                    state(s) && parse_str_list(ops).is_some_and(|o| o.iter().all(|o| operation(o)))
+                });
+            at_state = ok;
+            ok
+        } else if let Some(rest) = l.strip_prefix("Exploring Operation: ") {
+            exploring = true;
+            at_state
+                && rest
+                    .split_once(", Resulting Numbers: ")
+                    .is_some_and(|(op, n)| {
+                        operation(op) && parse_nums(n).is_some_and(|n| !n.is_empty())
+                    })
+        } else if let Some(rest) = l.strip_prefix("Generated Node #") {
+            prev_exploring
+                && rest.split_once(": ").is_some_and(|(id, r)| {
+                    node_id(id)
+                        && r.split_once(" Operation: ")
+                            .is_some_and(|(s, op)| state(s) && operation(op))
+                })
+        } else if l == "No solution found." {
+            done = true;
+            true
+        } else if l == "<Calling Sub Searches>" {
+            let ok = !calling;
+            calling = true;
+            ok
+        } else if l == "<End Calling Sub Searches>" {
+            let ok = calling;
+            calling = false;
+            ok
+        } else if let Some(rest) = l.strip_prefix("<Start Sub Search ") {
+            calling
+                && rest
+                    .split_once("> Moving to Node #")
+                    .is_some_and(|(head, id)| {
+                        node_id(id)
+                            && head
+                                .split_once(" at level ")
+                                .is_some_and(|(i, lvl)| int(i) && int(lvl))
+                    })
+        } else if let Some((nums, verdict)) = l.split_once(' ') {
+            match (nums.split_once(','), verdict) {
+                (Some((x, t)), "equal: Goal Reached" | "unequal: No Solution")
+                    if int(x) && int(t) =>
+                {
+                    (x.parse::<u64>().ok() == t.parse().ok()) == (verdict == "equal: Goal Reached")
+                }
+                _ => false,
+            }
+        } else {
+            false
+        };
+        if !ok {
+            out.push(span);
+        }
+        prev_moving = moving;
+        prev_exploring = exploring;
+    }
+    out
+}
+
 /// `63:[62, 7, 8]` -> (63, [62, 7, 8]).
 pub fn parse_target_nums(s: &str) -> Option<(u64, Vec<u64>)> {
     let (target, nums) = s.split_once(':')?;

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use weft_engine::{Engine, EngineConfig, EngineError, RequestSpec, SampledSegment, Sampling};
 use weft_model::{Model, Tokenizer};
 use weft_protocol::apr::{
-    duplicate_children, root_prompt, search_lines_checked, sosp_prompt, zero_sum_weights, Apr,
-    SearchLine,
+    duplicate_children, malformed_lines, root_prompt, search_lines_checked, sosp_prompt,
+    zero_sum_weights, Apr, SearchLine,
 };
 use weft_tasks::{verify_with, Problem, Rules};
 
@@ -152,9 +152,14 @@ pub fn roll_out(
         let duplicates = duplicate_children(child_prompts.iter().map(|(p, s)| (*p, s.as_str())));
         let children = r.threads.len().saturating_sub(1);
         let segments: Vec<SampledSegment> = r.threads.into_iter().flat_map(|t| t.sampled).collect();
+        // The search lines and the grammar are APR's; the sequential
+        // trace has neither nodes nor calls.
         let search_weights: Vec<Vec<TokenWeight>> = segments
             .iter()
-            .map(|s| search_line_weights(tok, &mut pieces, s))
+            .map(|s| match cfg.mode {
+                Mode::Apr => search_line_weights(tok, &mut pieces, s),
+                Mode::Sequential => Vec::new(),
+            })
             .collect();
         let repeated = search_weights.iter().map(|w| negative(w)).collect();
         out.push(Rollout {
@@ -217,8 +222,10 @@ pub struct TokenWeight {
 /// zero-sum weight
 /// ([`weft_protocol::apr::search_lines_checked`] with
 /// [`weft_tasks::verifier::legal_exploration`], and [`zero_sum_weights`], of the segment's whole
-/// context: -1 where the line repeats the search, `d / (k - d)` in the
-/// other lines of its choice). A token over two lines takes the lower
+/// context: -1 where the line repeats the search or cannot be followed,
+/// `d / (k - d)` in the other lines of its choice), or a line that breaks
+/// the trace grammar ([`weft_protocol::apr::malformed_lines`]: -1, as
+/// an invalid line of a choice of its own). A token over two lines takes the lower
 /// weight. Token texts come from decoding each token alone, special
 /// tokens as nothing (the `<s>` before every prompt would otherwise hide
 /// its first `Moving to Node` line); `pieces` keeps them. Where they do
@@ -240,7 +247,22 @@ pub fn search_line_weights(
         text.push_str(piece);
     }
     start.push(text.len());
-    let lines = search_lines_checked(&text, &weft_tasks::verifier::legal_exploration);
+    let mut lines = search_lines_checked(&text, &weft_tasks::verifier::legal_exploration);
+    // A line that breaks the trace grammar is a choice of its own, all
+    // wrong: -1 on all of it.
+    let groups = lines.iter().map(|l| l.group + 1).max().unwrap_or(0);
+    lines.extend(
+        malformed_lines(&text)
+            .into_iter()
+            .enumerate()
+            .map(|(i, span)| SearchLine {
+                choice: span.clone(),
+                span,
+                group: groups + i,
+                repeated: false,
+                invalid: true,
+            }),
+    );
     let weights = zero_sum_weights(&lines);
     let weighted: Vec<(&SearchLine, f32)> = lines
         .iter()

@@ -477,3 +477,130 @@ proptest::proptest! {
         }
     }
 }
+
+/// The text the collapsed RL runs escaped into (MODEL.md, failed
+/// settings) and each other way a line can break the grammar is caught;
+/// a whole parent with its calls, join and answer is not.
+#[test]
+fn malformed_lines_catch_every_kind_of_broken_line() {
+    let good = "Moving to Node #0
+Current State: 94:[34, 39, 21], Operations: []
+Exploring Operation: 39+21=60, Resulting Numbers: [34, 60]
+Generated Node #0,0: 94:[34, 60] Operation: 39+21=60
+Exploring Operation: 34+21=55, Resulting Numbers: [39, 55]
+Generated Node #0,1: 94:[39, 55] Operation: 34+21=55
+<Calling Sub Searches>
+<Start Sub Search 0 at level 1> Moving to Node #0,1
+<Start Sub Search 1 at level 1> Moving to Node #0,0
+<End Calling Sub Searches>
+<Sub Searches>
+<Goal Reached in Sub Search 0 at level 1 at Node #0,1>
+Moving to Node #0,1
+Current State: 94:[39, 55], Operations: ['34+21=55']
+Exploring Operation: 39+55=94, Resulting Numbers: [94]
+94,94 equal: Goal Reached
+<No Solution in Sub Search 1 at level 1 at Node #0,0>
+<End Sub Searches>
+94,94 equal: Goal Reached
+Moving to Node #0
+Current State: 94:[34, 39, 21], Operations: []
+Exploring Operation: 34+21=55, Resulting Numbers: [39, 55]
+Generated Node #0,1: 94:[39, 55] Operation: 34+21=55
+Moving to Node #0,1
+Current State: 94:[39, 55], Operations: ['34+21=55']
+Exploring Operation: 39+55=94, Resulting Numbers: [94]
+94,94 equal: Goal Reached
+";
+    assert!(malformed_lines(good).is_empty());
+    let child = "Sub Call Budget: 3 Moving to Node #0,1
+Current State: 94:[39, 13], Operations: ['34-21=13']
+Exploring Operation: 39+13=52, Resulting Numbers: [52]
+52,94 unequal: No Solution
+No solution found.
+";
+    assert!(malformed_lines(child).is_empty());
+    let head = "Moving to Node #0,1\nCurrent State: 81:[9, 9], Operations: ['3*3=9']\n";
+    for (bad, why) in [
+        (
+            "Current State: 81: 81: 81]\n",
+            "a state that does not parse",
+        ),
+        (
+            "Current State: 81:[9, 9], Operations: ['3*3']\n",
+            "an operation without result",
+        ),
+        (
+            "Exploring Operation: 9*9=81, Resulting Numbers: \n",
+            "no numbers",
+        ),
+        (
+            "Exploring Operation: 9*9, Resulting Numbers: [81]\n",
+            "no result",
+        ),
+        (
+            "81,81 equal: Goal Reached\nNo solution found.\n81,81 equal: Goal Reached\n",
+            "after the end",
+        ),
+        ("Goal Reached\n", "a bare verdict"),
+        (
+            "80,81 equal: Goal Reached\n",
+            "a verdict against its numbers",
+        ),
+        (
+            "81,81 unequal: No Solution\n",
+            "a verdict against its numbers",
+        ),
+        (
+            "Generated Node #0,1,0: 81:[81] Operation: 9*9=81\n",
+            "a node without exploration",
+        ),
+        ("Moving to Node #0,\n", "a cut node id"),
+        (
+            "Moving to Node #0,1\nExploring Operation: 9*9=81, Resulting Numbers: [81]\n",
+            "no state",
+        ),
+        (
+            "<Start Sub Search 0 at level 1> Moving to Node #0,1,0\n",
+            "a call outside a block",
+        ),
+        (
+            "<Calling Sub Searches>\n<Start Sub Search 0 at level> Moving to Node #0\n",
+            "a broken call",
+        ),
+        (
+            "<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,\n",
+            "a cut call",
+        ),
+        ("<End Calling Sub Searches>\n", "a block never opened"),
+        ("\n", "an empty line"),
+        ("Token Budget: x Moving to Node #0\n", "a broken prefix"),
+    ] {
+        let text = format!("{head}{bad}");
+        let got = malformed_lines(&text);
+        let last = text[..text.len() - 1].rfind('\n').map_or(0, |i| i + 1);
+        assert_eq!(
+            got.last().map(|s| s.start),
+            Some(last),
+            "{why}: {bad:?} -> {got:?}"
+        );
+        assert!(
+            got.iter().all(|s| s.start >= head.len()),
+            "{why}: the head is fine"
+        );
+    }
+    // A last line without its newline may have been cut: not judged.
+    assert!(malformed_lines("Moving to Node #0\nCurrent State: 8").is_empty());
+}
+
+proptest::proptest! {
+    /// On any text: no panic, and each range is one whole line with its
+    /// `\n`.
+    #[test]
+    fn malformed_lines_are_whole_lines_of_any_text(text in "(?s).{0,300}") {
+        for s in malformed_lines(&text) {
+            proptest::prop_assert!(s.start == 0 || text.as_bytes()[s.start - 1] == b'\n');
+            proptest::prop_assert!(text[s.clone()].ends_with('\n'));
+            proptest::prop_assert_eq!(text[s].matches('\n').count(), 1);
+        }
+    }
+}

@@ -189,3 +189,33 @@ fn bad_trace_settings_are_rejected() {
     c.min_beam = 6;
     assert!(c.validate().is_err());
 }
+
+/// Every line the symbolic APR search writes fits the trace grammar that
+/// `weft train rl` holds sampled text to (`apr::malformed_lines`), with and
+/// without the `Sub Call Budget` prefix, for parents, joined parents and
+/// children alike: the grammar is the search's, not a guess at it.
+#[test]
+fn symbolic_traces_have_no_malformed_lines() {
+    for (kind, condition) in [
+        (TraceKind::Apr, None),
+        (TraceKind::Apr, Some(Condition::SubCalls)),
+    ] {
+        let mut lines = 0;
+        for t in traces(kind, condition, 150) {
+            for r in &t.records {
+                let text = format!("{}\n", r.text.trim_end_matches('\n'));
+                lines += text.lines().count();
+                let bad: Vec<&str> = weft_protocol::apr::malformed_lines(&text)
+                    .into_iter()
+                    .map(|s| &text[s])
+                    .collect();
+                assert!(
+                    bad.is_empty(),
+                    "{kind:?} {condition:?} {}: {bad:?}\n{text}",
+                    r.call
+                );
+            }
+        }
+        assert!(lines > 1000, "{kind:?} {condition:?}: {lines} lines");
+    }
+}
