@@ -152,14 +152,9 @@ pub fn roll_out(
         let duplicates = duplicate_children(child_prompts.iter().map(|(p, s)| (*p, s.as_str())));
         let children = r.threads.len().saturating_sub(1);
         let segments: Vec<SampledSegment> = r.threads.into_iter().flat_map(|t| t.sampled).collect();
-        // The search lines and the grammar are APR's; the sequential
-        // trace has neither nodes nor calls.
         let search_weights: Vec<Vec<TokenWeight>> = segments
             .iter()
-            .map(|s| match cfg.mode {
-                Mode::Apr => search_line_weights(tok, &mut pieces, s),
-                Mode::Sequential => Vec::new(),
-            })
+            .map(|s| search_line_weights(tok, &mut pieces, s, cfg.mode))
             .collect();
         let repeated = search_weights.iter().map(|w| negative(w)).collect();
         out.push(Rollout {
@@ -191,7 +186,7 @@ pub fn repeated_positions(
     pieces: &mut HashMap<u32, String>,
     seg: &SampledSegment,
 ) -> Vec<usize> {
-    negative(&search_line_weights(tok, pieces, seg))
+    negative(&search_line_weights(tok, pieces, seg, Mode::Apr))
 }
 
 fn negative(weights: &[TokenWeight]) -> Vec<usize> {
@@ -224,8 +219,9 @@ pub struct TokenWeight {
 /// [`weft_tasks::verifier::legal_exploration`], and [`zero_sum_weights`], of the segment's whole
 /// context: -1 where the line repeats the search or cannot be followed,
 /// `d / (k - d)` in the other lines of its choice), or a line that breaks
-/// the trace grammar ([`weft_protocol::apr::malformed_lines`]: -1, as
-/// an invalid line of a choice of its own). A token over two lines takes the lower
+/// APR's trace grammar ([`weft_protocol::apr::malformed_lines`], in
+/// `Mode::Apr` only: -1, as an invalid line of a choice of its own). A
+/// token over two lines takes the lower
 /// weight. Token texts come from decoding each token alone, special
 /// tokens as nothing (the `<s>` before every prompt would otherwise hide
 /// its first `Moving to Node` line); `pieces` keeps them. Where they do
@@ -235,6 +231,7 @@ pub fn search_line_weights(
     tok: &Tokenizer,
     pieces: &mut HashMap<u32, String>,
     seg: &SampledSegment,
+    mode: Mode,
 ) -> Vec<TokenWeight> {
     let decode = |ids: &[u32]| tok.inner().decode(ids, true).ok();
     let mut text = String::new();
@@ -248,11 +245,15 @@ pub fn search_line_weights(
     }
     start.push(text.len());
     let mut lines = search_lines_checked(&text, &weft_tasks::verifier::legal_exploration);
-    // A line that breaks the trace grammar is a choice of its own, all
-    // wrong: -1 on all of it.
+    // A line that breaks APR's trace grammar is a choice of its own, all
+    // wrong: -1 on all of it. (SoS+ writes another grammar.)
     let groups = lines.iter().map(|l| l.group + 1).max().unwrap_or(0);
+    let malformed = match mode {
+        Mode::Apr => malformed_lines(&text),
+        Mode::Sequential => Vec::new(),
+    };
     lines.extend(
-        malformed_lines(&text)
+        malformed
             .into_iter()
             .enumerate()
             .map(|(i, span)| SearchLine {

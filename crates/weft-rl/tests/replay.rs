@@ -193,7 +193,7 @@ Exploring Operation: 3*7=21, Resulting Numbers: [5, 21]
     );
     // Zero-sum weights: the three lines at #0 hold one repeat, so the two
     // others get +1/2 and the repeat -1, token for token.
-    let weights = search_line_weights(&tok, &mut std::collections::HashMap::new(), &seg);
+    let weights = search_line_weights(&tok, &mut std::collections::HashMap::new(), &seg, Mode::Apr);
     let text_of = |w: f32| {
         let ids: Vec<u32> = weights
             .iter()
@@ -226,7 +226,7 @@ Exploring Operation: 3*7=21, Resulting Numbers: [5, 21]
         sampled: (first..tokens.len()).map(|i| (i, tokens[i])).collect(),
         tokens,
     };
-    let weights = search_line_weights(&tok, &mut std::collections::HashMap::new(), &seg);
+    let weights = search_line_weights(&tok, &mut std::collections::HashMap::new(), &seg, Mode::Apr);
     let ids: Vec<u32> = weights
         .iter()
         .filter(|x| x.weight == -1.0 && x.choice && !x.repeated)
@@ -236,4 +236,51 @@ Exploring Operation: 3*7=21, Resulting Numbers: [5, 21]
         tok.decode(&ids).unwrap(),
         "Exploring Operation: 3*7=21, Resulting Numbers: [21, 5]\n"
     );
+}
+
+/// A sampled line that breaks APR's trace grammar (text a collapsed run
+/// wrote: a state line with no state, a goal after giving up) weighs -1
+/// on every token in APR mode, and nothing in sequential mode, whose
+/// grammar is SoS+'s.
+#[test]
+fn a_malformed_line_weighs_minus_one_in_apr_mode_only() {
+    let tok = Tokenizer::load(&apr_model()).unwrap();
+    let problem = weft_tasks::Problem {
+        nums: vec![3, 5, 7],
+        target: 22,
+    };
+    let seg_text = "
+Exploring Operation: 3+7=10, Resulting Numbers: [5, 10]
+Generated Node #0,0: 22:[5, 10] Operation: 3+7=10
+Current State: 81: 81: 81]
+No solution found.
+22,22 equal: Goal Reached
+";
+    let mut tokens = tok
+        .encode_prompt(&prompt(&problem, Mode::Apr), false)
+        .unwrap();
+    let first = tokens.len();
+    tokens.extend(tok.encode(seg_text, false).unwrap());
+    let seg = weft_engine::SampledSegment {
+        sampled: (first..tokens.len()).map(|i| (i, tokens[i])).collect(),
+        tokens,
+    };
+    let weights = search_line_weights(&tok, &mut std::collections::HashMap::new(), &seg, Mode::Apr);
+    let ids: Vec<u32> = weights
+        .iter()
+        .filter(|x| x.weight == -1.0 && x.choice && !x.repeated)
+        .map(|x| seg.tokens[x.pos])
+        .collect();
+    assert_eq!(
+        tok.decode(&ids).unwrap(),
+        "Current State: 81: 81: 81]\n22,22 equal: Goal Reached\n"
+    );
+    assert!(weights.iter().all(|x| x.weight == -1.0), "{weights:?}");
+    let weights = search_line_weights(
+        &tok,
+        &mut std::collections::HashMap::new(),
+        &seg,
+        Mode::Sequential,
+    );
+    assert!(weights.is_empty(), "{weights:?}");
 }
