@@ -47,7 +47,8 @@ pub struct RewardConfig {
     /// The other lines of each choice with a repeat gain what its repeated
     /// lines lose (`weft_protocol::apr::zero_sum_weights`), so the
     /// token-level term adds up to 0 over every choice; lines that cannot
-    /// be followed count as repeats.
+    /// be followed count as repeats, and with APR so do lines that break
+    /// the trace grammar (`weft_protocol::apr::malformed_lines`).
     #[serde(default)]
     pub repeated_search_zero_sum: bool,
     /// The token-level term lands only on the tokens that make a line's

@@ -119,7 +119,10 @@ pub struct RlArgs {
     /// among them, so only which alternative is written moves, not how
     /// much the thread explores or forks. Lines that cannot be followed
     /// (an exploration with wrong arithmetic or numbers the state does not
-    /// hold, a call of a node never generated) count as repeats here.
+    /// hold, a call of a node never generated) count as repeats here, and
+    /// so does, with APR, every line that breaks the trace grammar the
+    /// search writes (a state line with no state, a goal after `No
+    /// solution found.`: `weft_protocol::apr::malformed_lines`).
     #[arg(long)]
     repeated_search_zero_sum: bool,
     /// Put --repeated-search-penalty only on the tokens that make each
