@@ -372,9 +372,12 @@ pub fn duplicate_children<'a>(children: impl IntoIterator<Item = (usize, &'a str
 /// counts has such a call line in its parent; APR's symbolic search
 /// (`src/data/search.py`) never explores an operation twice at one node.
 ///
-/// A join's child results belong to the nodes their own `Moving to Node #`
-/// lines name; text after `<Sub Searches>` before such a line belongs to no
-/// node, and nothing in it counts.
+/// The answer path is not search, and nothing in it counts: what a thread
+/// writes after its own `... equal: Goal Reached` line (the path from its
+/// first node to the goal, written out again), and a join's echo of a
+/// child's answer (`<Goal Reached in Sub Search ...>` up to the next `<`
+/// line). Text after `<Sub Searches>` before a `Moving to Node #` line
+/// belongs to no node, and nothing in it counts either.
 pub fn repeated_search_spans(text: &str) -> Vec<std::ops::Range<usize>> {
     search_lines(text)
         .into_iter()
@@ -415,7 +418,8 @@ pub struct SearchLine {
 /// block, in order, grouped by the choice they belong to and marked where
 /// they repeat the search ([`repeated_search_spans`] is those) or cannot be
 /// followed (unreadable resulting numbers, a call of a node whose state the
-/// text never generated). Exploration lines outside any node are not here.
+/// text never generated). Exploration lines outside any node, and the
+/// answer path ([`repeated_search_spans`]), are not here.
 pub fn search_lines(text: &str) -> Vec<SearchLine> {
     search_lines_checked(text, &|_, _| true)
 }
@@ -442,11 +446,24 @@ pub fn search_lines_checked(text: &str, legal: &dyn Fn(&[u64], &str) -> bool) ->
     // line.
     let mut extend: Option<usize> = None;
     let mut pos = 0;
+    // In the answer path: after the thread's own `... equal: Goal Reached`
+    // to its end, or in a join's echo of a child's answer
+    // (`<Goal Reached in Sub Search ...>` to the next `<` line).
+    let mut answer = false;
     for line in text.split_inclusive('\n') {
         let span = pos..pos + line.len();
         pos = span.end;
         let l = line.trim_end_matches('\n');
         let follows = extend.take();
+        if l.starts_with('<') {
+            answer = l.starts_with("<Goal Reached in Sub Search ");
+        } else if l.ends_with(" equal: Goal Reached") {
+            answer = true;
+        }
+        if answer {
+            // The path to the goal written out again: not search.
+            continue;
+        }
         if let Some(id) = l.strip_prefix("Moving to Node #") {
             node = Some(id.trim());
             state = None;

@@ -512,6 +512,12 @@ Exploring Operation: 39+55=94, Resulting Numbers: [94]
 94,94 equal: Goal Reached
 ";
     assert!(malformed_lines(good).is_empty());
+    // The answer path (the child's echo after `<Goal Reached in Sub
+    // Search`, the parent's own after `equal: Goal Reached`) writes #0's
+    // exploration and #0,1's again: not search, so no repeat.
+    let lines = search_lines(good);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines.iter().all(|l| !l.repeated && !l.invalid), "{lines:?}");
     let child = "Sub Call Budget: 3 Moving to Node #0,1
 Current State: 94:[39, 13], Operations: ['34-21=13']
 Exploring Operation: 39+13=52, Resulting Numbers: [52]

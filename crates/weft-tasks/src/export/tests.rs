@@ -219,3 +219,52 @@ fn symbolic_traces_have_no_malformed_lines() {
         assert!(lines > 1000, "{kind:?} {condition:?}: {lines} lines");
     }
 }
+
+/// The symbolic search explores each operation once per node, so in its
+/// traces no search line is invalid, and none repeats the search by
+/// writing a line it wrote before: the path written out again after `Goal
+/// Reached` (a child's answer, the parent's final answer after the join)
+/// is not search. (It may still reach the same numbers twice, by `19*1`
+/// and `19/1`; those lines differ.)
+#[test]
+fn symbolic_traces_have_no_repeated_or_invalid_search_lines() {
+    // Where a state holds equal numbers, one line may rightly repeat
+    // another at its node: `59-28`, for each of two 28s.
+    let equal_numbers = |text: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("Current State: "))
+            .filter_map(|s| weft_protocol::apr::parse_target_nums(s.split(", Operations").next()?))
+            .any(|(_, mut n)| {
+                n.sort_unstable();
+                n.windows(2).any(|w| w[0] == w[1])
+            })
+    };
+    let mut checked = 0;
+    for condition in [None, Some(Condition::SubCalls)] {
+        for t in traces(TraceKind::Apr, condition, 150) {
+            for r in t.records.iter().filter(|r| !equal_numbers(&r.text)) {
+                let lines = weft_protocol::apr::search_lines_checked(
+                    &r.text,
+                    &crate::verifier::legal_exploration,
+                );
+                checked += lines.len();
+                let bad: Vec<&str> = lines
+                    .iter()
+                    .filter(|l| {
+                        l.invalid
+                            || (l.repeated
+                                && r.text[..l.span.start].contains(&r.text[l.span.clone()]))
+                    })
+                    .map(|l| &r.text[l.span.clone()])
+                    .collect();
+                assert!(
+                    bad.is_empty(),
+                    "{condition:?} {}: {bad:?}\n{}",
+                    r.call,
+                    r.text
+                );
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked} lines");
+}
