@@ -32,6 +32,12 @@ pub struct TrainBenchArgs {
     /// Time weft only (no PyTorch run, no ratio).
     #[arg(long)]
     no_reference: bool,
+    /// Rounds of weft then PyTorch, one after the other; the ratio printed
+    /// is the median of the rounds' ratios. On a shared VM a core's speed
+    /// drifts by 10% or more within a minute, and alternating keeps the two
+    /// measured under the same drift.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    rounds: u64,
 }
 
 pub fn run(a: TrainBenchArgs) -> anyhow::Result<()> {
@@ -63,15 +69,23 @@ pub fn run(a: TrainBenchArgs) -> anyhow::Result<()> {
         a.steps,
         super::threads::plural(a.threads, "thread")
     );
-    let weft = pool
-        .install(|| weft_train::bench::steps_per_second(&shape, a.rows, a.seq_len, a.steps, 2))?;
-    eprintln!("[weft] {weft:.0} tok/s");
+    let measure_weft = || -> anyhow::Result<f64> {
+        let tps = pool.install(|| {
+            weft_train::bench::steps_per_second(&shape, a.rows, a.seq_len, a.steps, 2)
+        })?;
+        eprintln!("[weft] {tps:.0} tok/s");
+        Ok(tps)
+    };
     println!(
         "training step (forward + backward + AdamW), {} rows x {} tokens:",
         a.rows, a.seq_len
     );
     if a.no_reference {
-        println!("  weft     {weft:>8.0} tok/s");
+        let mut all = Vec::new();
+        for _ in 0..a.rounds {
+            all.push(measure_weft()?);
+        }
+        println!("  weft     {:>8.0} tok/s", median(&mut all));
         return Ok(());
     }
     let python = a
@@ -86,6 +100,58 @@ pub fn run(a: TrainBenchArgs) -> anyhow::Result<()> {
         env!("CARGO_MANIFEST_DIR"),
         "/../../benches/train_torch.py"
     ));
+    let mut rounds = Vec::new();
+    for round in 1..=a.rounds {
+        let weft = measure_weft()?;
+        let (torch, version) = reference(&a, &shape, &python, &script)?;
+        println!(
+            "  round {round}: weft {weft:>6.0} tok/s, PyTorch {torch:>6.0} tok/s, ratio {:.2}x",
+            weft / torch
+        );
+        rounds.push((weft, torch, version));
+    }
+    let version = rounds[0].2.clone();
+    let mut weft: Vec<f64> = rounds.iter().map(|r| r.0).collect();
+    let mut torch: Vec<f64> = rounds.iter().map(|r| r.1).collect();
+    let mut ratios: Vec<f64> = rounds.iter().map(|r| r.0 / r.1).collect();
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    println!(
+        "  weft     {:>8.0} tok/s   (median of {})",
+        median(&mut weft),
+        a.rounds
+    );
+    println!(
+        "  PyTorch  {:>8.0} tok/s   (torch {version})",
+        median(&mut torch)
+    );
+    println!(
+        "  ratio    {:.2}x (weft / PyTorch, median of the rounds' ratios; {lo:.2}x to {hi:.2}x)",
+        median(&mut ratios)
+    );
+    Ok(())
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One run of `benches/train_torch.py` on the same shape, rows, steps and
+/// threads: (tokens/s, torch's version).
+fn reference(
+    a: &TrainBenchArgs,
+    shape: &ModelShape,
+    python: &std::path::Path,
+    script: &std::path::Path,
+) -> anyhow::Result<(f64, String)> {
     let spec = serde_json::json!({
         "hidden_size": shape.hidden_size, "intermediate_size": shape.intermediate_size,
         "num_hidden_layers": shape.num_hidden_layers, "num_attention_heads": shape.num_attention_heads,
@@ -122,11 +188,5 @@ pub fn run(a: TrainBenchArgs) -> anyhow::Result<()> {
     let torch = v["tokens_per_s"]
         .as_f64()
         .context("reference printed no tokens_per_s")?;
-    println!("  weft     {weft:>8.0} tok/s");
-    println!(
-        "  PyTorch  {torch:>8.0} tok/s   (torch {})",
-        v["torch"].as_str().unwrap_or("?")
-    );
-    println!("  ratio    {:.2}x (weft / PyTorch)", weft / torch);
-    Ok(())
+    Ok((torch, v["torch"].as_str().unwrap_or("?").to_string()))
 }
