@@ -166,8 +166,8 @@ fn reference(
         python.display(),
         script.display()
     );
-    let out = Command::new(&python)
-        .arg(&script)
+    let out = Command::new(python)
+        .arg(script)
         .arg(&spec_path)
         .output()
         .with_context(|| {
