@@ -20,8 +20,7 @@ if [ ! -s "$CACHE/peer/dl/$SDIST" ]; then
     cp "$HOME/.cache/llama-cpp-anchor/dl/$SDIST" "$CACHE/peer/dl/$SDIST"
   else
     echo "fetching llama-cpp-python $VERSION sdist from PyPI (~77 MB) for llama.cpp's test data" >&2
-    python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" \
-      -d "$CACHE/peer/dl" >&2
+    python3 "$(dirname "$0")/pypi_sdist.py" llama-cpp-python "$VERSION" "$CACHE/peer/dl" >/dev/null
   fi
 fi
 rm -rf "$DEST.part"

@@ -9,6 +9,7 @@ set -euo pipefail
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 DIR="${LLAMA_ANCHOR_DIR:-$HOME/.cache/llama-cpp-anchor}"
 BIN="$DIR/build/bin"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -x "$BIN/llama-server" ]; then
   echo "$BIN"; exit 0
 fi
@@ -21,7 +22,7 @@ mkdir -p "$DIR"
 cd "$DIR"
 if [ ! -d src ]; then
   echo "llama-cpp-tools: downloading llama-cpp-python $VERSION (sdist) from PyPI" >&2
-  python3 -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d dl >&2
+  python3 "$ROOT/scripts/pypi_sdist.py" llama-cpp-python "$VERSION" dl >/dev/null
   mkdir -p src && tar xzf dl/llama_cpp_python-"$VERSION".tar.gz -C src --strip-components=3 \
     "llama_cpp_python-$VERSION/vendor/llama.cpp"
 fi
